@@ -1,0 +1,91 @@
+"""Benchmark: jet lenses on SmolLM2 (issue 4 targets), all ratios measured in this one run.
+
+Targets:
+  1. joint lens, optimised weights, ~10-token sentence, 5 centres, k = 1: <= 2 s end to end,
+     with a logit-space remainder no larger than 100 Adam steps on the same objective.
+  2. iterative lens over all 30 layers (+ embedding) at k = 1 costs <= 2x the k = 0 (logit) lens.
+
+Usage: python benchmarks/lenses.py [--model smollm2-135m] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import jetex
+from jetex.jets import jet
+from jetex.lenses import adam_simplex, iterative_lens, joint_centres, joint_lens, optimal_weights, remainder_loss
+
+SENTENCE = "The capital of France is Paris, and the capital of Italy is"
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    out = fn()  # warm-up (tracing caches, allocator)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model = jetex.load(args.model)
+    ids = model.tokenize(SENTENCE)[:, :10]
+    print(f"model {model.name}: L = {model.n_blocks} blocks, {ids.shape[-1]} tokens, threads = {torch.get_num_threads()}")
+    ok = True
+
+    # 1. joint lens with optimised weights, 5 centres, k = 1
+    t_joint, res = timed(lambda: joint_lens(model, ids, order=1, centres=5, optimize=True), args.repeats)
+    t_unif, _ = timed(lambda: joint_lens(model, ids, order=1, centres=5, optimize=False), args.repeats)
+    with torch.no_grad():
+        h = model.stream(ids)[:, 0]
+        segs, _ = joint_centres(model, 5)
+        X = torch.stack([h[0] if a < 0 else h[b] - h[a] for a, b in segs])
+        J = jet(model.final_norm, X, h[-1].expand_as(X), 1)
+        t = model.final_norm(h[-1])
+        U = model.unembedding_matrix
+        G = U.T.double() @ U.double()
+    t0 = time.perf_counter()
+    w_exact = optimal_weights(J, t, G)
+    t_qp = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    w_adam = adam_simplex(J, t, G, steps=100)
+    t_adam = time.perf_counter() - t0
+    loss_exact = remainder_loss(w_exact, J.double(), t.double(), G).sum().item()
+    loss_adam = remainder_loss(w_adam, J.double(), t.double(), G).sum().item()
+    loss_unif = remainder_loss(torch.full_like(w_exact, 1 / X.shape[0]), J.double(), t.double(), G).sum().item()
+    p1 = t_joint <= 2.0 and loss_exact <= loss_adam * (1 + 1e-9)
+    ok &= p1
+    print("\n[1] joint lens, 5 centres, k=1, optimised weights")
+    print(f"    end to end (median of {args.repeats}): {t_joint:.3f} s   (uniform weights: {t_unif:.3f} s)")
+    print(f"    weight solve: exact active-set {t_qp * 1e3:.1f} ms vs 100 Adam steps {t_adam * 1e3:.1f} ms  ({t_adam / t_qp:.1f}x)")
+    print(f"    ||U δ||² summed over positions: exact {loss_exact:.4f}  adam-100 {loss_adam:.4f}  uniform {loss_unif:.4f}")
+    print(f"    expansion cosine to model logits: {res.expansion_cosine.mean():.4f}")
+    print(f"    target <= 2 s and loss <= Adam's: {'PASS' if p1 else 'FAIL'}")
+
+    # 2. iterative lens over all layers: k = 1 vs k = 0
+    t0_lens, r0 = timed(lambda: iterative_lens(model, ids, order=0), args.repeats)
+    t1_lens, r1 = timed(lambda: iterative_lens(model, ids, order=1), args.repeats)
+    ratio = t1_lens / t0_lens
+    p2 = ratio <= 2.0
+    ok &= p2
+    print(f"\n[2] iterative lens over {len(r0.row_names)} rows (embedding + every layer)")
+    print(f"    k=0 (logit lens) {t0_lens:.3f} s   k=1 {t1_lens:.3f} s   ratio {ratio:.2f}x  target <= 2x: {'PASS' if p2 else 'FAIL'}")
+    mid = len(r0.row_names) // 2
+    print(f"    mean cosine at row {r0.row_names[mid]}: logit lens {r0.cosine[mid].mean():+.3f}, order-1 jet lens {r1.cosine[mid].mean():+.3f}")
+    print("\nALL PASS" if ok else "\nSOME TARGETS FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""``jetex lens`` (iterative / joint jet lenses) and ``jetex paths`` (ranked jet paths)."""
+
+from __future__ import annotations
+
+import click
+
+from jetex.cli.common import common_options, emit_json
+from jetex.errors import InputError
+
+
+def _parse_ints(spec: str | None, what: str) -> list[int] | None:
+    if spec is None or spec.strip() in ("", "all"):
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                a, b = part.split("-", 1) if not part.startswith("-") else ("-1", part[1:].split("-", 1)[1])
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InputError(f"bad {what} list {spec!r}: use e.g. 0,5,10 or 0-29") from None
+    return out
+
+
+def _load(name: str):
+    from jetex.models.load import load
+
+    return load(name)
+
+
+def _print_lens(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    title = f"{res.kind} jet lens, order {res.order}" + (" (optimised weights)" if res.optimized else "") + f" — {res.model_name}"
+    table = Table(title=title, show_lines=False, header_style="bold")
+    table.add_column("row", style="bold")
+    shown = list(range(len(res.tokens)))
+    for i in shown:
+        table.add_column(repr(res.tokens[i])[1:-1][:10], overflow="fold")
+    table.add_column("cos", justify="right")
+
+    def cell(tok: str, logit: float) -> str:
+        colour = "red" if logit > 0 else "blue"
+        return f"[{colour}]{repr(tok)[1:-1][:10]}[/{colour}]"
+
+    for r, name in enumerate(res.row_names):
+        row = [name]
+        for i in shown:
+            tok = res.vocab[r][i][0]
+            row.append(cell(tok, float(res.top_logits[r, i, 0])))
+        row.append(f"{float(res.cosine[r].mean()):+.3f}")
+        table.add_row(*row)
+    table.add_section()
+    table.add_row("model", *[repr(t)[1:-1][:10] for t in res.model_vocab], "")
+    if res.kind == "joint":
+        table.add_row("expansion", *[repr(t)[1:-1][:10] for t in res.expansion_vocab], f"{float(res.expansion_cosine.mean()):+.3f}")
+    console.print(table)
+
+
+def register(group: click.Group) -> None:
+    @group.command("lens")
+    @click.argument("text")
+    @click.option("--kind", type=click.Choice(["iterative", "joint"]), default="iterative", show_default=True)
+    @click.option("--order", "-k", type=int, default=1, show_default=True, help="Jet order k (0 = logit lens).")
+    @click.option("--layers", default=None, help="Iterative lens: transformer layers, e.g. 0,5,10 or 0-29 (-1 = embedding).")
+    @click.option(
+        "--centres",
+        default="layers",
+        show_default=True,
+        help="Joint lens centres: 'blocks', 'layers', or a number of groups (embedding included).",
+    )
+    @click.option("--optimize", is_flag=True, help="Joint lens: optimise weights per position (exact, Remark 3).")
+    @click.option("--top", type=int, default=10, show_default=True, help="Top tokens kept per cell.")
+    @click.option("--out", "out", default=None, help="Write the lens to FILE.png, FILE.html or FILE.json.")
+    @common_options
+    def lens_cmd(text, kind, order, layers, centres, optimize, top, out, model, as_json):
+        """Read the model's computation through an iterative or joint jet lens."""
+        from jetex.lenses import iterative_lens, joint_lens
+
+        if top < 1:
+            raise InputError("--top must be >= 1")
+        if kind == "iterative" and optimize:
+            raise InputError("--optimize applies to the joint lens only")
+        m = _load(model)
+        if kind == "iterative":
+            res = iterative_lens(m, text, order=order, layers=_parse_ints(layers, "layer"), top_k=top)
+        else:
+            cen: str | int = int(centres) if centres.isdigit() else centres
+            res = joint_lens(m, text, order=order, centres=cen, optimize=optimize, top_k=top)
+        if out:
+            from jetex.viz.lens import save_lens
+
+            save_lens(res, out)
+        if as_json:
+            emit_json(res.to_dict() | ({"out": out} if out else {}))
+        else:
+            _print_lens(res)
+            if out:
+                click.echo(f"wrote {out}")
+
+    @group.command("paths")
+    @click.argument("text")
+    @click.option("--order", "-k", type=int, default=1, show_default=True)
+    @click.option("--use", "must_use", default="", help="Blocks every path must go through (names or kinds, comma-separated).")
+    @click.option("--avoid", default="", help="Blocks (or kinds: attn, mlp) paths must avoid.")
+    @click.option("--max-len", type=int, default=2, show_default=True, help="Longest path (number of blocks).")
+    @click.option("--min-len", type=int, default=0, show_default=True)
+    @click.option("--token", default=None, help="Rank by this token's logit (default: the model's prediction).")
+    @click.option("--position", type=int, default=-1, show_default=True)
+    @click.option("--top", "-n", type=int, default=10, show_default=True)
+    @click.option("--limit", type=int, default=5000, show_default=True, help="Refuse to evaluate more paths than this.")
+    @common_options
+    def paths_cmd(text, order, must_use, avoid, max_len, min_len, token, position, top, limit, model, as_json):
+        """Rank input-to-output jet paths (Algorithm 2) by their contribution to the predicted token."""
+        from jetex.expand import PathFilter, exp_jet_expansion
+
+        m = _load(model)
+        ids = m.tokenize(text)
+        t = ids.shape[-1]
+        if not -t <= position < t:
+            raise InputError(f"position {position} out of range for {t} tokens")
+        flt = PathFilter(
+            must_use=tuple(s for s in must_use.split(",") if s),
+            avoid=tuple(s for s in avoid.split(",") if s),
+            min_len=min_len,
+            max_len=max_len,
+        )
+        pe = exp_jet_expansion(m, order)
+        n = pe.count(flt)
+        if n == 0:
+            raise InputError("no path matches these filters")
+        if n > limit:
+            raise InputError(f"{n} paths match; narrow the filters (--max-len, --use, --avoid) or raise --limit")
+        tok_id = None
+        if token is not None:
+            enc = m.tokenizer(token, add_special_tokens=False)["input_ids"]
+            if not enc:
+                raise InputError(f"token {token!r} is empty after tokenization")
+            tok_id = enc[0]
+        ranked = pe.rank(ids, list(pe.paths(flt)), token=tok_id, position=position, top=top)
+        target = tok_id if tok_id is not None else None
+        if target is None:
+            target = int(m.decode(m.stream(ids)[-1])[0, position].argmax())
+        tgt_str = m.token_strings([target])[0]
+        if as_json:
+            emit_json(
+                {
+                    "model": m.name,
+                    "order": order,
+                    "target": {"id": target, "token": tgt_str},
+                    "n_paths": n,
+                    "paths": [
+                        {"path": r.name, "logit": r.logit, "top_token": m.token_strings([r.top_token])[0]} for r in ranked
+                    ],
+                }
+            )
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"top {len(ranked)} of {n} paths for {tgt_str!r} (order {order}) — {m.name}")
+        table.add_column("#", justify="right")
+        table.add_column("path")
+        table.add_column(f"logit[{tgt_str!r}]", justify="right")
+        table.add_column("path's own top-1")
+        for i, r in enumerate(ranked, 1):
+            table.add_row(str(i), r.name, f"{r.logit:+.3f}", repr(m.token_strings([r.top_token])[0]))
+        Console().print(table)

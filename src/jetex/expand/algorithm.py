@@ -1,0 +1,255 @@
+"""Algorithm 1 of the paper: ``jet_expand`` (METHODS.md §3).
+
+``jet_expand(model, l, centres, k, weights)`` rewrites the residual block β_{l+1} = id + γ_{l+1}
+(or, for l = L, the decoder υ = U γ_{L+1}) around centres x_1..x_N that are meant to
+decompose the stream h_l:
+
+- jet terms   w_i · J^k γ_{l+1}(x_i)(h_l)     (the jets are evaluated at the actual stream h_l)
+- identity terms (l < L only): x_i for k ≥ 1 (Eq. 9), w_i·x_i for k = 0 (footnote 2)
+- remainder   δ = h_{l+1} − Σ terms,   or  δ = γ_{L+1}(h_L) − Σ terms at the decoder.
+
+Centres are :class:`~jetex.expand.terms.Term` objects (functions of the input) and may be
+the terms of an earlier expansion, so expansions compose. After expanding the decoder
+the model is rewritten exactly (Eq. 11): q(z) = Σ_e U e(z) + U δ(z) (+ the unembedding
+bias, if the model has one) for every weight vector in the simplex.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from jetex.errors import InputError
+from jetex.expand.terms import (
+    DEC,
+    Embedding,
+    EvalContext,
+    IdentityTerm,
+    JetTerm,
+    Remainder,
+    Stream,
+    Term,
+)
+from jetex.models.base import ResidualModel
+
+
+class CentreGapWarning(UserWarning):
+    """The centres of an expansion do not sum to the stream they claim to decompose."""
+
+
+def check_order(order: object) -> int:
+    """Validate a jet order k (a non-negative int)."""
+    if isinstance(order, bool) or not isinstance(order, int):
+        raise InputError(f"order must be a non-negative integer, got {order!r}")
+    if order < 0:
+        raise InputError(f"order must be >= 0, got {order}")
+    return order
+
+
+def resolve_block(model: ResidualModel, block: int | str) -> int:
+    """Algorithm-1 index l ∈ 0..L from an int, a block name (``mlp.3``: expand that block) or ``dec``."""
+    L = model.n_blocks
+    if isinstance(block, str):
+        if block in ("dec", "decoder"):
+            return L
+        return model.block_index(block) - 1
+    if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block <= L:
+        raise InputError(f"block index {block!r} out of range: use 0..{L} (l = {L} expands the decoder) or a block name")
+    return block
+
+
+def _weights(weights, n: int) -> list[float | Tensor]:
+    if weights is None:
+        return [1.0 / n] * n
+    if isinstance(weights, Tensor):
+        if weights.shape[0] != n:
+            raise InputError(f"got {weights.shape[0]} weights for {n} centres")
+        return [weights[i] for i in range(n)]
+    ws = list(weights)
+    if len(ws) != n:
+        raise InputError(f"got {len(ws)} weights for {n} centres")
+    return [float(w) for w in ws]
+
+
+@dataclass
+class Expansion:
+    """The result of one ``jet_expand``: terms (named paths) and the remainder, as functions of z.
+
+    ``block`` is Algorithm 1's l (the expanded block is γ_{l+1}; l = L is the decoder).
+    ``terms[i].name`` reads as the path the term stands for (``emb → mlp.3 → dec``).
+    """
+
+    model: ResidualModel
+    block: int
+    order: int
+    centres: list[Term]
+    weights: list[float | Tensor]
+    terms: list[Term]
+    remainder: Remainder
+
+    @property
+    def is_decoder(self) -> bool:
+        return self.block == self.model.n_blocks
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.terms]
+
+    def evaluate(self, input_ids: Int[Tensor, "*b t"], ctx: EvalContext | None = None) -> "ExpansionValues":
+        """Evaluate all terms and the remainder on an input (one batched jet call per block)."""
+        ctx = ctx or EvalContext(self.model, input_ids)
+        self._check_centres(ctx)
+        terms = ctx.values(self.terms)
+        rem = ctx.value(self.remainder)
+        target = ctx.target(self.block, self.is_decoder)
+        return ExpansionValues(self.names, terms, rem, target, self.is_decoder, self.model, ctx)
+
+    def _check_centres(self, ctx: EvalContext) -> None:
+        """Warn if Σ centres (+ the remainders of the expansions they complete) ≠ h_l."""
+        if len(self.centres) == 1 and isinstance(self.centres[0], Stream):
+            return  # a lens centre h_l: a deliberate centre, not a decomposition of h_L
+        ctx.evaluate(self.centres)
+        total = torch.stack([ctx.value(c) for c in self.centres]).sum(0)
+        for rem in _completed_remainders(self.centres):
+            total = total + ctx.value(rem)
+        h = ctx.h[self.block]
+        gap = float(((h - total).norm() / h.norm().clamp_min(1e-30)).detach())
+        tol = 1e-4 if h.dtype == torch.float32 else 1e-9
+        if gap > tol and not any(c.space == "decoder" for c in self.centres):
+            warnings.warn(
+                f"the centres do not sum to h_{self.block}: relative gap {gap:.3g} (the expansion is still exact "
+                "through its remainder)",
+                CentreGapWarning,
+                stacklevel=3,
+            )
+
+
+def _completed_remainders(centres: Sequence[Term]) -> list[Remainder]:
+    """Remainders of earlier expansions all of whose terms appear among ``centres``."""
+    ids = {id(c) for c in centres}
+    out, seen = [], set()
+    for c in centres:
+        rem = getattr(c, "_expansion_remainder", None)
+        if rem is not None and id(rem) not in seen and all(id(t) in ids for t in rem.terms):
+            seen.add(id(rem))
+            out.append(rem)
+    return out
+
+
+@dataclass
+class ExpansionValues:
+    """Values of an expansion on one input.
+
+    ``terms``: ``[n, *b, t, d]`` (final-norm space for a decoder expansion), ``remainder`` and
+    ``target``: ``[*b, t, d]``, with Σ terms + remainder = target exactly.
+    """
+
+    names: list[str]
+    terms: Tensor
+    remainder: Tensor
+    target: Tensor
+    is_decoder: bool
+    model: ResidualModel
+    ctx: EvalContext
+
+    def __post_init__(self) -> None:
+        if self.terms.shape[0] != len(self.names) or self.terms.shape[1:] != self.remainder.shape:
+            raise ValueError("ExpansionValues: terms must be [n, *remainder.shape] with n names")
+        if self.target.shape != self.remainder.shape:
+            raise ValueError("ExpansionValues: target and remainder shapes differ")
+
+    def logits(self) -> Float[Tensor, "n *b t v"]:
+        """U·e for every term (decoder expansions only): ``[n, *b, t, V]``."""
+        self._need_decoder()
+        return self.terms @ self.model.unembedding_matrix.T
+
+    def remainder_logits(self) -> Float[Tensor, "*b t v"]:
+        """U δ, plus the unembedding bias if any, so that Σ logits() + remainder_logits() = q(z)."""
+        self._need_decoder()
+        out = self.remainder @ self.model.unembedding_matrix.T
+        if self.model.unembedding_bias is not None:
+            out = out + self.model.unembedding_bias
+        return out
+
+    def expansion_logits(self) -> Float[Tensor, "*b t v"]:
+        """Σ_e U e: the expansion's own prediction, without the remainder."""
+        self._need_decoder()
+        return self.terms.sum(0) @ self.model.unembedding_matrix.T
+
+    def _need_decoder(self) -> None:
+        if not self.is_decoder:
+            raise InputError("logits exist only for an expansion of the decoder (block l = L)")
+
+
+def jet_expand(
+    model: ResidualModel,
+    block: int | str,
+    centres: Sequence[Term],
+    order: int,
+    weights: Sequence[float] | Tensor | None = None,
+) -> Expansion:
+    """Algorithm 1: expand β_{l+1} (or the decoder when l = L) around ``centres`` at order k.
+
+    Args:
+        model: the residual view q.
+        block: Algorithm 1's l ∈ 0..L (expands γ_{l+1}; l = L expands the decoder), a block
+            name such as ``"mlp.3"`` (expands that block), or ``"dec"``.
+        centres: terms x_1..x_N (functions of z) meant to sum to h_l.
+        order: the jet order k ≥ 0.
+        weights: w in the simplex (default uniform 1/N); floats, or a tensor ``[N]`` or
+            ``[N, *b, t]`` of per-position weights.
+
+    Returns:
+        An :class:`Expansion` whose terms are, for each centre i, the jet term
+        ``w_i J^k γ_{l+1}(x_i)(h_l)`` and (if l < L) the identity term; plus the remainder.
+    """
+    k = check_order(order)
+    l = resolve_block(model, block)
+    centres = list(centres)
+    if not centres:
+        raise InputError("jet_expand needs at least one centre")
+    if any(not isinstance(c, Term) for c in centres):
+        raise InputError("centres must be jetex terms (Embedding(), Stream(l), terms of an earlier expansion, …)")
+    if any(c.space == "decoder" for c in centres):
+        raise InputError("centres must live in the residual stream; decoder terms are final")
+    ws = _weights(weights, len(centres))
+    if not isinstance(weights, Tensor) and weights is not None:
+        s = sum(ws)  # type: ignore[arg-type]
+        if any(w < 0 for w in ws) or not math.isclose(s, 1.0, rel_tol=1e-6):  # type: ignore[operator]
+            raise InputError(f"weights must lie in the simplex (non-negative, summing to 1); they sum to {s:.6g}")
+    L = model.n_blocks
+    decoder = l == L
+    name = DEC if decoder else model.blocks[l].name
+    terms: list[Term] = []
+    for c, w in zip(centres, ws):
+        terms.append(JetTerm(l + 1, c, k, w, name))
+        if not decoder:
+            terms.append(IdentityTerm(c, 1.0 if k >= 1 else w))
+    rem = Remainder(l, terms, decoder)
+    for t in terms:
+        t._expansion_remainder = rem  # type: ignore[attr-defined]
+    return Expansion(model, l, k, centres, ws, terms, rem)
+
+
+def logit_lens_expansion(model: ResidualModel, l: int) -> Expansion:
+    """The logit lens as a jet expansion: jet_expand(q, L, {h_l}, 0) = U γ_{L+1}(h_l)."""
+    if not 0 <= l <= model.n_blocks:
+        raise InputError(f"stream index {l} out of range 0..{model.n_blocks}")
+    return jet_expand(model, model.n_blocks, [Stream(l)], 0)
+
+
+__all__ = [
+    "CentreGapWarning",
+    "Embedding",
+    "Expansion",
+    "ExpansionValues",
+    "Stream",
+    "jet_expand",
+    "logit_lens_expansion",
+]

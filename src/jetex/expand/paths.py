@@ -1,0 +1,367 @@
+"""Algorithm 2 (``exp_jet_expansion``): all input-to-output paths, enumerated lazily.
+
+Algorithm 2 starts from ξ = {η, γ_1 ∘ η} and applies ``jet_expand(q, l, ξ, k)`` for
+l = 1..L with uniform weights 1/|ξ| reset at every step. Each resulting term is one path,
+i.e. one subset S ⊆ {1..L} of blocks (block 1 enters exactly, through γ_1 ∘ η):
+
+    x_∅ = η,   x_{{1}} = γ_1(η),
+    x_{S ∪ {m}} = w_m · J^k γ_m(x_S)(h_{m-1})        (m > max S, m ≥ 2, w_m = 1/n_{m-1})
+    path logits  = U · w_dec · J^k γ_{L+1}(x_S)(h_L)  (w_dec = 1/n_L)
+
+where n_l is the number of centres entering step l (2^l). Skipping a block is its
+identity term (the centre itself, since k ≥ 1; at k = 0 the identity is weighted, w·x).
+
+The **super-exponential** variant (``split_degrees=True``, k ≥ 1) splits every jet term
+into its Taylor degrees c_0..c_k, each a separate term and so a separate centre for the
+next step: a path then chooses, per block it uses, a degree j; n_l = 2 (k+2)^{l-1}.
+
+There are 2^L (or 2·(k+2)^{L-1}·(k+1)) paths, so they are never built eagerly: a
+:class:`PathFilter` selects paths (blocks they must use or avoid, their length, their
+degrees) and :meth:`PathExpansion.paths` yields just those; :meth:`PathExpansion.evaluate`
+computes a selected set on an input in a batched way, sharing common prefixes (one jet
+call per block for all prefixes that go through it).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from jetex.errors import InputError
+from jetex.expand.algorithm import Expansion, check_order, jet_expand
+from jetex.expand.terms import DEC, Contribution, Embedding, EvalContext
+from jetex.models.base import ResidualModel
+
+
+@dataclass(frozen=True)
+class Path:
+    """One input-to-output path: the blocks it goes through (1-based, increasing) and, in the
+    super-exponential expansion, the Taylor degree taken at each (``None`` = whole jet).
+    Block 1 is always exact (``degree None``). ``dec_degree`` is the degree at the decoder."""
+
+    blocks: tuple[int, ...]
+    degrees: tuple[int | None, ...] = ()
+    dec_degree: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.degrees and len(self.degrees) != len(self.blocks):
+            raise ValueError("Path: one degree per block")
+        if any(b2 <= b1 for b1, b2 in zip(self.blocks, self.blocks[1:])):
+            raise ValueError("Path: blocks must be strictly increasing")
+
+    def degree_of(self, i: int) -> int | None:
+        return self.degrees[i] if self.degrees else None
+
+    def name(self, model: ResidualModel) -> str:
+        steps = ["emb"]
+        for i, b in enumerate(self.blocks):
+            d = self.degree_of(i)
+            steps.append(model.blocks[b - 1].name + ("" if d is None else f"[{d}]"))
+        steps.append(DEC + ("" if self.dec_degree is None else f"[{self.dec_degree}]"))
+        return " → ".join(steps)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+@dataclass(frozen=True)
+class PathFilter:
+    """Selects paths without enumerating the others.
+
+    ``must_use`` / ``avoid``: block indices (1-based) or names, or kinds (``"attn"``, ``"mlp"``:
+    in ``avoid`` a kind excludes all its blocks). ``min_len``/``max_len``: number of blocks.
+    ``degrees``: allowed Taylor degrees at each block (super-exponential expansion only).
+    """
+
+    must_use: tuple[int | str, ...] = ()
+    avoid: tuple[int | str, ...] = ()
+    min_len: int = 0
+    max_len: int | None = None
+    degrees: tuple[int, ...] | None = None
+
+
+@dataclass
+class PathValues:
+    """Logits of selected paths on one input: ``logits [P, *b, t, V]`` (or ``[P, *b, V]`` at one position)."""
+
+    paths: list[Path]
+    names: list[str]
+    logits: Tensor
+    position: int | None
+
+    def __post_init__(self) -> None:
+        if self.logits.shape[0] != len(self.paths) or len(self.names) != len(self.paths):
+            raise ValueError("PathValues: one logits row and one name per path")
+
+
+@dataclass
+class RankedPath:
+    """A path and its contribution to a token's logit at one position."""
+
+    name: str
+    path: Path
+    logit: float
+    top_token: int
+
+
+class PathExpansion:
+    """The exponential (or super-exponential) jet expansion of a model, enumerated lazily."""
+
+    def __init__(self, model: ResidualModel, order: int, split_degrees: bool = False) -> None:
+        self.model = model
+        self.order = check_order(order)
+        if split_degrees and self.order == 0:
+            raise InputError("the super-exponential expansion needs order k >= 1")
+        self.split_degrees = split_degrees
+        self.L = model.n_blocks
+        if self.L < 1:
+            raise InputError("the model has no blocks to expand")
+
+    # ---- structure -------------------------------------------------------------
+    def n_centres(self, l: int) -> int:
+        """Number of centres entering step l (expanding γ_{l+1}; l = L: the decoder)."""
+        if not self.split_degrees:
+            return 2**l
+        return 2 * (self.order + 2) ** (l - 1)
+
+    def weight(self, m: int) -> float:
+        """Uniform weight of the jet at block m (m = L+1: the decoder); block 1 is exact."""
+        return 1.0 if m == 1 else 1.0 / self.n_centres(m - 1)
+
+    @property
+    def n_paths(self) -> int:
+        """Total number of paths (2^L, or 2 (k+2)^{L-1} (k+1) split by degree)."""
+        if not self.split_degrees:
+            return 2**self.L
+        return self.n_centres(self.L) * (self.order + 1)
+
+    def _blocks(self, spec: Sequence[int | str]) -> set[int]:
+        out: set[int] = set()
+        for s in spec:
+            if isinstance(s, str) and s in ("attn", "mlp", "layer", "linear", "nonlinear"):
+                out |= {i + 1 for i, b in enumerate(self.model.blocks) if b.kind == s}
+            else:
+                out.add(self.model.block_index(s))
+        return out
+
+    def _choices(self, flt: PathFilter) -> tuple[list[int], set[int], list[int | None], list[int | None]]:
+        must = self._blocks(flt.must_use)
+        avoid = self._blocks(flt.avoid)
+        if must & avoid:
+            raise InputError("a block cannot be both required and avoided")
+        allowed = [b for b in range(1, self.L + 1) if b not in avoid]
+        if self.split_degrees:
+            degs: list[int | None] = list(flt.degrees if flt.degrees is not None else range(self.order + 1))
+            if any(not 0 <= d <= self.order for d in degs):  # type: ignore[operator]
+                raise InputError(f"degrees must lie in 0..{self.order}")
+            dec_degs = degs
+        else:
+            if flt.degrees is not None:
+                raise InputError("degree filters need the super-exponential expansion (split_degrees=True)")
+            degs, dec_degs = [None], [None]
+        return allowed, must, degs, dec_degs
+
+    def count(self, flt: PathFilter = PathFilter()) -> int:
+        """Number of paths the filter selects (computed, not enumerated)."""
+        allowed, must, degs, dec_degs = self._choices(flt)
+        free = [b for b in allowed if b not in must]
+        hi = len(allowed) if flt.max_len is None else min(flt.max_len, len(allowed))
+        total = 0
+        for n in range(max(flt.min_len, len(must)), hi + 1):
+            extra = n - len(must)
+            if extra < 0 or extra > len(free):
+                continue
+            n_sets = math.comb(len(free), extra)
+            if self.split_degrees:
+                # block 1, when used, has a single (exact) choice; every other block len(degs)
+                if 1 in must:
+                    with1 = n_sets
+                elif 1 in free:
+                    with1 = math.comb(len(free) - 1, extra - 1) if extra >= 1 else 0
+                else:
+                    with1 = 0
+                without1 = n_sets - with1
+                total += (without1 * len(degs) ** n + with1 * len(degs) ** max(n - 1, 0)) * len(dec_degs)
+            else:
+                total += n_sets
+        return total
+
+    def paths(self, flt: PathFilter = PathFilter()) -> Iterator[Path]:
+        """Yield the selected paths lazily (shortest first, then in block order)."""
+        allowed, must, degs, dec_degs = self._choices(flt)
+        free = [b for b in allowed if b not in must]
+        hi = len(allowed) if flt.max_len is None else min(flt.max_len, len(allowed))
+        for n in range(max(flt.min_len, len(must)), hi + 1):
+            extra = n - len(must)
+            if extra < 0 or extra > len(free):
+                continue
+            for combo in itertools.combinations(free, extra):
+                blocks = tuple(sorted(must | set(combo)))
+                if not self.split_degrees:
+                    yield Path(blocks)
+                    continue
+                per_block = [[None] if b == 1 else degs for b in blocks]
+                for ds in itertools.product(*per_block):
+                    for dd in dec_degs:
+                        yield Path(blocks, tuple(ds), dd)
+
+    def path(self, spec: str | Sequence[int | str]) -> Path:
+        """A single (non-split) path from block names/indices, e.g. ``"attn.0,mlp.3"``."""
+        items = spec.split(",") if isinstance(spec, str) else list(spec)
+        items = [i.strip() if isinstance(i, str) else i for i in items]
+        blocks = tuple(sorted(self.model.block_index(i) for i in items if i != ""))
+        return Path(blocks)
+
+    # ---- evaluation ---------------------------------------------------------------
+    def evaluate(
+        self,
+        input_ids: Int[Tensor, "*b t"],
+        paths: Sequence[Path],
+        position: int | None = None,
+        ctx: EvalContext | None = None,
+    ) -> PathValues:
+        """Logits of each path on ``input_ids``; prefixes are shared and jets batched per block.
+
+        ``position`` (e.g. -1) keeps only that position's logits (``[P, *b, V]``), which
+        saves the unembedding of every other position.
+        """
+        from jetex.jets import jet_coefficients
+
+        paths = list(paths)
+        if not paths:
+            raise InputError("no paths selected")
+        ctx = ctx or EvalContext(self.model, input_ids)
+        k = self.order
+        values: dict[tuple, Tensor] = {(): ctx.h[0]}
+        # all distinct non-empty prefixes, as tuples of (block, degree)
+        prefixes: set[tuple] = set()
+        for p in paths:
+            steps = tuple((b, p.degree_of(i)) for i, b in enumerate(p.blocks))
+            for j in range(1, len(steps) + 1):
+                prefixes.add(steps[:j])
+        by_block: dict[int, list[tuple]] = {}
+        for pre in prefixes:
+            by_block.setdefault(pre[-1][0], []).append(pre)
+        for m in sorted(by_block):
+            group = sorted(by_block[m])
+            if m == 1:
+                for pre in group:
+                    values[pre] = ctx.gamma[0]
+                continue
+            parents = sorted({pre[:-1] for pre in group})
+            centres = [self._skip_scale(p, m) * values[p] for p in parents]
+            coeffs = self._jet(m, centres, ctx, jet_coefficients)
+            idx = {p: i for i, p in enumerate(parents)}
+            w = self.weight(m)
+            for pre in group:
+                d = pre[-1][1]
+                c = coeffs[:, idx[pre[:-1]]]
+                values[pre] = w * (c.sum(0) if d is None else c[d])
+        # decoder
+        finals = sorted({tuple((b, p.degree_of(i)) for i, b in enumerate(p.blocks)) for p in paths})
+        centres = [self._skip_scale(f, self.L + 1) * values[f] for f in finals]
+        coeffs = self._jet(self.L + 1, centres, ctx, jet_coefficients, position)
+        fidx = {f: i for i, f in enumerate(finals)}
+        w = self.weight(self.L + 1)
+        out = []
+        for p in paths:
+            c = coeffs[:, fidx[tuple((b, p.degree_of(i)) for i, b in enumerate(p.blocks))]]
+            out.append(w * (c.sum(0) if p.dec_degree is None else c[p.dec_degree]))
+        stacked = torch.stack(out)
+        logits = stacked @ self.model.unembedding_matrix.T
+        return PathValues(paths, [p.name(self.model) for p in paths], logits, position)
+
+    def _skip_scale(self, prefix: tuple, m: int) -> float:
+        """Product of the identity weights of the blocks a path skips before block m.
+
+        For k ≥ 1 identity terms are the centres themselves (Eq. 9): scale 1. For k = 0 the
+        identity term of block j is w_j·x (footnote 2), for every skipped block j ≥ 2
+        (skipping block 1 is the exact initial centre η).
+        """
+        if self.order >= 1:
+            return 1.0
+        prev = prefix[-1][0] if prefix else 0
+        scale = 1.0
+        for j in range(max(prev + 1, 2), m):
+            scale *= self.weight(j)
+        return scale
+
+    def _jet(self, m: int, centres: list[Tensor], ctx: EvalContext, jet_coefficients, position: int | None = None) -> Tensor:
+        """Coefficients ``[k+1, n, *b, t, d]`` of J^k γ_m(x_i)(h_{m-1}) for each centre (m = L+1: final norm)."""
+        decoder = m == self.L + 1
+        fn = self.model.final_norm if decoder else self.model.blocks[m - 1]
+        variate = ctx.h[self.L] if decoder else ctx.h[m - 1]
+        X = torch.stack(centres)
+        if decoder and position is not None:  # the final norm is position-wise
+            X = X[..., position : position + 1 if position != -1 else None, :]
+            variate = variate[..., position : position + 1 if position != -1 else None, :]
+        Y = variate.unsqueeze(0).expand_as(X)
+        flat_x = X.reshape(-1, *X.shape[-2:])
+        flat_y = Y.reshape(flat_x.shape)
+        if self.order == 0:
+            c = fn(flat_x).unsqueeze(0)
+        else:
+            c = jet_coefficients(fn, flat_x, flat_y, self.order)
+        c = c.reshape(c.shape[0], *X.shape)
+        if decoder and position is not None:
+            c = c.squeeze(-2)
+        return c
+
+    @torch.no_grad()
+    def rank(
+        self,
+        input_ids: Int[Tensor, "1 t"],
+        paths: Sequence[Path],
+        token: int | None = None,
+        position: int = -1,
+        top: int = 10,
+        batch_size: int = 256,
+    ) -> list[RankedPath]:
+        """Rank ``paths`` by their logit contribution to ``token`` (default: the model's prediction) at ``position``."""
+        ctx = EvalContext(self.model, input_ids)
+        if token is None:
+            token = int(self.model.decode(ctx.h[self.L])[..., position, :].reshape(-1, self.model.vocab_size)[0].argmax())
+        ranked: list[RankedPath] = []
+        paths = list(paths)
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i : i + batch_size]
+            vals = self.evaluate(input_ids, chunk, position=position, ctx=ctx)
+            lg = vals.logits.reshape(len(chunk), -1, self.model.vocab_size)[:, 0]
+            for p, n, row in zip(chunk, vals.names, lg):
+                ranked.append(RankedPath(n, p, float(row[token]), int(row.argmax())))
+        ranked.sort(key=lambda r: -r.logit)
+        return ranked[:top]
+
+    def materialize(self) -> Expansion:
+        """Build Algorithm 2 explicitly with ``jet_expand`` (only for small L: 2^L terms).
+
+        Term i of the returned decoder expansion corresponds to ``list(self.paths())``
+        re-ordered by :meth:`path_of_term`. Used to check the lazy evaluation against Algorithm 1.
+        """
+        if self.split_degrees:
+            raise InputError("materialize() builds the exponential expansion; the split variant is lazy only")
+        if self.L > 12:
+            raise InputError(f"refusing to build 2^{self.L} terms eagerly; use paths() and evaluate()")
+        name1 = self.model.blocks[0].name
+        xi = [Embedding(), Contribution(1, name1, path=("emb", name1))]
+        exp = None
+        for l in range(1, self.L + 1):
+            exp = jet_expand(self.model, l, xi, self.order)
+            xi = exp.terms
+        assert exp is not None
+        return exp
+
+
+def exp_jet_expansion(model: ResidualModel, order: int, *, split_degrees: bool = False) -> PathExpansion:
+    """Algorithm 2: the exponential jet expansion (2^L paths), or the super-exponential one.
+
+    Returns a lazy :class:`PathExpansion`; select paths with :class:`PathFilter` and evaluate
+    them with :meth:`PathExpansion.evaluate` / rank them with :meth:`PathExpansion.rank`.
+    """
+    return PathExpansion(model, order, split_degrees)

@@ -1,0 +1,369 @@
+"""Jet lenses (paper Sec. 4, METHODS.md §4).
+
+- **Iterative jet lens**: for each chosen stream h_l, the decoder expansion
+  ``jet_expand(q, L, {h_l}, k)`` with the single centre h_l (weight 1); its logits are
+  U J^k γ_{L+1}(h_l)(h_L). At k = 0 this is the logit lens U γ_{L+1}(h_l).
+- **Joint jet lens**: ``jet_expand(q, L, {η} ∪ {γ_l ∘ h_{l-1}}_l, k)``: centres are the
+  embedding and each block's contribution (or the contributions of groups of consecutive
+  blocks), which sum to h_L; weights uniform or optimised per position (Remark 3,
+  solved exactly, see :mod:`jetex.lenses.weights`). Each row shows one centre's term
+  U w_i J^k γ_{L+1}(x_i)(h_L); their sum is the expansion's prediction.
+
+U is linear, so it is applied once per term (never per Taylor coefficient): the jets are
+taken in d-dimensional final-norm space and only then mapped to the vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from jetex.errors import InputError
+from jetex.expand.algorithm import check_order
+from jetex.lenses.weights import optimal_weights
+from jetex.models.base import ResidualModel
+
+LensKind = Literal["iterative", "joint"]
+
+
+@dataclass
+class LensResult:
+    """What a lens shows for one input sequence (batch of one).
+
+    R rows (streams for the iterative lens, centres for the joint lens), t positions, K top tokens:
+
+    - ``top_ids``, ``top_logits``: ``[R, t, K]`` the lens's top tokens and their logits per cell;
+    - ``cosine``: ``[R, t]`` cosine similarity between each row's logits and the model's logits;
+    - ``model_top_ids``, ``model_top_logits``: ``[t, K]`` the model's own prediction;
+    - ``expansion_top_ids``, ``expansion_top_logits``, ``expansion_cosine`` (``[t, K]``, ``[t]``):
+      the joint expansion's prediction Σ_i U e_i (joint lens only; ``None`` for iterative);
+    - ``weights``: ``[R, t]`` the jet weights (joint lens only);
+    - ``remainder_norm``: ``[R, t]`` (iterative: per row) or ``[1, t]`` (joint) norms of the
+      logit-space remainder U δ.
+    """
+
+    kind: LensKind
+    order: int
+    model_name: str
+    tokens: list[str]
+    input_ids: Tensor
+    row_names: list[str]
+    top_ids: Tensor
+    top_logits: Tensor
+    cosine: Tensor
+    model_top_ids: Tensor
+    model_top_logits: Tensor
+    remainder_norm: Tensor
+    vocab: list[list[str]] = field(default_factory=list)
+    model_vocab: list[str] = field(default_factory=list)
+    weights: Tensor | None = None
+    expansion_top_ids: Tensor | None = None
+    expansion_top_logits: Tensor | None = None
+    expansion_cosine: Tensor | None = None
+    expansion_vocab: list[str] = field(default_factory=list)
+    optimized: bool = False
+
+    def __post_init__(self) -> None:
+        R, t = len(self.row_names), len(self.tokens)
+        if self.top_ids.shape[:2] != (R, t) or self.top_logits.shape != self.top_ids.shape:
+            raise ValueError(f"LensResult: top_ids/top_logits must be [{R}, {t}, K]")
+        if tuple(self.cosine.shape) != (R, t):
+            raise ValueError(f"LensResult: cosine must be [{R}, {t}]")
+        if self.model_top_ids.shape[0] != t:
+            raise ValueError("LensResult: model_top_ids must be [t, K]")
+        if self.weights is not None and tuple(self.weights.shape) != (R, t):
+            raise ValueError(f"LensResult: weights must be [{R}, {t}]")
+        if self.kind == "joint" and self.expansion_top_ids is None:
+            raise ValueError("LensResult: a joint lens carries the expansion's prediction")
+
+    @property
+    def top1(self) -> list[list[str]]:
+        """Top-1 token string per (row, position)."""
+        return [[cell[0] for cell in row] for row in self.vocab]
+
+    def mean_cosine(self) -> Tensor:
+        """Cosine per row averaged over positions ``[R]``."""
+        return self.cosine.mean(-1)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (top-k tokens and logits per cell, cosines, weights)."""
+        out = {
+            "kind": self.kind,
+            "order": self.order,
+            "model": self.model_name,
+            "optimized": self.optimized,
+            "tokens": self.tokens,
+            "rows": self.row_names,
+            "cells": [
+                [
+                    {"top": self.vocab[r][i], "logits": [round(float(x), 4) for x in self.top_logits[r, i]], "cosine": round(float(self.cosine[r, i]), 4)}
+                    | ({"weight": round(float(self.weights[r, i]), 4)} if self.weights is not None else {})
+                    for i in range(len(self.tokens))
+                ]
+                for r in range(len(self.row_names))
+            ],
+            "model_top": self.model_vocab,
+            "mean_cosine": [round(float(x), 4) for x in self.mean_cosine()],
+            "remainder_norm": self.remainder_norm.tolist(),
+        }
+        if self.kind == "joint":
+            out["expansion_top"] = self.expansion_vocab
+            out["expansion_cosine"] = [round(float(x), 4) for x in self.expansion_cosine]  # type: ignore[union-attr]
+        return out
+
+
+def _ids(model: ResidualModel, text_or_ids: str | Tensor) -> Int[Tensor, "1 t"]:
+    if isinstance(text_or_ids, str):
+        return model.tokenize(text_or_ids)
+    ids = torch.as_tensor(text_or_ids, dtype=torch.long)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] == 0:
+        raise InputError("a lens reads one non-empty sequence: token ids of shape [t] or [1, t]")
+    if int(ids.min()) < 0 or int(ids.max()) >= model.vocab_size:
+        raise InputError(f"token ids must lie in 0..{model.vocab_size - 1}")
+    return ids.to(model.device)
+
+
+def layer_streams(model: ResidualModel, layers: Sequence[int] | None = None) -> tuple[list[int], list[str]]:
+    """Stream indices l (h_l) at the end of transformer layers, with row names.
+
+    ``layers=None``: h_0 (``emb``) and the stream after every transformer layer. Layer i
+    (0-based) ends after the last block whose ``layer`` is i; its row is named after that
+    block (``mlp.3``). Toys: one row per block.
+    """
+    ends: dict[int, int] = {}
+    for l, blk in enumerate(model.blocks, start=1):
+        ends[blk.layer] = l
+    n_layers = len(ends)
+    if layers is None:
+        chosen = sorted(ends)
+        streams = [0] + [ends[i] for i in chosen]
+    else:
+        streams = []
+        for i in layers:
+            if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < n_layers:
+                raise InputError(f"layer {i!r} out of range: this model has layers 0..{n_layers - 1} (-1 = embedding)")
+            streams.append(0 if i == -1 else ends[i])
+    names = ["emb" if l == 0 else model.blocks[l - 1].name for l in streams]
+    return streams, names
+
+
+def iterative_lens_logits(
+    model: ResidualModel, h: Float[Tensor, "l1 b t d"], streams: Sequence[int], order: int
+) -> Float[Tensor, "r b t v"]:
+    """U J^k γ_{L+1}(h_l)(h_L) for each chosen l, from a precomputed stream ``h`` (``[L+1, b, t, d]``)."""
+    from jetex.jets import jet
+
+    k = check_order(order)
+    L = model.n_blocks
+    X = h[list(streams)]  # [R, b, t, d]
+    if k == 0:
+        normed = model.final_norm(X.reshape(-1, *X.shape[-2:]))
+    else:
+        Y = h[L].unsqueeze(0).expand_as(X)
+        normed = jet(model.final_norm, X.reshape(-1, *X.shape[-2:]), Y.reshape(-1, *X.shape[-2:]), k)
+    return model.unembed(normed.reshape(X.shape))
+
+
+def _topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    v, i = logits.topk(min(k, logits.shape[-1]), dim=-1)
+    return i, v
+
+
+@torch.no_grad()
+def iterative_lens(
+    model: ResidualModel,
+    text_or_ids: str | Tensor,
+    order: int = 1,
+    layers: Sequence[int] | None = None,
+    *,
+    top_k: int = 10,
+) -> LensResult:
+    """The iterative jet lens: one decoder expansion per chosen layer, centre h_l, weight 1.
+
+    ``layers``: transformer layers (0-based; -1 = the embedding h_0), default all of them
+    plus the embedding. k = 0 gives the logit lens.
+    """
+    k = check_order(order)
+    ids = _ids(model, text_or_ids)
+    streams, names = layer_streams(model, layers)
+    h = model.stream(ids)  # [L+1, 1, t, d]
+    logits = iterative_lens_logits(model, h, streams, k)[:, 0]  # [R, t, V]
+    model_logits = model.decode(h[-1])[0]  # [t, V]
+    cos = F.cosine_similarity(logits, model_logits.unsqueeze(0), dim=-1)
+    rem = (model_logits.unsqueeze(0) - logits).norm(dim=-1)
+    top_ids, top_logits = _topk(logits, top_k)
+    m_ids, m_logits = _topk(model_logits, top_k)
+    return LensResult(
+        kind="iterative",
+        order=k,
+        model_name=model.name,
+        tokens=model.token_strings(ids[0]),
+        input_ids=ids[0].cpu(),
+        row_names=names,
+        top_ids=top_ids.cpu(),
+        top_logits=top_logits.float().cpu(),
+        cosine=cos.float().cpu(),
+        model_top_ids=m_ids.cpu(),
+        model_top_logits=m_logits.float().cpu(),
+        remainder_norm=rem.float().cpu(),
+        vocab=[[model.token_strings(cell) for cell in row] for row in top_ids],
+        model_vocab=[model.token_strings(cell)[0] for cell in m_ids],
+    )
+
+
+def joint_centres(model: ResidualModel, centres: str | int | Sequence[int] = "blocks") -> tuple[list[tuple[int, int]], list[str]]:
+    """Segments (a, b] of blocks whose contributions h_b − h_a are the joint lens centres.
+
+    ``"blocks"``: every block (L+1 centres with the embedding); ``"layers"``: one centre per
+    transformer layer; an int n: the embedding plus n−1 groups of consecutive blocks of
+    near-equal size; a list of boundaries [b_1 < … < b_m = L]: segments (0,b_1], (b_1,b_2], ….
+    The embedding is always the first centre, written (−1, 0).
+    """
+    L = model.n_blocks
+    if centres == "blocks":
+        bounds = list(range(1, L + 1))
+    elif centres == "layers":
+        ends: dict[int, int] = {}
+        for l, blk in enumerate(model.blocks, start=1):
+            ends[blk.layer] = l
+        bounds = sorted(ends.values())
+    elif isinstance(centres, int) and not isinstance(centres, bool):
+        if not 2 <= centres <= L + 1:
+            raise InputError(f"the joint lens needs 2..{L + 1} centres (embedding + block groups), got {centres}")
+        g = centres - 1
+        bounds = [round(L * (i + 1) / g) for i in range(g)]
+    elif isinstance(centres, str):
+        raise InputError(f"unknown centres {centres!r}: use 'blocks', 'layers', a number, or block boundaries")
+    else:
+        bounds = [int(b) for b in centres]
+        if not bounds or bounds[-1] != L or any(b2 <= b1 for b1, b2 in zip(bounds, bounds[1:])) or bounds[0] < 1:
+            raise InputError(f"boundaries must increase strictly from >= 1 and end at L = {L}")
+    segs = [(-1, 0)]
+    names = ["emb"]
+    prev = 0
+    for b in bounds:
+        segs.append((prev, b))
+        first, last = model.blocks[prev].name, model.blocks[b - 1].name
+        names.append(first if b - prev == 1 else f"{first}…{last}")
+        prev = b
+    return segs, names
+
+
+@torch.no_grad()
+def joint_lens(
+    model: ResidualModel,
+    text_or_ids: str | Tensor,
+    order: int = 1,
+    centres: str | int | Sequence[int] = "blocks",
+    *,
+    optimize: bool = False,
+    top_k: int = 10,
+) -> LensResult:
+    """The joint jet lens: decoder expansion around the embedding and the block contributions.
+
+    Row i holds the term U w_i J^k γ_{L+1}(x_i)(h_L); with ``optimize=True`` the weights
+    minimise the logit-space remainder exactly per position (Remark 3), else w_i = 1/n.
+    """
+    from jetex.jets import jet
+
+    k = check_order(order)
+    ids = _ids(model, text_or_ids)
+    segs, names = joint_centres(model, centres)
+    h = model.stream(ids)[:, 0]  # [L+1, t, d]
+    X = torch.stack([h[0] if a < 0 else h[b] - h[a] for a, b in segs])  # [n, t, d]
+    n, t, d = X.shape
+    hL = h[-1]
+    target = model.final_norm(hL)  # [t, d]
+    if k == 0:
+        J = model.final_norm(X)
+    else:
+        J = jet(model.final_norm, X, hL.unsqueeze(0).expand_as(X), k)
+    U = model.unembedding_matrix
+    if optimize:
+        G = U.T.double() @ U.double()
+        W = optimal_weights(J, target, G).to(J.dtype)  # [n, t]
+    else:
+        W = torch.full((n, t), 1.0 / n, dtype=J.dtype, device=J.device)
+    terms = W[..., None] * J  # [n, t, d]
+    logits = model.unembed(terms) if model.unembedding_bias is None else terms @ U.T
+    model_logits = model.decode(hL)
+    exp_logits = logits.sum(0)
+    rem = (model_logits - exp_logits).norm(dim=-1)
+    cos = F.cosine_similarity(logits, model_logits.unsqueeze(0), dim=-1)
+    top_ids, top_logits = _topk(logits, top_k)
+    m_ids, m_logits = _topk(model_logits, top_k)
+    e_ids, e_logits = _topk(exp_logits, top_k)
+    return LensResult(
+        kind="joint",
+        order=k,
+        model_name=model.name,
+        tokens=model.token_strings(ids[0]),
+        input_ids=ids[0].cpu(),
+        row_names=names,
+        top_ids=top_ids.cpu(),
+        top_logits=top_logits.float().cpu(),
+        cosine=cos.float().cpu(),
+        model_top_ids=m_ids.cpu(),
+        model_top_logits=m_logits.float().cpu(),
+        remainder_norm=rem[None].float().cpu(),
+        vocab=[[model.token_strings(cell) for cell in row] for row in top_ids],
+        model_vocab=[model.token_strings(cell)[0] for cell in m_ids],
+        weights=W.float().cpu(),
+        expansion_top_ids=e_ids.cpu(),
+        expansion_top_logits=e_logits.float().cpu(),
+        expansion_cosine=F.cosine_similarity(exp_logits, model_logits, dim=-1).float().cpu(),
+        expansion_vocab=[model.token_strings(cell)[0] for cell in e_ids],
+        optimized=optimize,
+    )
+
+
+@dataclass
+class CosineCurve:
+    """Mean cosine similarity (over sentences and positions) between lens and model logits.
+
+    ``cosine [n_orders, R]`` for rows ``row_names`` and jet orders ``orders``; ``n_sentences``.
+    """
+
+    kind: LensKind
+    orders: list[int]
+    row_names: list[str]
+    cosine: Tensor
+    n_sentences: int
+    model_name: str
+
+    def __post_init__(self) -> None:
+        if tuple(self.cosine.shape) != (len(self.orders), len(self.row_names)):
+            raise ValueError("CosineCurve: cosine must be [n_orders, R]")
+
+
+@torch.no_grad()
+def lens_cosine_curve(
+    model: ResidualModel,
+    texts: Sequence[str],
+    orders: Sequence[int] = (0, 1, 2),
+    layers: Sequence[int] | None = None,
+) -> CosineCurve:
+    """Iterative-lens cosine similarity to the model's logits per layer and order, averaged
+    over all positions of all ``texts`` (paper Fig. 3 bottom / App. lens plots)."""
+    if not texts:
+        raise InputError("no sentences given")
+    orders = [check_order(k) for k in orders]
+    streams, names = layer_streams(model, layers)
+    total = torch.zeros(len(orders), len(streams), dtype=torch.float64)
+    count = 0
+    for text in texts:
+        ids = model.tokenize(text)
+        h = model.stream(ids)
+        model_logits = model.decode(h[-1])
+        for oi, k in enumerate(orders):
+            lg = iterative_lens_logits(model, h, streams, k)
+            total[oi] += F.cosine_similarity(lg, model_logits.unsqueeze(0), dim=-1).double().sum(dim=(1, 2)).cpu()
+        count += ids.shape[-1]
+    return CosineCurve("iterative", orders, names, (total / count).float(), len(texts), model.name)
