@@ -5,15 +5,34 @@ Interpret a language model as a sum of input-to-output paths plus a remainder
 extract its jet n-gram statistics, and attribute its predictions to input tokens.
 """
 
+from jetex.attribution import attribute
 from jetex.errors import JetexError
+from jetex.expand import Contribution, Embedding, PathFilter, Segment, Stream, exp_jet_expansion, jet_expand
+from jetex.jets import jet, jet_coefficients
+from jetex.lenses import iterative_lens, joint_lens, lens_cosine_curve
 from jetex.models import LinearResidualNet, ResidualModel, ToyResidualNet, toy_two_block
+from jetex.models.load import load
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "attribute",
+    "Contribution",
+    "Embedding",
+    "PathFilter",
+    "Segment",
+    "Stream",
+    "exp_jet_expansion",
+    "jet_expand",
+    "iterative_lens",
+    "joint_lens",
+    "lens_cosine_curve",
     "JetexError",
+    "jet",
+    "jet_coefficients",
     "LinearResidualNet",
     "ResidualModel",
     "ToyResidualNet",
     "toy_two_block",
+    "load",
 ]

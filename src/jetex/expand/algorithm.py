@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -191,7 +191,7 @@ def jet_expand(
     model: ResidualModel,
     block: int | str,
     centres: Sequence[Term],
-    order: int,
+    order: object,
     weights: Sequence[float] | Tensor | None = None,
 ) -> Expansion:
     """Algorithm 1: expand β_{l+1} (or the decoder when l = L) around ``centres`` at order k.

@@ -14,7 +14,7 @@ by expanding the decoder, which live in final-norm space (U maps them to logits)
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int

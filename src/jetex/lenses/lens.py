@@ -16,7 +16,8 @@ taken in d-dimensional final-norm space and only then mapped to the vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,7 @@ class LensResult:
     model_top_ids: Tensor
     model_top_logits: Tensor
     remainder_norm: Tensor
-    vocab: list[list[str]] = field(default_factory=list)
+    vocab: list[list[list[str]]] = field(default_factory=list)
     model_vocab: list[str] = field(default_factory=list)
     weights: Tensor | None = None
     expansion_top_ids: Tensor | None = None

@@ -42,6 +42,12 @@ class HeadWeights:
     / ``[d]`` or None. ``scale`` multiplies q·k. The attention block computes, for the
     normalised input x = norm(h):  out = Σ_h softmax(q_h k_hᵀ·scale + mask) v_h W_O[h] + b_O,
     with rotary position embedding applied to q, k where ``rotary`` is True.
+
+    Optional, for architectures that need them (defaults keep the plain form above):
+    ``rotary_dims`` — only the first ``rotary_dims`` dims of each head are rotated
+    (GPT-NeoX partial rotary; None: all); ``q_norm`` / ``k_norm`` — per-head norm modules
+    applied to q, k before rotary (Gemma 3). ``jetex.models.adapters.head_attention``
+    recomputes the per-head outputs from these weights.
     """
 
     W_Q: Tensor
@@ -54,6 +60,9 @@ class HeadWeights:
     b_O: Tensor | None
     scale: float
     rotary: bool
+    rotary_dims: int | None = None
+    q_norm: Any = None
+    k_norm: Any = None
 
     def __post_init__(self) -> None:
         H, d, dh = self.W_Q.shape

