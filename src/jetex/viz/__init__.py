@@ -1,0 +1,1 @@
+"""Rendering of jetex results (terminal, HTML, figures); no math here."""
