@@ -12,6 +12,7 @@ from jetex.jets import jet, jet_coefficients
 from jetex.lenses import iterative_lens, joint_lens, lens_cosine_curve
 from jetex.models import LinearResidualNet, ResidualModel, ToyResidualNet, toy_two_block
 from jetex.models.load import load
+from jetex.ngrams import NgramStore, extract_ngrams
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,6 @@ __all__ = [
     "ToyResidualNet",
     "toy_two_block",
     "load",
+    "NgramStore",
+    "extract_ngrams",
 ]

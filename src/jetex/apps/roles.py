@@ -1,0 +1,511 @@
+"""Roles of components from their jet n-grams (paper Sec. 5.1, Tables 1 and 2), with the
+intervention check.
+
+**MLPs.** For the MLP of transformer layer N, the bigram path ``mlp:N`` (η → MLP_N → υ) is
+evaluated over the input vocabulary (all tokens, or ids below ``limit_vocab``) next to the
+``direct`` path (η → υ); self-transitions are excluded and renormalised (the jetex
+convention). Per MLP:
+
+- ``top``: its global top bigrams by P_mlp(b | a);
+- ``added`` — what the MLP adds: among the MLP path's most probable output per input token
+  (its argmax b*(a)), the pairs with the largest Δ = log P_mlp(b* | a) − log P_direct(b* | a),
+  restricted to P_mlp(b* | a) ≥ ``min_prob``. The direct log-probabilities come from the
+  direct path's decoded term and log-sum-exp, computed once per input token.
+- ``role``: a suggested label from a simple, documented HEURISTIC on the ``n_label`` top
+  "added" bigrams (:func:`label_role`): a shared output suffix ("-ing": ≥ 20% of outputs are
+  word continuations that equal or end with the same string of ≥ 2 letters), same-word
+  copying (output = input up to case/leading space, ≥ 20%), word completion (≥ 60% of
+  outputs continue the input word), numbers or punctuation (≥ 50%), else next-word
+  prediction. It is a hint for a human reader, not a classifier.
+
+**Intervention.** The MLP is ablated by a forward hook that zeroes its output (the Hugging
+Face MLP module, so the model's own forward pass is used) and, for each of the top
+``n_ablate`` "added" bigrams (a, b), the logit of b is read right after a on real contexts:
+sentences of a corpus (default: the Python standard library's docstrings,
+:mod:`jetex.apps.corpus`) that contain token a, cut after a, up to ``max_contexts`` per
+bigram, each the last ``window`` tokens with BOS in front. Where the corpus has fewer than 2
+such contexts, generated ones are used: BOS + prefix + a for a few fixed prefixes. Reported:
+mean Δlogit (ablated − intact; negative = the logit drops) and the same for log P(b), next
+to a control: ablating another MLP chosen at random (fixed seed) on the same contexts.
+
+**First-layer heads** (Table 2) use the exact skip-trigram search of
+:mod:`jetex.ngrams.trigrams` (``attn:L.H`` paths); a head is ablated by zeroing its slice of
+the input of the attention's output projection (pre-hook), and the logit of c is read after
+b in contexts [BOS, a, b].
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from jetex.apps.tables import bigram_path, default_batch, mask_self, row_topk
+from jetex.errors import InputError
+from jetex.models.base import ResidualModel
+
+GENERATED_PREFIXES = ["", "The ", "In this case the ", "We can see that "]
+
+
+# --------------------------------------------------------------------------- heuristic labeller
+def _is_continuation(s: str) -> bool:
+    """A token that continues the previous word (no leading space / word-start marker)."""
+    return bool(s) and not s[0].isspace() and s[0] not in "ĠĊ▁"
+
+
+def _norm(s: str) -> str:
+    return s.strip().lstrip("Ġ▁").lower()
+
+
+def label_role(pairs: Sequence[tuple[str, str]], min_share: float = 0.2) -> tuple[str, str]:
+    """A suggested role (label, evidence) for bigrams (a_text, b_text) — a HEURISTIC (module doc)."""
+    n = len(pairs)
+    if n == 0:
+        return "none", "no bigram"
+    outs = [b for _, b in pairs]
+    cont = [b for b in outs if _is_continuation(b) and any(ch.isalpha() for ch in b)]
+    # shared suffix among word continuations
+    best, best_n = "", 0
+    for L in (4, 3, 2):
+        ends = Counter(b.lower()[-L:] for b in cont if len(b) >= L and b[-L:].isalpha())
+        if ends:
+            s, c = ends.most_common(1)[0]
+            if c > best_n:
+                best, best_n = s, c
+    if best and best_n >= max(2, min_share * n):
+        return f"suffix -{best}", f"{best_n}/{n} outputs are word continuations ending in '{best}'"
+    copies = sum(1 for a, b in pairs if _norm(a) and _norm(a) == _norm(b))
+    if copies >= max(2, min_share * n):
+        return "copy (same word, other form)", f"{copies}/{n} outputs repeat the input word"
+    if len(cont) >= 0.6 * n:
+        common = ", ".join(repr(s) for s, _ in Counter(cont).most_common(3))
+        return "word completion", f"{len(cont)}/{n} outputs continue the input word (e.g. {common})"
+    digits = sum(1 for b in outs if b.strip() and b.strip().isdigit())
+    if digits >= 0.5 * n:
+        return "numbers", f"{digits}/{n} outputs are digits"
+    punct = sum(1 for b in outs if b.strip() and not any(ch.isalnum() for ch in b))
+    if punct >= 0.5 * n:
+        common = ", ".join(repr(s) for s, _ in Counter(b.strip() for b in outs).most_common(3))
+        return "punctuation / code symbols", f"{punct}/{n} outputs are symbols (e.g. {common})"
+    common = ", ".join(repr(s) for s, _ in Counter(outs).most_common(3))
+    return "next-word prediction (mixed)", f"most common outputs: {common}"
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class AblationCheck:
+    """Mean effect of zeroing a component on the logit (and log-probability) of its n-grams'
+    outputs on real contexts; ``per_ngram`` rows: (n-gram text, n contexts, Δlogit, Δlogit control)."""
+
+    component: str
+    control: str
+    n_contexts: int
+    source: str
+    delta_logit: float
+    delta_logprob: float
+    control_delta_logit: float
+    control_delta_logprob: float
+    per_ngram: list[tuple[str, int, float, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.n_contexts < 0:
+            raise ValueError("AblationCheck.n_contexts must be >= 0")
+
+
+@dataclass
+class ComponentRole:
+    """A component's characteristic n-grams and suggested role. ``top`` / ``added`` rows:
+    (a_text, b_text, P_component, P_direct, Δ log P) for MLPs; (a, b, c, score) for heads."""
+
+    component: str
+    kind: str
+    top: list[tuple]
+    added: list[tuple]
+    role: str
+    evidence: str
+    ablation: AblationCheck | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("mlp", "head"):
+            raise ValueError("ComponentRole.kind must be 'mlp' or 'head'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- bigram statistics
+def _direct_stats(
+    model: ResidualModel, rows: Int[Tensor, "n"], batch_size: int
+) -> tuple[Float[Tensor, "n d"], Float[Tensor, "n"]]:
+    """The direct path's decoded term e(a) ``[n, d]`` and its self-excluded log-sum-exp ``[n]``."""
+    p = bigram_path(model, "direct")
+    es, lses = [], []
+    with torch.no_grad():
+        for s in range(0, rows.numel(), batch_size):
+            ids = rows[s : s + batch_size]
+            e = p.decoded(model, ids.to(model.device), 0)
+            logits = model.unembed(e).float().cpu()
+            logits[torch.arange(len(ids)), ids] = float("-inf")
+            es.append(e.float().cpu())
+            lses.append(torch.logsumexp(logits, dim=-1))
+    return torch.cat(es), torch.cat(lses)
+
+
+def mlp_bigrams(
+    model: ResidualModel,
+    layer: int,
+    *,
+    direct: tuple[Tensor, Tensor] | None = None,
+    limit_vocab: int | None = None,
+    n_top: int = 20,
+    min_prob: float = 0.05,
+    batch_size: int | None = None,
+) -> tuple[list[tuple[int, int, float, float]], list[tuple[int, int, float, float]]]:
+    """(top, added) bigrams (a, b, log P_mlp, log P_direct) of the MLP of ``layer`` (module doc)."""
+    V = model.vocab_size
+    n_in = V if limit_vocab is None else min(V, limit_vocab)
+    rows = torch.arange(n_in)
+    p = bigram_path(model, f"mlp:{layer}")
+    e_dir, lse_dir = direct if direct is not None else _direct_stats(model, rows, batch_size or default_batch(V))
+    U = model.unembedding_matrix.detach().float().cpu()
+    bias = model.unembedding_bias
+    bias = None if bias is None else bias.detach().float().cpu()
+    bs = batch_size or default_batch(V)
+    top_v: list[Tensor] = []
+    top_a: list[Tensor] = []
+    top_b: list[Tensor] = []
+    arg_b, arg_lp = [], []
+    with torch.no_grad():
+        for s in range(0, n_in, bs):
+            ids = rows[s : s + bs]
+            lp = torch.log_softmax(p.logits(model, ids.to(model.device), 0).float().cpu(), dim=-1)
+            lp = mask_self(lp, ids)
+            v, i = row_topk(lp, min(n_top, V - 1))
+            top_v.append(v.flatten())
+            top_a.append(ids.repeat_interleave(v.shape[1]))
+            top_b.append(i.flatten())
+            arg_b.append(i[:, 0])
+            arg_lp.append(v[:, 0])
+    tv, ta, tb = torch.cat(top_v), torch.cat(top_a), torch.cat(top_b)
+    order = torch.sort(tv, descending=True, stable=True).indices[:n_top]
+    b_star, lp_star = torch.cat(arg_b), torch.cat(arg_lp)
+
+    def direct_lp(a: Tensor, b: Tensor) -> Tensor:
+        z = (e_dir[a] * U[b]).sum(-1)
+        if bias is not None:
+            z = z + bias[b]
+        return z - lse_dir[a]
+
+    top = [(int(a), int(b), float(v), float(d))
+           for a, b, v, d in zip(ta[order], tb[order], tv[order], direct_lp(ta[order], tb[order]))]
+    d_star = direct_lp(rows, b_star)
+    gain = lp_star - d_star
+    if min_prob > 0:
+        gain[lp_star < math.log(min_prob)] = float("-inf")
+    order = torch.sort(gain, descending=True, stable=True).indices[:n_top]
+    added = [(int(rows[i]), int(b_star[i]), float(lp_star[i]), float(d_star[i])) for i in order.tolist()
+             if gain[i] > float("-inf")]
+    return top, added
+
+
+# --------------------------------------------------------------------------- ablation
+def mlp_module(model: ResidualModel, layer: int) -> nn.Module:
+    """The module whose output is the MLP of ``layer`` (the HF MLP module where there is one)."""
+    from jetex.ngrams.paths import mlp_blocks
+
+    blocks = mlp_blocks(model)
+    if layer not in blocks:
+        raise InputError(f"MLP layer {layer} out of range; MLP layers are {sorted(blocks)}")
+    fn = blocks[layer][1]
+    return getattr(fn, "mlp", fn)
+
+
+def _zero_output(module: nn.Module, args: Any, output: Any) -> Any:
+    if isinstance(output, tuple):
+        return (torch.zeros_like(output[0]),) + tuple(output[1:])
+    return torch.zeros_like(output)
+
+
+class ablated:
+    """Context manager: zero the output of ``module`` (forward hook) or, with ``head``, zero
+    that head's slice of the input of ``module`` (an attention output projection)."""
+
+    def __init__(self, module: nn.Module | None, head: int | None = None, head_dim: int | None = None) -> None:
+        self.module, self.head, self.head_dim = module, head, head_dim
+        self.handle: Any = None
+
+    def __enter__(self) -> "ablated":
+        if self.module is None:
+            return self
+        if self.head is None:
+            self.handle = self.module.register_forward_hook(_zero_output)
+        else:
+            h, dh = self.head, self.head_dim
+
+            def pre(module: nn.Module, args: tuple) -> tuple:
+                x = args[0].clone()
+                x[..., h * dh : (h + 1) * dh] = 0
+                return (x,) + tuple(args[1:])
+
+            self.handle = self.module.register_forward_pre_hook(pre)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+def last_logits(model: ResidualModel, contexts: Sequence[Sequence[int]]) -> Float[Tensor, "n v"]:
+    """The model's logits after the last token of each context ``[n, V]`` (right-padded batch:
+    causal attention never lets a real position see the padding after it)."""
+    if not contexts:
+        return torch.zeros(0, model.vocab_size)
+    T = max(len(c) for c in contexts)
+    ids = torch.zeros(len(contexts), T, dtype=torch.long)
+    for i, c in enumerate(contexts):
+        ids[i, : len(c)] = torch.tensor(list(c), dtype=torch.long)
+        ids[i, len(c) :] = int(c[-1])  # padding after the last token (never seen by it)
+    last = torch.tensor([len(c) - 1 for c in contexts])
+    with torch.no_grad():
+        out = []
+        for s in range(0, len(contexts), 32):
+            lg = model.reference_logits(ids[s : s + 32].to(model.device)).float().cpu()
+            out.append(lg[torch.arange(lg.shape[0]), last[s : s + 32]])
+    return torch.cat(out)
+
+
+def _bos(model: ResidualModel) -> list[int]:
+    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    return [] if bos is None else [int(bos)]
+
+
+def corpus_contexts(
+    model: ResidualModel, sentences: Sequence[str], token: int, max_contexts: int = 8, window: int = 32
+) -> list[list[int]]:
+    """Contexts of real text ending with ``token``: BOS + the last ``window`` − 1 tokens up to
+    each occurrence of ``token`` in ``sentences`` (at most ``max_contexts``, one per sentence)."""
+    out: list[list[int]] = []
+    bos = _bos(model)
+    tok = model.tokenizer
+    for s in sentences:
+        ids = tok(s, add_special_tokens=False)["input_ids"]
+        if token in ids:
+            i = ids.index(token)
+            out.append(bos + ids[max(0, i + 1 - (window - len(bos))) : i + 1])
+            if len(out) >= max_contexts:
+                break
+    return out
+
+
+def generated_contexts(model: ResidualModel, token: int) -> list[list[int]]:
+    """BOS + prefix + ``token`` for the fixed :data:`GENERATED_PREFIXES`."""
+    bos = _bos(model)
+    out = []
+    for pre in GENERATED_PREFIXES:
+        ids = model.tokenizer(pre, add_special_tokens=False)["input_ids"] if pre and model.tokenizer is not None else []
+        out.append(bos + list(ids) + [int(token)])
+    return out
+
+
+def ablation_check(
+    model: ResidualModel,
+    component: str,
+    module: nn.Module,
+    control: str,
+    control_module: nn.Module,
+    ngrams: Sequence[tuple[list[list[int]], int, str]],
+    source: str,
+    head: int | None = None,
+    control_head: int | None = None,
+    head_dim: int | None = None,
+) -> AblationCheck:
+    """Δ logit / Δ log P of each n-gram's output on its contexts when ``module`` (or one of its
+    heads) is ablated, and the same with the control. ``ngrams``: (contexts, output id, label)."""
+    contexts = [c for cs, _, _ in ngrams for c in cs]
+    targets = torch.tensor([t for cs, t, _ in ngrams for _ in cs], dtype=torch.long)
+    if not contexts:
+        return AblationCheck(component, control, 0, source, 0.0, 0.0, 0.0, 0.0, [])
+    rows = torch.arange(len(contexts))
+    base = last_logits(model, contexts)
+    with ablated(module, head, head_dim):
+        abl = last_logits(model, contexts)
+    with ablated(control_module, control_head, head_dim):
+        ctl = last_logits(model, contexts)
+
+    def pick(lg: Tensor) -> tuple[Tensor, Tensor]:
+        return lg[rows, targets], torch.log_softmax(lg, -1)[rows, targets]
+
+    (bl, bp), (al, ap), (cl, cp) = pick(base), pick(abl), pick(ctl)
+    per, s = [], 0
+    for cs, _, label in ngrams:
+        n = len(cs)
+        if n:
+            per.append((label, n, float((al - bl)[s : s + n].mean()), float((cl - bl)[s : s + n].mean())))
+        s += n
+    return AblationCheck(
+        component=component,
+        control=control,
+        n_contexts=len(contexts),
+        source=source,
+        delta_logit=float((al - bl).mean()),
+        delta_logprob=float((ap - bp).mean()),
+        control_delta_logit=float((cl - bl).mean()),
+        control_delta_logprob=float((cp - bp).mean()),
+        per_ngram=per,
+    )
+
+
+def _contexts_for(
+    model: ResidualModel, sentences: Sequence[str] | None, token: int, max_contexts: int, window: int
+) -> tuple[list[list[int]], str]:
+    if sentences:
+        cs = corpus_contexts(model, sentences, token, max_contexts, window)
+        if len(cs) >= 2:
+            return cs, "corpus"
+    return generated_contexts(model, token), "generated"
+
+
+# --------------------------------------------------------------------------- MLP roles
+def mlp_roles(
+    model: ResidualModel,
+    layers: Sequence[int] | None = None,
+    *,
+    limit_vocab: int | None = None,
+    n_top: int = 20,
+    n_label: int = 50,
+    min_prob: float = 0.05,
+    n_ablate: int = 5,
+    sentences: Sequence[str] | None = None,
+    max_contexts: int = 8,
+    window: int = 32,
+    seed: int = 0,
+    ablate: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> list[ComponentRole]:
+    """Characteristic bigrams, a suggested role and the ablation check of each MLP in ``layers``
+    (default: all). ``sentences``: real text for the contexts (None: generated contexts)."""
+    from jetex.ngrams.paths import mlp_blocks
+
+    all_layers = sorted(mlp_blocks(model))
+    if not all_layers:
+        raise InputError(f"model {model.name} has no MLP blocks")
+    layers = all_layers if layers is None else list(layers)
+    for n in layers:
+        if n not in all_layers:
+            raise InputError(f"MLP layer {n} out of range; this model's MLP layers are {all_layers[0]}..{all_layers[-1]}")
+    if ablate and len(all_layers) < 2:
+        raise InputError("the ablation check needs a second MLP as control; this model has one")
+    V = model.vocab_size
+    if limit_vocab is not None and (isinstance(limit_vocab, bool) or not isinstance(limit_vocab, int) or limit_vocab < 2):
+        raise InputError(f"limit_vocab must be an integer >= 2, got {limit_vocab!r}")
+    n_in = V if limit_vocab is None else min(V, limit_vocab)
+    direct = _direct_stats(model, torch.arange(n_in), default_batch(V))
+    rng = random.Random(seed)
+    out = []
+    for n in layers:
+        if progress:
+            progress(f"mlp.{n}")
+        top, added_long = mlp_bigrams(model, n, direct=direct, limit_vocab=limit_vocab, n_top=max(n_top, n_label),
+                                      min_prob=min_prob)
+        ids = sorted({x for t in top + added_long for x in t[:2]})
+        st = dict(zip(ids, model.token_strings(ids)))
+        role, evidence = label_role([(st[a], st[b]) for a, b, _, _ in added_long[:n_label]])
+
+        def row(t: tuple[int, int, float, float]) -> tuple[str, str, float, float, float]:
+            a, b, lm, ld = t
+            return (st[a], st[b], math.exp(lm), math.exp(ld), lm - ld)
+
+        check = None
+        if ablate:
+            ctl = rng.choice([m for m in all_layers if m != n])
+            ngrams, sources = [], set()
+            for a, b, _, _ in added_long[:n_ablate]:
+                cs, src = _contexts_for(model, sentences, a, max_contexts, window)
+                sources.add(src)
+                ngrams.append((cs, b, f"{st[a]!r} → {st[b]!r}"))
+            check = ablation_check(model, f"mlp.{n}", mlp_module(model, n), f"mlp.{ctl}", mlp_module(model, ctl),
+                                   ngrams, "+".join(sorted(sources)))
+        out.append(ComponentRole(f"mlp.{n}", "mlp", [row(t) for t in top[:n_top]], [row(t) for t in added_long[:n_top]],
+                                 role, evidence, check))
+    return out
+
+
+# --------------------------------------------------------------------------- head roles
+def _o_proj(model: ResidualModel, layer: int) -> tuple[nn.Module, int]:
+    """The output projection of the attention of ``layer`` (input = concatenated heads) and d_head."""
+    from jetex.models.adapters import attention_of
+    from jetex.ngrams.paths import attention_layers
+
+    attn_l = attention_layers(model)
+    if layer not in attn_l:
+        raise InputError(f"attention layer {layer} out of range; layers are {sorted(attn_l)}")
+    blk = attention_of(model.block(attn_l[layer]))
+    attn = getattr(blk, "attn", None)
+    for name in ("o_proj", "c_proj", "dense", "out_proj"):
+        mod = getattr(attn, name, None)
+        if isinstance(mod, nn.Module):
+            hw = model.head_weights(attn_l[layer])
+            return mod, int(hw.W_O.shape[1])
+    raise InputError(f"cannot find the output projection of attention layer {layer} to ablate a head")
+
+
+def head_roles(
+    model: ResidualModel,
+    layer: int = 0,
+    heads: Sequence[int] | None = None,
+    *,
+    limit_vocab: int | None = None,
+    n_top: int = 10,
+    n_ablate: int = 5,
+    seed: int = 0,
+    ablate: bool = True,
+) -> list[ComponentRole]:
+    """Top skip-trigrams (a … b → c), a suggested role and the head-ablation check of each head
+    of attention layer ``layer`` (exact factored search of :mod:`jetex.ngrams.trigrams`)."""
+    from jetex.ngrams.paths import parse_path
+    from jetex.ngrams.trigrams import top_trigrams
+
+    paths = parse_path(model, f"attn:{layer}")
+    H = len(paths)
+    heads = list(range(H)) if heads is None else list(heads)
+    for h in heads:
+        if not 0 <= h < H:
+            raise InputError(f"head {h} out of range; layer {layer} has heads 0..{H - 1}")
+    o_proj, dh = _o_proj(model, layer) if ablate else (None, None)
+    rng = random.Random(seed)
+    out = []
+    for h in heads:
+        t = top_trigrams(model, paths[h], top_k=n_top, limit_vocab=limit_vocab)  # type: ignore[arg-type]
+        rows = t.rows(model)
+        top = [(r["context"], r["input"], r["output"], r["score"]) for r in rows]
+        role, evidence = label_role([(r["context"], r["output"]) for r in rows])
+        check = None
+        if ablate and H > 1:
+            ctl = rng.choice([x for x in range(H) if x != h])
+            bos = _bos(model)
+            ngrams = [([bos + [r["context_id"], r["input_id"]]], r["output_id"], f"{r['context']!r} … {r['input']!r} → {r['output']!r}")
+                      for r in rows[:n_ablate]]
+            check = ablation_check(model, f"attn.{layer}.h{h}", o_proj, f"attn.{layer}.h{ctl}", o_proj, ngrams,
+                                   "generated [BOS, a, b]", head=h, control_head=ctl, head_dim=dh)
+        out.append(ComponentRole(f"attn.{layer}.h{h}", "head", top, [], role, evidence, check))
+    return out
+
+
+def corpus_sentences(spec: str | None) -> list[str] | None:
+    """Sentences of a corpus spec (a file or ``stdlib-docs``) for ablation contexts; None → None."""
+    if spec is None:
+        return None
+    from jetex.apps.corpus import read_corpus, sentences
+
+    out = sentences(read_corpus(spec))
+    if not out:
+        raise InputError(f"the corpus {spec} has no sentence of 4 words or more")
+    return out
+

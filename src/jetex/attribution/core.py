@@ -1,0 +1,387 @@
+"""Token attribution for causal language models (METHODS.md §6): NormXLogit and friends.
+
+For the prediction at the last position of a token sequence z = (z_0 … z_{t-1}) and a
+target token t (by default the model's own argmax prediction there), every method gives
+one score per input token i:
+
+- ``norm``        ||e_i||_2, with e_i = h_0[i] = η(z)[i] the input representation (token
+  embedding, plus position embedding where the model has one; for Gemma η includes the
+  sqrt(d) scaling).
+- ``logat``       LogAt_i(t) = (U γ_{L+1}(h_L[i]))[t]: token i's own final-layer
+  representation alone through the prediction head, read at the target (signed).
+- ``normxlogit``  ||e_i||_2 · LogAt_i(t).
+- layer-wise variants (``layer=l``, 0 ≤ l ≤ L): h_l[i] replaces h_L[i] in LogAt, i.e.
+  the logit lens at position i. ``norm_of="input"`` (default) keeps ||e_i||;
+  ``norm_of="layer"`` uses ||h_l[i]|| instead. ``norm`` with ``layer=l`` is ||h_l[i]||.
+- ``jetxlogit``   ||e_i|| · (U J^k γ_{L+1}(h_l[i])(h_L[i]))[t]: LogAt through the order-k
+  iterative jet lens centred at the layer-l stream (``order=k``, ``layer=l`` required).
+  At k = 0 it is the layer-wise NormXLogit; at l = L it is NormXLogit for every k.
+- ``saliency``, ``input_x_gradient``, ``integrated_gradients``: gradient baselines from
+  Captum, see :mod:`jetex.attribution.gradient`.
+- ``random``      uniform scores in [0, 1), seeded (``seed=``, default 0): the chance
+  baseline of the faithfulness evaluation.
+
+The non-gradient methods run one forward pass through the residual view under
+``torch.no_grad`` and evaluate only the target's row of U, once per position: they never
+materialise the ``[t, V]`` logits. (The default target costs one extra head evaluation
+of the last position, to take the argmax.)
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from jetex.errors import InputError, JetexError
+from jetex.models.base import ResidualModel
+
+#: Methods that need no gradient (one forward pass).
+FORWARD_METHODS = ("normxlogit", "logat", "norm", "jetxlogit", "random")
+#: Gradient baselines computed with Captum on the input representations h_0.
+GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
+METHODS = FORWARD_METHODS + GRADIENT_METHODS
+#: Methods that accept ``layer=``.
+LAYERWISE_METHODS = ("normxlogit", "logat", "norm", "jetxlogit")
+
+
+class GradientUnavailableError(JetexError):
+    """A gradient method was asked of a model whose computation cannot be differentiated."""
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Scores of the input tokens for one prediction (the target at the last position).
+
+    ``tokens[i]`` / ``token_ids[i]`` is input token i, ``scores[i]`` its score ``[t]``
+    (larger = supports the target more; signed for ``logat``/``normxlogit``/``jetxlogit``/
+    ``input_x_gradient``/``integrated_gradients``). ``bos`` is True when token 0 is the
+    tokenizer's beginning-of-sequence token (scored, but never removed or ranked by the
+    faithfulness evaluation). ``options`` are the method's settings (layer, order, …);
+    ``extras`` holds side results (e.g. the integrated-gradients convergence delta).
+    """
+
+    tokens: tuple[str, ...]
+    token_ids: Int[Tensor, "t"]
+    scores: Float[Tensor, "t"]
+    target_id: int
+    target: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    bos: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.token_ids.ndim != 1 or self.scores.ndim != 1:
+            raise ValueError("Attribution.token_ids and .scores must be 1-D [t]")
+        n = len(self.tokens)
+        if n == 0:
+            raise ValueError("Attribution needs at least one token")
+        if self.token_ids.shape[0] != n or self.scores.shape[0] != n:
+            raise ValueError(
+                f"Attribution: {n} tokens but token_ids {tuple(self.token_ids.shape)}, scores {tuple(self.scores.shape)}"
+            )
+        if self.scores.is_floating_point() is False:
+            raise ValueError("Attribution.scores must be floating point")
+        if self.method not in METHODS:
+            raise ValueError(f"Attribution.method {self.method!r} is not one of {METHODS}")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def ranking(self) -> list[int]:
+        """Positions ordered by decreasing score (ties: earlier first); BOS is left out."""
+        start = 1 if self.bos else 0
+        s = self.scores.tolist()
+        return sorted(range(start, len(s)), key=lambda i: (-s[i], i))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the attribution."""
+        return {
+            "method": self.method,
+            "options": dict(self.options),
+            "target_id": self.target_id,
+            "target": self.target,
+            "bos": self.bos,
+            "tokens": list(self.tokens),
+            "token_ids": [int(i) for i in self.token_ids.tolist()],
+            "scores": [float(s) for s in self.scores.tolist()],
+            "extras": {k: (float(v) if isinstance(v, (float, int)) else v) for k, v in self.extras.items()},
+        }
+
+
+# ---- inputs -----------------------------------------------------------------------
+
+
+def as_input_ids(model: ResidualModel, text_or_ids: Any) -> Int[Tensor, "t"]:
+    """Token ids ``[t]`` of a text (tokenised with BOS) or of given ids (``[t]`` or ``[1, t]``)."""
+    if isinstance(text_or_ids, str):
+        return model.tokenize(text_or_ids)[0]
+    if isinstance(text_or_ids, Tensor):
+        ids = text_or_ids
+    elif isinstance(text_or_ids, (list, tuple)):
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in text_or_ids):
+            raise InputError("token ids must be a list of ints")
+        ids = torch.tensor(list(text_or_ids), dtype=torch.long)
+    else:
+        raise InputError(f"expected a text or token ids, got {type(text_or_ids).__name__}")
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim != 1:
+        raise InputError(f"token ids must have shape [t] or [1, t], got {tuple(ids.shape)}")
+    if ids.is_floating_point() or ids.dtype == torch.bool:
+        raise InputError(f"token ids must be integers, got dtype {ids.dtype}")
+    if ids.numel() == 0:
+        raise InputError("empty input: give at least one token")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= model.vocab_size:
+        raise InputError(f"token id out of range: ids must lie in 0..{model.vocab_size - 1}, got {lo if lo < 0 else hi}")
+    if model.max_length is not None and ids.numel() > model.max_length:
+        raise InputError(f"input is {ids.numel()} tokens long; the context window of {model.name} is {model.max_length}")
+    return ids.to(device=model.device, dtype=torch.long)
+
+
+def has_bos(model: ResidualModel, ids: Int[Tensor, "t"]) -> bool:
+    """Whether token 0 is the tokenizer's BOS token."""
+    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
+    return bos is not None and int(ids[0]) == int(bos)
+
+
+def resolve_target(model: ResidualModel, target: Any, *, text: str | None = None) -> int | None:
+    """The target token id from an id or a string (None stays None: the model's prediction).
+
+    A string is tokenised without special tokens. If neither it nor ``text`` begins/ends
+    with whitespace, ``" " + target`` is tried first (a word continuing a text usually
+    carries its leading space: ``--target Paris`` means the token " Paris"), then the
+    string as given; the first form that is a single token is used. If no form is one
+    token, the first token of the first form is used and a ``UserWarning`` names it.
+    """
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise InputError(f"target must be a token id or a string, got {target!r}")
+    if isinstance(target, int):
+        if not 0 <= target < model.vocab_size:
+            raise InputError(f"target id {target} out of range: the vocabulary has ids 0..{model.vocab_size - 1}")
+        return target
+    if not isinstance(target, str):
+        raise InputError(f"target must be a token id or a string, got {type(target).__name__}")
+    if target == "":
+        raise InputError("empty target string")
+    if model.tokenizer is None:
+        raise InputError(f"model {model.name!r} has no tokenizer: give the target as a token id")
+    forms = [target]
+    if not target[0].isspace() and not (text is not None and text[-1:].isspace()):
+        forms = [" " + target, target]
+    encoded = [list(model.tokenizer(f, add_special_tokens=False)["input_ids"]) for f in forms]
+    for ids in encoded:
+        if len(ids) == 1:
+            return int(ids[0])
+    first = next((ids for ids in encoded if ids), None)
+    if first is None:
+        raise InputError(f"target {target!r} tokenises to no token")
+    pieces = model.token_strings(first)
+    warnings.warn(
+        f"target {forms[0]!r} is {len(first)} tokens {pieces}; attributing its first token {pieces[0]!r}",
+        UserWarning,
+        stacklevel=3,
+    )
+    return int(first[0])
+
+
+def resolve_layer(model: ResidualModel, layer: Any) -> int:
+    """Stream index l in 0..L (negative counts from the end: -1 is L)."""
+    L = model.n_blocks
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise InputError(f"layer must be an int in 0..{L}, got {layer!r}")
+    if not -(L + 1) <= layer <= L:
+        raise InputError(f"layer {layer} out of range: this model's stream has layers 0..{L}")
+    return layer % (L + 1)
+
+
+# ---- the forward-pass methods ----------------------------------------------------
+
+
+def target_logits(model: ResidualModel, x: Float[Tensor, "*b t d"], target: int) -> Float[Tensor, "*b t"]:
+    """(U x)[target] for a normalised stream x (only U's target row is evaluated)."""
+    if type(model).unembed is ResidualModel.unembed:
+        U = model.unembedding_matrix
+        out = x @ U[target].to(x.dtype)
+        bias = model.unembedding_bias
+        if bias is not None:
+            out = out + bias[target].to(x.dtype)
+        return out
+    return model.unembed(x)[..., target]  # a model with a non-linear head (e.g. soft-capping)
+
+
+def run_stream(model: ResidualModel, ids: Int[Tensor, "t"], layers: set[int]) -> dict[int, Float[Tensor, "t d"]]:
+    """h_l for the requested l (0..L), running the blocks only as far as needed."""
+    h = model.embed(ids)
+    out: dict[int, Tensor] = {}
+    if 0 in layers:
+        out[0] = h
+    last = max(layers)
+    for l in range(1, last + 1):
+        h = h + model.blocks[l - 1](h)
+        if l in layers:
+            out[l] = h
+    return out
+
+
+def predicted_target(model: ResidualModel, h_last: Float[Tensor, "d"]) -> int:
+    """argmax of the next-token logits υ(h_L) at the last position."""
+    return int(model.decode(h_last[None])[0].argmax())
+
+
+def _forward_scores(
+    model: ResidualModel,
+    ids: Int[Tensor, "t"],
+    target: int | None,
+    method: str,
+    layer: int | None,
+    order: int,
+    norm_of: str,
+    seed: int,
+) -> tuple[Tensor, int, dict[str, Any]]:
+    L = model.n_blocks
+    l = L if layer is None else layer
+    if method == "random":
+        need = {L} if target is None else set()
+    elif method == "norm":
+        need = {0} if norm_of == "input" else {l}
+        if target is None:
+            need.add(L)
+    elif method == "jetxlogit":
+        need = {0, l, L}
+    else:  # logat, normxlogit
+        need = {l} | ({0} if method == "normxlogit" and norm_of == "input" else set())
+        if target is None:
+            need.add(L)
+    hs = run_stream(model, ids, need) if need else {}
+    if target is None:
+        target = predicted_target(model, hs[L][-1])
+    extras: dict[str, Any] = {}
+    if method == "random":
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand(ids.shape[0], generator=g, dtype=torch.float64), target, extras
+    if method == "norm":
+        return _norms(hs, l, norm_of), target, extras
+    if method == "jetxlogit":
+        from jetex.jets import jet
+
+        x = jet(model.final_norm, hs[l], hs[L], order)
+    else:
+        x = model.final_norm(hs[l])
+    logat = target_logits(model, x, target)
+    if method == "logat":
+        return logat, target, extras
+    return _norms(hs, l, norm_of) * logat, target, extras
+
+
+def _norms(hs: dict[int, Tensor], l: int, norm_of: str) -> Tensor:
+    """||e_i|| = ||h_0[i]|| (``norm_of="input"``) or ||h_l[i]|| (``"layer"``), ``[t]``."""
+    return (hs[0] if norm_of == "input" else hs[l]).norm(dim=-1)
+
+
+# ---- the entry point ---------------------------------------------------------------
+
+
+def attribute(
+    model: ResidualModel,
+    text_or_ids: str | Tensor | list[int],
+    target: int | str | None = None,
+    method: str = "normxlogit",
+    layer: int | None = None,
+    order: int = 1,
+    **kw: Any,
+) -> Attribution:
+    """Attribute the model's prediction at the last position to the input tokens.
+
+    ``text_or_ids``: a text (tokenised with BOS where the tokenizer uses one) or token ids
+    ``[t]``/``[1, t]``. ``target``: None (the model's argmax next token), a token id, or a
+    string (see :func:`resolve_target`). ``method``: one of :data:`METHODS`. ``layer``: the
+    stream index l in 0..L for the layer-wise variants (``jetxlogit`` requires it);
+    ``order``: the jet order k of ``jetxlogit``. Keyword options: ``norm_of`` ("input" or
+    "layer"), ``seed`` (``random``), and for the gradient methods ``baseline``,
+    ``n_steps``, ``internal_batch_size`` (see :mod:`jetex.attribution.gradient`).
+
+    Returns an :class:`Attribution` with one score per input token.
+    """
+    if not isinstance(method, str) or method not in METHODS:
+        raise InputError(f"unknown attribution method {method!r}; choose one of: {', '.join(METHODS)}")
+    text = text_or_ids if isinstance(text_or_ids, str) else None
+    if text is not None and not text.strip():
+        raise InputError("empty text: give at least one non-blank character")
+    ids = as_input_ids(model, text_or_ids)
+    target_id = resolve_target(model, target, text=text)
+    options: dict[str, Any] = {}
+    if layer is not None:
+        if method not in LAYERWISE_METHODS:
+            raise InputError(f"method {method!r} takes no layer; layer-wise methods are: {', '.join(LAYERWISE_METHODS)}")
+        layer = resolve_layer(model, layer)
+        options["layer"] = layer
+    elif method == "jetxlogit":
+        raise InputError(f"method 'jetxlogit' needs a layer: the stream index l in 0..{model.n_blocks} of the jet centre")
+    if method == "jetxlogit":
+        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+            raise InputError(f"order must be a non-negative int, got {order!r}")
+        options["order"] = order
+
+    if method in GRADIENT_METHODS:
+        from jetex.attribution.gradient import gradient_scores
+
+        scores, target_id, extras, grad_opts = gradient_scores(model, ids, target_id, method, **kw)
+        options.update(grad_opts)
+    else:
+        norm_of = kw.pop("norm_of", None)
+        if norm_of is None:
+            norm_of = "layer" if method == "norm" and layer is not None else "input"
+        seed = kw.pop("seed", 0)
+        if kw:
+            raise InputError(f"unknown option(s) for method {method!r}: {', '.join(sorted(kw))}")
+        if norm_of not in ("input", "layer"):
+            raise InputError(f"norm_of must be 'input' or 'layer', got {norm_of!r}")
+        if method in ("normxlogit", "norm", "jetxlogit") and (layer is not None or norm_of != "input"):
+            options["norm_of"] = norm_of
+        if method == "random":
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                raise InputError(f"seed must be an int, got {seed!r}")
+            options["seed"] = seed
+        with torch.no_grad():
+            scores, target_id, extras = _forward_scores(model, ids, target_id, method, layer, order, norm_of, seed)
+    scores = scores.detach().to("cpu")
+    if not torch.isfinite(scores).all():
+        raise JetexError(f"method {method!r} produced non-finite scores (model overflow?)")
+    return Attribution(
+        tokens=tuple(model.token_strings(ids)),
+        token_ids=ids.detach().to("cpu"),
+        scores=scores,
+        target_id=int(target_id),
+        target=model.token_strings([int(target_id)])[0],
+        method=method,
+        options=options,
+        bos=has_bos(model, ids),
+        extras=extras,
+    )
+
+
+__all__ = [
+    "Attribution",
+    "FORWARD_METHODS",
+    "GRADIENT_METHODS",
+    "GradientUnavailableError",
+    "LAYERWISE_METHODS",
+    "METHODS",
+    "as_input_ids",
+    "attribute",
+    "has_bos",
+    "predicted_target",
+    "resolve_layer",
+    "resolve_target",
+    "run_stream",
+    "target_logits",
+]

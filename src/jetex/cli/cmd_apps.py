@@ -1,0 +1,364 @@
+"""Applications of jet n-grams (paper Sec. 5): ``jetex diff``, ``jetex index``,
+``jetex dynamics``, ``jetex roles``. The math lives in :mod:`jetex.apps`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from jetex.cli.common import DEFAULT_MODEL, emit_json, json_option
+from jetex.errors import InputError
+
+
+def _ints(spec: str | None, what: str) -> list[int] | None:
+    if spec is None or spec.strip() in ("", "all"):
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.extend(range(int(a), int(b) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise InputError(f"bad {what} list {spec!r}: use e.g. 0,5,10 or 0-29") from None
+    return out
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"warning: {msg}", err=True)
+
+
+def _is_store(spec: str) -> bool:
+    p = Path(spec)
+    if p.suffix.lower() in (".duckdb", ".db"):
+        return True
+    if p.is_file():
+        try:
+            with p.open("rb") as f:
+                head = f.read(16)
+            return head[8:12] == b"DUCK"
+        except OSError:
+            return False
+    return False
+
+
+def _show(s: str, width: int = 14) -> str:
+    from rich.markup import escape
+
+    return escape(repr(s)[1:-1][:width])
+
+
+def _rank(r: int | None, exact: bool) -> str:
+    return "?" if r is None else (str(r) if exact else f"≥{r}")
+
+
+def _p(p: float | None) -> str:
+    return "?" if p is None else f"{p:.4f}"
+
+
+def _timed(label: str):
+    class _T:
+        def __enter__(self):
+            self.t = time.perf_counter()
+            return self
+
+        def __exit__(self, *exc):
+            click.echo(f"jetex: {label} in {time.perf_counter() - self.t:.1f} s", err=True)
+
+    return _T()
+
+
+# --------------------------------------------------------------------------- printing
+def _print_diff(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(f"[bold]jet bigram diff[/bold] — path {res.path}: A = {res.name_a}, B = {res.name_b} "
+              f"(tokenizer {res.tokenizer_fp}; ranked by P(b|a){', self-transitions excluded' if res.exclude_self else ''})")
+    if not (res.top_a_exact and res.top_b_exact):
+        con.print(f"[yellow]note: a top-{res.top_n} list is not certified exact; raise --k[/yellow]")
+    if res.identical:
+        con.print("[green]no difference: the two bigram tables are identical[/green]")
+    t = Table(title=f"side by side, every {res.step}th rank of the top {res.top_n} (Table 5)")
+    for c in ("rank", "A", "P_A", "B", "P_B"):
+        t.add_column(c, justify="right" if c in ("rank", "P_A", "P_B") else "left")
+    for r, x, y in res.side_by_side:
+        t.add_row(str(r), f"{_show(x[0])} → {_show(x[1])}" if x else "", f"{x[2]:.3f}" if x else "",
+                  f"{_show(y[0])} → {_show(y[1])}" if y else "", f"{y[2]:.3f}" if y else "")
+    con.print(t)
+
+    def moves(title: str, rows: list, n: int = 15) -> None:
+        t = Table(title=f"{title} ({len(rows)})")
+        for c in ("bigram", "rank A", "rank B", "P_A", "P_B", "ΔP"):
+            t.add_column(c, justify="left" if c == "bigram" else "right")
+        for d in rows[:n]:
+            t.add_row(f"{_show(d.a_text)} → {_show(d.b_text)}", _rank(d.rank_a, d.rank_a_exact), _rank(d.rank_b, d.rank_b_exact),
+                      _p(d.p_a), _p(d.p_b), "?" if d.delta is None else f"{d.delta:+.4f}")
+        con.print(t)
+
+    moves(f"entered B's top {res.top_n}", res.entered)
+    moves(f"left A's top {res.top_n}", res.left)
+    moves("largest rank gains", res.gained)
+    moves("largest rank losses", res.lost)
+    scope = "all pairs" if res.changes_exhaustive else "pairs both tables keep"
+    moves(f"largest probability increases ({scope})", res.increases)
+    moves(f"largest probability decreases ({scope})", res.decreases)
+
+
+def _print_index(results) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="jet bigram knowledge index: mean over keyword tokens a of Σ_b∈keywords P(b|a)")
+    for c in ("model", "path", "keywords used", "tokens", "index", "index (other words)", "baseline (random sets)", "ratio"):
+        t.add_column(c, justify="left" if c in ("model", "path") else "right")
+    for r in results:
+        base = "—" if r.baseline_mean is None else f"{r.baseline_mean:.3g} ± {r.baseline_std:.2g}"
+        t.add_row(r.model_name, r.path, f"{len(r.kept)}/{r.n_keywords}", str(r.n_tokens), f"{r.index:.4g}",
+                  f"{r.index_cross:.4g}", base,
+                  "—" if r.ratio is None else f"{r.ratio:.3g}×")
+    con.print(t)
+    for r in results:
+        pairs = ", ".join(f"{_show(a)}→{_show(b)} {p:.3f}" for a, b, p in r.top_pairs[:5])
+        con.print(f"{r.model_name}: largest keyword bigrams: {pairs}")
+
+
+def _print_dynamics(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title=f"top {len(res.top[0])} {res.path} bigrams per checkpoint (Table 4)")
+    t.add_column("rank", justify="right")
+    for lab in res.labels:
+        t.add_column(lab)
+    for r in range(max(len(x) for x in res.top)):
+        t.add_row(str(r), *[f"{_show(x[r][0], 10)}→{_show(x[r][1], 10)}" if r < len(x) else "" for x in res.top])
+    con.print(t)
+    t = Table(title=f"hit ratio of the last checkpoint's top {res.top_n} (Fig. 4a) and pseudo-joint mass (Fig. 4b)")
+    for c in ("checkpoint", "step", "hit ratio", "mass (own top)", "mass (corpus top)"):
+        t.add_column(c, justify="right")
+    for i, lab in enumerate(res.labels):
+        t.add_row(lab, "" if res.steps[i] is None else str(res.steps[i]), f"{res.hit_ratio[i]:.3f}",
+                  "—" if res.mass_own is None else f"{res.mass_own[i]:.4f}",
+                  "—" if res.mass_corpus is None else f"{res.mass_corpus[i]:.4f}")
+    con.print(t)
+    t = Table(title="trajectories: log P(b|a) (Fig. 5)")
+    t.add_column("bigram")
+    for lab in res.labels:
+        t.add_column(lab, justify="right")
+    for key, vals in res.trajectories.items():
+        t.add_row(_show(key, 30), *[f"{v:.2f}" for v in vals])
+    con.print(t)
+
+
+def _print_roles(roles) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    t = Table(title="component roles from jet n-grams (role: heuristic label) and the ablation check")
+    for c in ("component", "suggested role", "characteristic n-grams", "Δlogit ablated", "Δlogit control", "contexts"):
+        t.add_column(c, justify="right" if c.startswith("Δ") or c == "contexts" else "left")
+    for r in roles:
+        if r.kind == "mlp":
+            grams = ", ".join(f"{_show(a, 10)}→{_show(b, 10)}" for a, b, *_ in r.added[:4])
+        else:
+            grams = ", ".join(f"{_show(a, 8)}…{_show(b, 8)}→{_show(c, 8)}" for a, b, c, _ in r.top[:3])
+        ab = r.ablation
+        t.add_row(r.component, r.role, grams,
+                  "—" if ab is None or not ab.n_contexts else f"{ab.delta_logit:+.3f}",
+                  "—" if ab is None or not ab.n_contexts else f"{ab.control_delta_logit:+.3f} ({ab.control})",
+                  "—" if ab is None else f"{ab.n_contexts} {ab.source}")
+    con.print(t)
+
+
+# --------------------------------------------------------------------------- commands
+def register(group: click.Group) -> None:
+    @group.command("diff")
+    @click.argument("a")
+    @click.argument("b")
+    @click.option("--path", default="direct", show_default=True, help="Bigram path: direct, mlp:N, mlp:N,M, mlps, attn-free.")
+    @click.option("--top", type=int, default=1000, show_default=True, help="N of the global top-N lists.")
+    @click.option("--k", "k", type=int, default=128, show_default=True, help="Outputs kept per input token (rank exactness).")
+    @click.option("--step", type=int, default=50, show_default=True, help="Rank stride of the side-by-side table.")
+    @click.option("--changes", type=int, default=20, show_default=True, help="How many changes/moves to list.")
+    @click.option("--keep-self", is_flag=True, help="Keep self-transitions (a → a) in the rankings.")
+    @click.option("--html", "html_out", default=None, help="Also write the diff as an HTML page.")
+    @json_option
+    def diff_cmd(a, b, path, top, k, step, changes, keep_self, html_out, as_json):
+        """Diff the jet bigrams of two models (names, folders, .gguf) or two n-gram databases (.duckdb)."""
+        from jetex.apps.diff import diff_bigrams
+
+        if changes < 0:
+            raise InputError("--changes must be >= 0")
+        sa, sb = _is_store(a), _is_store(b)
+        if sa != sb:
+            raise InputError("give two models or two n-gram databases, not one of each")
+        if sa:
+            from jetex.apps.tables import table_from_store
+
+            if keep_self:
+                raise InputError("--keep-self does not apply to databases (their runs fix it)")
+            ta, tb = table_from_store(a, path), table_from_store(b, path)
+            if ta.exclude_self != tb.exclude_self:
+                raise InputError(f"the databases differ in self-transition handling (exclude_self {ta.exclude_self} vs {tb.exclude_self})")
+            with _timed("diff"):
+                res = diff_bigrams(ta, tb, path, top=top, k=ta.k, step=step, n_changes=changes, n_moves=changes)
+        else:
+            from jetex.models.load import load
+
+            ma = load(a)
+            mb = ma if b == a else load(b)
+            with _timed("diff"):
+                res = diff_bigrams(ma, mb, path, top=top, k=k, step=step, n_changes=changes, n_moves=changes,
+                                   exclude_self=not keep_self)
+        if html_out:
+            from jetex.viz.apps import save_diff_html
+
+            save_diff_html(res, html_out)
+        if as_json:
+            emit_json(res.to_dict() | ({"html": html_out} if html_out else {}))
+        else:
+            _print_diff(res)
+            if html_out:
+                click.echo(f"wrote {html_out}")
+
+    @group.command("index")
+    @click.option("--keywords", default=None, help="Keyword file, one a line (default: the shipped toxic list).")
+    @click.option("--model", "-m", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
+                  help="Model (repeat to compare several; each gets its own token set).")
+    @click.option("--path", default="direct", show_default=True, help="Bigram path.")
+    @click.option("--baseline", type=int, default=3, show_default=True, help="Random token sets for the chance level (0: none).")
+    @click.option("--keep-self", is_flag=True, help="Count self-transitions a → a (full softmax).")
+    @click.option("--show-dropped", is_flag=True, help="List every dropped keyword (default: the first 15).")
+    @json_option
+    def index_cmd(keywords, models, path, baseline, keep_self, show_dropped, as_json):
+        """Knowledge index: conditional mass of jet bigrams between keyword tokens (paper Table 3)."""
+        from jetex.apps.index import DEFAULT_KEYWORDS, knowledge_index, load_keywords
+        from jetex.models.load import load
+
+        words = load_keywords(keywords)
+        if baseline < 0:
+            raise InputError("--baseline must be >= 0")
+        results = []
+        for name in models:
+            m = load(name)
+            with _timed(f"index of {m.name}"):
+                r = knowledge_index(m, words, path=path, exclude_self=not keep_self, n_baseline=baseline)
+            r.keywords_file = str(keywords or DEFAULT_KEYWORDS)
+            if r.dropped:
+                shown = r.dropped if show_dropped else r.dropped[:15]
+                more = "" if len(shown) == len(r.dropped) else f", … ({len(r.dropped) - len(shown)} more: --show-dropped or --json)"
+                _warn(f"{len(r.dropped)} of {r.n_keywords} keywords are not single tokens of {m.name} and were dropped: "
+                      + ", ".join(shown) + more)
+            results.append(r)
+        if as_json:
+            emit_json([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict())
+        else:
+            _print_index(results)
+
+    @group.command("dynamics")
+    @click.argument("checkpoints", nargs=-1, required=True)
+    @click.option("--path", default="direct", show_default=True, help="Bigram path.")
+    @click.option("--corpus", default=None, help="Text file (or 'stdlib-docs') for unigram frequencies and corpus bigrams.")
+    @click.option("--top", type=int, default=1000, show_default=True, help="N of the top-N lists (hit ratio, masses).")
+    @click.option("--show", type=int, default=10, show_default=True, help="Top bigrams shown per checkpoint.")
+    @click.option("--bigram", "bigrams", nargs=2, multiple=True, help="Trace this bigram: two tokens, e.g. --bigram ' at' ' least'.")
+    @click.option("--png", "png", default=None, help="Write PREFIX_hit.png, PREFIX_mass.png, PREFIX_trajectories.png.")
+    @click.option("--keep-self", is_flag=True, help="Keep self-transitions in the rankings.")
+    @json_option
+    def dynamics_cmd(checkpoints, path, corpus, top, show, bigrams, png, keep_self, as_json):
+        """Training dynamics of jet bigrams over checkpoints of one model (paper Table 4, Fig. 4, Fig. 5)."""
+        import re
+
+        from jetex.apps.dynamics import bigram_dynamics
+        from jetex.models.load import load
+
+        if len(checkpoints) < 2:
+            raise InputError("dynamics needs at least two checkpoints")
+        if show < 1:
+            raise InputError("--show must be >= 1")
+        models = [load(c) for c in checkpoints]
+        labels = [Path(c).name or c for c in checkpoints]
+        steps = []
+        for lab in labels:
+            m = re.search(r"(\d+)$", lab)
+            steps.append(int(m.group(1)) if m else None)
+        if len(set(steps)) != len(steps) or None in steps:
+            steps = [None] * len(labels)
+        unigram = text = None
+        from jetex.apps.dynamics import check_series
+
+        check_series(models)
+        if corpus is not None:
+            from jetex.apps.corpus import read_corpus, unigram_probs
+
+            text = read_corpus(corpus)
+            unigram = unigram_probs(models[-1].tokenizer, text, models[-1].vocab_size)
+        pairs = None
+        if bigrams:
+            tok = models[-1].tokenizer
+            pairs = []
+            for x, y in bigrams:
+                ids = []
+                for w in (x, y):
+                    enc = tok(w, add_special_tokens=False)["input_ids"]
+                    if len(enc) != 1:
+                        raise InputError(f"--bigram token {w!r} is {len(enc)} tokens, not one (mind the leading space)")
+                    ids.append(int(enc[0]))
+                pairs.append((ids[0], ids[1]))
+        with _timed(f"dynamics of {len(models)} checkpoints"):
+            res = bigram_dynamics(models, labels=labels, steps=steps, path=path, top=top, n_show=show, unigram=unigram,
+                                  corpus_text=text, bigrams=pairs, exclude_self=not keep_self)
+        written = []
+        if png:
+            from jetex.viz.apps import save_dynamics_figures
+
+            written = [str(p) for p in save_dynamics_figures(res, png)]
+        if as_json:
+            emit_json(res.to_dict() | ({"figures": written} if written else {}))
+        else:
+            _print_dynamics(res)
+            for p in written:
+                click.echo(f"wrote {p}")
+
+    @group.command("roles")
+    @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model name, folder or .gguf file.")
+    @click.option("--layers", default=None, help="MLP layers, e.g. 0,5,10 or 0-3 (default: all).")
+    @click.option("--limit-vocab", type=int, default=None, help="Only input tokens with ids below N (faster).")
+    @click.option("--top", type=int, default=10, show_default=True, help="Bigrams listed per component.")
+    @click.option("--heads", is_flag=True, help="Also the heads of one attention layer, from jet skip-trigrams.")
+    @click.option("--head-layer", type=int, default=0, show_default=True, help="Attention layer for --heads.")
+    @click.option("--corpus", default="stdlib-docs", show_default=True,
+                  help="Text for ablation contexts (file or 'stdlib-docs'; 'none': generated contexts).")
+    @click.option("--no-ablate", is_flag=True, help="Skip the ablation check.")
+    @json_option
+    def roles_cmd(model, layers, limit_vocab, top, heads, head_layer, corpus, no_ablate, as_json):
+        """Roles of MLPs (jet bigrams) and first-layer heads (jet trigrams), with the ablation check."""
+        from jetex.apps.roles import corpus_sentences, head_roles, mlp_roles
+        from jetex.models.load import load
+
+        if top < 1:
+            raise InputError("--top must be >= 1")
+        m = load(model)
+        sents = None if no_ablate or corpus == "none" else corpus_sentences(corpus)
+        progress = (lambda s: click.echo(f"jetex: {s}", err=True)) if sys.stderr.isatty() else None
+        with _timed("MLP roles"):
+            roles = mlp_roles(m, _ints(layers, "layer"), limit_vocab=limit_vocab, n_top=top, sentences=sents,
+                              ablate=not no_ablate, progress=progress)
+        if heads:
+            with _timed(f"head roles of attention layer {head_layer}"):
+                roles += head_roles(m, head_layer, limit_vocab=limit_vocab, n_top=top, ablate=not no_ablate)
+        if as_json:
+            emit_json([r.to_dict() for r in roles])
+        else:
+            _print_roles(roles)

@@ -1,0 +1,156 @@
+"""``jetex attribute``: token attribution of a next-token prediction, and its faithfulness.
+
+    jetex attribute "The capital of France is"                  # NormXLogit, coloured tokens
+    jetex attribute "The capital of France is" --target Paris --method integrated_gradients
+    jetex attribute "…" --method jetxlogit --layer 30 --order 2 --html out.html
+    jetex attribute --eval prompts.txt --methods normxlogit,saliency,random
+    jetex attribute --eval                                       # the shipped evaluation set
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import click
+
+from jetex.cli.common import common_options, emit_json
+from jetex.errors import InputError, JetexError
+
+SHIPPED = "shipped"
+
+
+def _load(model: str):
+    import jetex
+
+    load = getattr(jetex, "load", None)
+    if load is None:  # pragma: no cover - until the loader lands
+        raise JetexError("this jetex build has no model loader (jetex.load)")
+    return load(model)
+
+
+def _ratios(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) / 100 for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InputError(f"--ratios must be comma-separated percentages like 1,5,10,20,50; got {text!r}") from None
+
+
+@click.command("attribute")
+@click.argument("text", required=False)
+@click.option("--target", help="Target word/token to explain (default: the model's predicted next token).")
+@click.option("--target-id", type=int, help="Target token id (instead of --target).")
+@click.option("--method", default="normxlogit", show_default=True, help="normxlogit, logat, norm, jetxlogit, saliency, input_x_gradient, integrated_gradients, random.")
+@click.option("--layer", type=int, help="Stream index l (0..L) for the layer-wise methods; required by jetxlogit.")
+@click.option("--order", type=int, default=1, show_default=True, help="Jet order k of jetxlogit.")
+@click.option("--steps", type=int, help="Integrated-gradients steps (default 50).")
+@click.option("--baseline", type=click.Choice(["pad", "zero"]), help="Integrated-gradients baseline (default pad).")
+@click.option("--seed", type=int, help="Seed of the random method (default 0).")
+@click.option(
+    "--eval",
+    "eval_file",
+    is_flag=False,
+    flag_value=SHIPPED,
+    default=None,
+    help="Faithfulness evaluation over the prompts of FILE (one a line); bare --eval uses the shipped set.",
+)
+@click.option("--methods", help="Comma-separated methods for --eval; name@layer[:order] sets layer/order per method.")
+@click.option("--limit", type=int, help="Evaluate only the first N prompts.")
+@click.option("--ratios", help="Erasure ratios in percent for --eval (default 1,5,10,20,50).")
+@click.option("--progress", is_flag=True, help="Report evaluation progress on stderr.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write a self-contained HTML page of the attribution.")
+@common_options
+def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline, seed, eval_file, methods, limit, ratios, progress, html_out, model, as_json):
+    """Attribute the next-token prediction after TEXT to its input tokens."""
+    from jetex.attribution import METHODS, MethodSpec, attribute, evaluate_faithfulness, load_prompts
+
+    if target is not None and target_id is not None:
+        raise InputError("give either --target or --target-id, not both")
+    kw: dict = {}
+    if steps is not None:
+        kw["n_steps"] = steps
+    if baseline is not None:
+        kw["baseline"] = baseline
+
+    if eval_file is not None:
+        if html_out is not None:
+            raise InputError("--html renders a single attribution; it does not apply to --eval")
+        if text is not None:
+            raise InputError("give either TEXT or --eval FILE, not both")
+        if limit is not None and limit < 1:
+            raise InputError(f"--limit must be at least 1, got {limit}")
+        path = None if eval_file == SHIPPED and not Path(SHIPPED).exists() else eval_file
+        prompts = load_prompts(path)[:limit]
+        names = [m for m in (methods or method).split(",") if m.strip()]
+        specs = [MethodSpec.parse(n, layer, order) for n in names]  # validate before loading the model
+        options = {"integrated_gradients": kw} if kw else {}
+        if seed is not None:
+            options["random"] = {"seed": seed}
+        m = _load(model)
+        report_progress = None
+        if progress:
+
+            def report_progress(i: int, n: int) -> None:
+                click.echo(f"{i}/{n} prompts", err=True)
+
+        report = evaluate_faithfulness(
+            m, prompts, specs, _ratios(ratios) or (0.01, 0.05, 0.10, 0.20, 0.50),
+            layer=layer, order=order, method_options=options, progress=report_progress,
+        )
+        if as_json:
+            emit_json({"model": model, **report.to_dict()})
+        else:
+            from rich.console import Console
+
+            from jetex.viz.attribution import report_table
+
+            Console().print(report_table(report))
+        return
+
+    if text is None:
+        raise InputError("give a TEXT to attribute (or --eval FILE for the faithfulness evaluation)")
+    if not text.strip():
+        raise InputError("empty text: give at least one non-blank character")
+    if method not in METHODS:
+        raise InputError(f"unknown attribution method {method!r}; choose one of: {', '.join(METHODS)}")
+    if methods is not None or limit is not None or ratios is not None:
+        raise InputError("--methods, --limit and --ratios apply to --eval only")
+    if kw and method != "integrated_gradients":
+        raise InputError("--steps and --baseline apply to integrated_gradients only")
+    if seed is not None:
+        if method != "random":
+            raise InputError("--seed applies to the random method only")
+        kw["seed"] = seed
+    m = _load(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attr = attribute(
+            m,
+            text,
+            target=target_id if target_id is not None else target,
+            method=method,
+            layer=layer,
+            order=order,
+            **kw,
+        )
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            click.echo(f"warning: {w.message}", err=True)
+    if html_out is not None:
+        from jetex.viz.attribution import to_html
+
+        Path(html_out).write_text(to_html(attr), encoding="utf-8")
+    if as_json:
+        emit_json({"model": model, **attr.to_dict()})
+    else:
+        from jetex.viz.attribution import render_terminal
+
+        render_terminal(attr)
+        if html_out is not None:
+            click.echo(f"wrote {html_out}", err=True)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(attribute_cmd)

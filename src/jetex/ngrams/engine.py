@@ -1,0 +1,382 @@
+"""Exhaustive evaluation of bigram paths over the whole vocabulary (paper Sec. 4, "jet bi-grams").
+
+For a bigram path (see :mod:`jetex.ngrams.paths`) and every input token t of the
+vocabulary (or of ``0..limit_vocab−1``), in fixed batches of consecutive ids:
+
+- logits z(t, ·) = U e(t) (+ bias) ``[B, V]`` with one big matmul into a reused buffer;
+- log-sum-exp over the full vocabulary (kept per input: probabilities are P(c | t) =
+  exp(z_c − lse)); with ``exclude_self`` the self-transition c = t is removed and the
+  softmax is renormalised over the other V − 1 tokens;
+- the top-K outputs per input token (ties broken by the lower token id);
+- candidates for the global top-N over all (input, output) pairs, ranked by log P(c | t)
+  (ties: lower input id, then lower output id). A pair can be in the global top-N only if
+  it is in its row's top-N; rows whose K-th log-probability is below the N-th best seen so
+  far (θ) cannot contribute beyond their top-K, so only the other rows get a deeper top-N.
+  This is exact for any θ that is a lower bound of the final N-th best.
+- self-transition statistics (tied embeddings make ``direct`` predict its input token):
+  the probability of c = t in the full softmax and whether t is the full argmax.
+
+A V × V matrix is never held: the working memory is one ``[B, V]`` buffer (two when the
+global top-N is deeper than K). Results are deterministic: fixed batch order,
+stable tie-breaking, and the same arithmetic per batch whether a run is resumed or not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from jetex.errors import InputError
+from jetex.models.base import ResidualModel
+from jetex.ngrams.paths import BigramPath
+from jetex.ngrams.topk import RowChunks, stable_topk, sum_exp
+
+DEFAULT_BUFFER_BYTES = 192 << 20
+
+
+# ---------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------
+@dataclass
+class GlobalCandidates:
+    """Pairs (input t, output c) ranked by log P(c|t): ``[n]`` arrays, best first."""
+
+    input_ids: np.ndarray
+    output_ids: np.ndarray
+    logits: np.ndarray
+    logprobs: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.input_ids)
+        for f in ("output_ids", "logits", "logprobs"):
+            if getattr(self, f).shape != (n,):
+                raise ValueError(f"GlobalCandidates.{f} must have shape [{n}]")
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @staticmethod
+    def empty() -> "GlobalCandidates":
+        z = np.zeros(0, dtype=np.float32)
+        return GlobalCandidates(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), z, z.copy())
+
+    def merged(self, other: "GlobalCandidates", n: int) -> "GlobalCandidates":
+        """The best n of both, in the deterministic order (logprob desc, input, output)."""
+        cat = [np.concatenate([getattr(self, f), getattr(other, f)]) for f in ("input_ids", "output_ids", "logits", "logprobs")]
+        o = np.lexsort((cat[1], cat[0], -cat[3].astype(np.float64)))[:n]
+        return GlobalCandidates(*(c[o] for c in cat))
+
+    def threshold(self, n: int) -> float:
+        """The n-th best log-probability so far (−inf with fewer than n)."""
+        return float(self.logprobs[n - 1]) if len(self) >= n else float("-inf")
+
+
+@dataclass
+class BigramBatch:
+    """Results for one batch of consecutive input tokens ``input_ids [B]``.
+
+    ``top_ids / top_logits / top_logprobs [B, K]`` (best first), ``lse [B]`` (log-sum-exp of
+    the ranking softmax), ``self_logit / self_logprob [B]`` (c = t in the full softmax),
+    ``self_top1 [B]`` (t is the full argmax), ``candidates`` for the global top-N.
+    """
+
+    batch_index: int
+    input_ids: np.ndarray
+    top_ids: np.ndarray
+    top_logits: np.ndarray
+    top_logprobs: np.ndarray
+    lse: np.ndarray
+    self_logit: np.ndarray
+    self_logprob: np.ndarray
+    self_top1: np.ndarray
+    candidates: GlobalCandidates
+
+    def __post_init__(self) -> None:
+        B = len(self.input_ids)
+        K = self.top_ids.shape[1] if self.top_ids.ndim == 2 else -1
+        for f in ("top_ids", "top_logits", "top_logprobs"):
+            if getattr(self, f).shape != (B, K):
+                raise ValueError(f"BigramBatch.{f} must have shape [{B}, K]")
+        for f in ("lse", "self_logit", "self_logprob", "self_top1"):
+            if getattr(self, f).shape != (B,):
+                raise ValueError(f"BigramBatch.{f} must have shape [{B}]")
+
+
+@dataclass
+class BigramTable:
+    """A whole bigram path in memory: per-input top-K ``[N, K]`` plus per-input stats ``[N]``
+    and the global top-N pairs (see :class:`BigramBatch` for the fields)."""
+
+    path: str
+    order: int
+    exclude_self: bool
+    input_ids: np.ndarray
+    top_ids: np.ndarray
+    top_logits: np.ndarray
+    top_logprobs: np.ndarray
+    lse: np.ndarray
+    self_logprob: np.ndarray
+    self_top1: np.ndarray
+    global_top: GlobalCandidates = field(default_factory=GlobalCandidates.empty)
+
+    def __post_init__(self) -> None:
+        N = len(self.input_ids)
+        K = self.top_ids.shape[1]
+        for f in ("top_ids", "top_logits", "top_logprobs"):
+            if getattr(self, f).shape != (N, K):
+                raise ValueError(f"BigramTable.{f} must have shape [{N}, {K}]")
+        for f in ("lse", "self_logprob", "self_top1"):
+            if getattr(self, f).shape != (N,):
+                raise ValueError(f"BigramTable.{f} must have shape [{N}]")
+
+    @property
+    def self_transition_rate(self) -> float:
+        """Fraction of input tokens whose most likely next token (full softmax) is themselves."""
+        return float(self.self_top1.mean()) if len(self.self_top1) else 0.0
+
+    def row(self, token_id: int) -> dict:
+        """Top-K of one input token: ids, logits, probabilities."""
+        i = int(np.searchsorted(self.input_ids, token_id))
+        if i >= len(self.input_ids) or self.input_ids[i] != token_id:
+            raise InputError(f"token id {token_id} is not among this table's inputs")
+        return dict(output_ids=self.top_ids[i].tolist(), logits=self.top_logits[i].tolist(),
+                    probs=np.exp(self.top_logprobs[i].astype(np.float64)).tolist())
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def compute_threads() -> Iterator[int]:
+    """Use every CPU this process may run on for torch's intra-op threads (restored after).
+
+    ``$JETEX_NUM_THREADS`` overrides the count (e.g. 1 for stable timings on a shared machine).
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    env = os.environ.get("JETEX_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        n = int(env)
+    old = torch.get_num_threads()
+    if n != old:
+        torch.set_num_threads(n)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+def check_top_k(top_k: object, n_outputs: int, what: str = "top K", of: str = "possible next tokens") -> int:
+    """Validate a top-K size against the number of candidates (one-line :class:`InputError`)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InputError(f"{what} must be a positive integer, got {top_k!r}")
+    if top_k > n_outputs:
+        raise InputError(f"{what} = {top_k} is larger than the {n_outputs} {of}")
+    return top_k
+
+
+def check_global_top(global_top: object, n_pairs: int) -> int:
+    """Validate the global top-N size (0: no global ranking)."""
+    if global_top == 0 or global_top is None:
+        return 0
+    return check_top_k(global_top, n_pairs, "global top N", "possible (input, output) pairs")
+
+
+def input_count(model: ResidualModel, limit_vocab: int | None) -> int:
+    """Number of input tokens: the vocabulary, or ids 0..limit_vocab−1."""
+    V = model.vocab_size
+    if limit_vocab is None:
+        return V
+    if isinstance(limit_vocab, bool) or not isinstance(limit_vocab, int) or limit_vocab < 1:
+        raise InputError(f"--limit-vocab must be a positive integer, got {limit_vocab!r}")
+    return min(limit_vocab, V)
+
+
+def default_batch_size(model: ResidualModel, budget_bytes: int = DEFAULT_BUFFER_BYTES) -> int:
+    """Largest power of two B ≤ 2048 with a ``[B, V]`` float buffer within ``budget_bytes``."""
+    per_row = model.vocab_size * torch.finfo(model.dtype).bits // 8
+    b = 1
+    while b * 2 <= 2048 and b * 2 * per_row <= budget_bytes:
+        b *= 2
+    return b
+
+
+# ---------------------------------------------------------------------------------------
+# the engine
+# ---------------------------------------------------------------------------------------
+def iter_bigram_batches(
+    model: ResidualModel,
+    path: BigramPath,
+    *,
+    top_k: int = 10,
+    order: int = 0,
+    exclude_self: bool = False,
+    limit_vocab: int | None = None,
+    batch_size: int | None = None,
+    global_top: int = 100,
+    skip: frozenset[int] | set[int] = frozenset(),
+    seen: GlobalCandidates | None = None,
+    progress: bool = False,
+) -> Iterator[BigramBatch]:
+    """Evaluate ``path`` on every input token, batch after batch (see the module docstring).
+
+    Batch i covers input ids [i·B, (i+1)·B). Batches in ``skip`` are not computed
+    (resuming); ``seen`` holds global candidates already known (from committed batches) so
+    the deep top-N threshold θ starts where it was.
+    """
+    n_out = model.vocab_size - (1 if exclude_self else 0)
+    K = check_top_k(top_k, n_out)
+    N = input_count(model, limit_vocab)
+    G = check_global_top(global_top, N * n_out)
+    B = default_batch_size(model) if batch_size is None else batch_size
+    if isinstance(B, bool) or not isinstance(B, int) or B < 1:
+        raise InputError(f"batch size must be a positive integer, got {B!r}")
+    V = model.vocab_size
+    dev = model.device
+    U = model.unembedding_matrix
+    bias = model.unembedding_bias
+    best = seen if seen is not None else GlobalCandidates.empty()
+    n_batches = (N + B - 1) // B
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        done = sum(1 for i in skip if 0 <= i < n_batches)
+        bar = tqdm(total=N, initial=min(N, done * B), unit="tok", desc=path.name, file=sys.stderr,
+                   dynamic_ncols=True, smoothing=0.1, leave=True)
+    grad_ctx = torch.inference_mode if order == 0 else torch.no_grad
+    try:
+        with compute_threads(), grad_ctx():
+            # half-precision models (bfloat16/float16) produce their logits in that precision, but the
+            # softmax, top-K and statistics are taken in float32 (a 16-bit log-sum-exp is too coarse)
+            half = model.dtype in (torch.float16, torch.bfloat16)
+            buf = torch.empty(min(B, N), V, dtype=torch.float32 if half else model.dtype, device=dev)
+            scratch = torch.empty_like(buf) if G > K else None  # keeps z intact for the deeper top-G
+            for bi in range(n_batches):
+                if bi in skip:
+                    continue
+                ids = torch.arange(bi * B, min(N, (bi + 1) * B), device=dev)
+                b = len(ids)
+                e = path.decoded(model, ids, order)
+                out = buf[:b]
+                if half:
+                    out.copy_(torch.mm(e.to(U.dtype), U.T))
+                else:
+                    torch.mm(e.to(buf.dtype), U.T, out=out)
+                if bias is not None:
+                    out.add_(bias)
+                batch = _post(out, ids, bi, K, G, exclude_self, best.threshold(G) if G else float("inf"),
+                              None if scratch is None else scratch[:b])
+                if G:
+                    best = best.merged(batch.candidates, G)
+                yield batch
+                if bar is not None:
+                    bar.update(b)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _post(
+    z: Float[Tensor, "b v"],
+    ids: Int[Tensor, "b"],
+    batch_index: int,
+    K: int,
+    G: int,
+    exclude_self: bool,
+    theta: float,
+    scratch: Tensor | None = None,
+) -> BigramBatch:
+    """Top-K, log-sum-exp, self statistics and global candidates of one batch of logits.
+
+    ``theta``: the G-th best log-probability among the pairs of earlier batches (−inf if
+    none). ``scratch`` (shape of z): where exp runs when whole rows are needed (else z is
+    overwritten, which is fine without a deeper global top-G)."""
+    b = z.shape[0]
+    rows = torch.arange(b, device=z.device)
+    self_logit = z[rows, ids].clone()
+    if exclude_self:
+        z[rows, ids] = float("-inf")
+    chunks = RowChunks.of(z)
+    vals, idx = stable_topk(z, K, chunks)
+    m = vals[:, :1]
+    # log-sum-exp (jetex.ngrams.topk.sum_exp: chunks far below the max skipped, exp floored;
+    # an excluded self-transition, now −inf, adds at most 1.6e−38 to a sum ≥ 1); z stays intact
+    lse = m[:, 0] + torch.log(sum_exp(z, m[:, 0], chunks, out=scratch))
+    logprobs = vals - lse[:, None]
+    # global candidates: every row's top-K, plus a deeper top-G where the row could still reach
+    # the top-G: rows whose K-th log P is at least θ, the G-th best of the pairs seen so far
+    # (earlier batches and this batch's top-K: real pairs, so θ never exceeds the final G-th best)
+    deep_rows = deep_vals = deep_idx = None
+    if G > K:
+        if logprobs.numel() >= G:
+            theta = max(theta, float(torch.topk(logprobs.reshape(-1), G).values[-1]))
+        deep = (logprobs[:, K - 1] >= theta).nonzero().flatten()
+        if len(deep):
+            dv, di = stable_topk(z[deep], G)  # at most the whole row
+            deep_rows, deep_vals, deep_idx = deep, dv[:, K:], di[:, K:]
+    if exclude_self:
+        lse_full = torch.logaddexp(lse, self_logit)
+        self_top1 = (self_logit > vals[:, 0]) | ((self_logit == vals[:, 0]) & (ids < idx[:, 0]))
+    else:
+        lse_full = lse
+        self_top1 = idx[:, 0] == ids
+    self_logprob = self_logit - lse_full
+    cand = GlobalCandidates.empty()
+    if G:
+        ci, co, cl, cp = [ids[:, None].expand(b, K)], [idx], [vals], [logprobs]
+        if deep_rows is not None:
+            ci.append(ids[deep_rows][:, None].expand(-1, deep_vals.shape[1]))
+            co.append(deep_idx)
+            cl.append(deep_vals)
+            cp.append(deep_vals - lse[deep_rows][:, None])
+        flat = [torch.cat([t.reshape(-1) for t in xs]).cpu().numpy() for xs in (ci, co, cl, cp)]
+        cand = cand.merged(GlobalCandidates(flat[0].astype(np.int64), flat[1].astype(np.int64), flat[2], flat[3]), G)
+    np_ = lambda t: t.cpu().numpy()  # noqa: E731
+    return BigramBatch(
+        batch_index=batch_index,
+        input_ids=np_(ids).astype(np.int64),
+        top_ids=np_(idx).astype(np.int64),
+        top_logits=np_(vals),
+        top_logprobs=np_(logprobs),
+        lse=np_(lse),
+        self_logit=np_(self_logit),
+        self_logprob=np_(self_logprob),
+        self_top1=np_(self_top1),
+        candidates=cand,
+    )
+
+
+def bigram_table(
+    model: ResidualModel,
+    path: BigramPath,
+    *,
+    top_k: int = 10,
+    order: int = 0,
+    exclude_self: bool = False,
+    limit_vocab: int | None = None,
+    batch_size: int | None = None,
+    global_top: int = 100,
+    progress: bool = False,
+) -> BigramTable:
+    """Evaluate a bigram path on every input token and keep the results in memory."""
+    batches = list(iter_bigram_batches(model, path, top_k=top_k, order=order, exclude_self=exclude_self,
+                                       limit_vocab=limit_vocab, batch_size=batch_size, global_top=global_top,
+                                       progress=progress))
+    cat = lambda f: np.concatenate([getattr(x, f) for x in batches])  # noqa: E731
+    best = GlobalCandidates.empty()
+    for x in batches:
+        best = best.merged(x.candidates, global_top)
+    return BigramTable(path.name, order, exclude_self, cat("input_ids"), cat("top_ids"), cat("top_logits"),
+                       cat("top_logprobs"), cat("lse"), cat("self_logprob"), cat("self_top1"), best)

@@ -1,0 +1,506 @@
+"""The n-gram database: a DuckDB file holding jet n-gram tables of ONE model.
+
+Schema (version 1):
+
+- ``meta(key, value)``: ``schema_version``, ``model_name``, ``model_fingerprint``,
+  ``tokenizer_fingerprint``, ``vocab_size``, ``created_at``. A store refuses to open with a
+  model whose fingerprint or tokenizer fingerprint differs (:class:`StoreError`, nothing written).
+- ``tokens(token_id, token)``: the readable string of every token id.
+- ``runs``: one row per extraction of one path: ``run_id``, ``kind`` (bigram / trigram),
+  ``path``, ``description``, ``order``, ``top_k``, ``global_top``, ``exclude_self``,
+  ``n_inputs``, ``batch_size``, ``n_batches``, ``options`` (JSON), ``model_name``,
+  ``model_fingerprint``, ``tokenizer_fingerprint``, ``created_at``, ``finished_at``,
+  ``status`` (running / done), ``seconds`` (compute time summed over sessions), ``stats`` (JSON).
+- ``ngrams``: the n-grams. Bigrams: for every input token its top-K next tokens, ``rank``
+  1..K. Trigrams (a … b → c): the head's global top-K, ``rank`` 1..K. Columns ``run_id``,
+  ``path``, ``order``, ``context_id`` / ``context`` (a; NULL for bigrams), ``input_id`` /
+  ``input`` (t, or b), ``output_id`` / ``output`` (c), ``logit`` (path logit; the OV logit
+  for trigrams), ``logprob`` / ``prob`` (log P(c|t); for trigrams log S and S =
+  p(a|b)·P_OV(c|a)), ``attn_prob`` (p(a|b), trigrams only), ``rank``.
+- ``input_stats(run_id, input_id, lse, self_logit, self_logprob, self_top1)``: per input
+  token of a bigram run (log-sum-exp of its softmax; the self-transition in the full softmax).
+- ``top_pairs``: the global top-N (input, output) pairs of a bigram run by log P, ``rank``
+  1..N (while a run is unfinished it holds per-batch candidates with NULL rank).
+- ``fidelity(run_id, path, sample_size, n_inputs, sample_rule, context, mean_kl,
+  top1_agreement, top10_agreement)``.
+- ``done_batches(run_id, batch, n_rows, committed_at)``: committed in the same transaction as
+  the batch's rows, so a killed run resumes exactly where it stopped: no duplicate, no loss.
+
+Every failure to read or write (not a DuckDB file, another schema, read-only file or
+folder, full disk, file locked by another process) is a one-line :class:`StoreError`;
+what was committed before stays.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from jetex.errors import StoreError
+from jetex.models.base import ResidualModel
+
+SCHEMA_VERSION = "1"
+
+_DDL = [
+    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+    "CREATE TABLE IF NOT EXISTS tokens (token_id INTEGER PRIMARY KEY, token VARCHAR)",
+    """CREATE TABLE IF NOT EXISTS runs (
+        run_id INTEGER PRIMARY KEY, kind VARCHAR, path VARCHAR, description VARCHAR, "order" INTEGER,
+        top_k INTEGER, global_top INTEGER, exclude_self BOOLEAN, n_inputs INTEGER, batch_size INTEGER,
+        n_batches INTEGER, options VARCHAR, model_name VARCHAR, model_fingerprint VARCHAR,
+        tokenizer_fingerprint VARCHAR, created_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR,
+        seconds DOUBLE, stats VARCHAR)""",
+    """CREATE TABLE IF NOT EXISTS ngrams (
+        run_id INTEGER, path VARCHAR, "order" INTEGER, context_id INTEGER, context VARCHAR,
+        input_id INTEGER, input VARCHAR, output_id INTEGER, output VARCHAR, logit REAL, logprob REAL,
+        prob REAL, attn_prob REAL, rank INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS input_stats (
+        run_id INTEGER, input_id INTEGER, lse REAL, self_logit REAL, self_logprob REAL, self_top1 BOOLEAN)""",
+    """CREATE TABLE IF NOT EXISTS top_pairs (
+        run_id INTEGER, input_id INTEGER, output_id INTEGER, logit REAL, logprob REAL, rank INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS fidelity (
+        run_id INTEGER PRIMARY KEY, path VARCHAR, sample_size INTEGER, n_inputs INTEGER, sample_rule VARCHAR,
+        context VARCHAR, mean_kl DOUBLE, top1_agreement DOUBLE, top10_agreement DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS done_batches (
+        run_id INTEGER, batch INTEGER, n_rows INTEGER, committed_at TIMESTAMP, PRIMARY KEY (run_id, batch))""",
+]
+_NGRAM_COLS = ("run_id", "path", "order", "context_id", "context", "input_id", "input", "output_id", "output",
+               "logit", "logprob", "prob", "attn_prob", "rank")
+_RUN_KEY = ("kind", "path", "order", "top_k", "global_top", "exclude_self", "n_inputs")
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now().replace(microsecond=0)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 240 else text[:239] + "…"
+
+
+def _reason(e: BaseException) -> str:
+    """A short cause for an I/O failure (read-only, full disk, lock, …)."""
+    text = str(e).lower()
+    errno_ = getattr(e, "errno", None)
+    if errno_ == 28 or "no space left" in text or "disk full" in text:
+        return "the disk is full"
+    if errno_ in (1, 13, 30) or any(w in text for w in ("permission denied", "read-only", "read only", "not permitted")):
+        return "it is read-only (no write permission)"
+    if "lock" in text:
+        return "it is in use by another process"
+    return _one_line(e)
+
+
+class NgramStore:
+    """A jet n-gram database (DuckDB file, schema in the module docstring).
+
+    ``NgramStore(path, model=m)`` opens or creates the file for writing, refusing a file made
+    for another model or tokenizer; ``NgramStore(path, read_only=True)`` opens an existing
+    file for reading (no model needed). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, model: ResidualModel | None = None, read_only: bool = False) -> None:
+        import duckdb
+
+        self.path = Path(path)
+        self.read_only = read_only
+        self._duckdb = duckdb
+        self.con: Any = None
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder, not an n-gram database file")
+        exists = self.path.exists()
+        if read_only and not exists:
+            raise StoreError(f"no n-gram database at {self.path}")
+        if not read_only and model is None:
+            raise StoreError("opening an n-gram database for writing needs the model (to check its fingerprint)")
+        self.meta: dict[str, str] = {}
+        if exists:
+            # check what the file is, read-only, before anything could be written
+            self.meta = self._read_meta()
+            if model is not None:
+                self._check_model(model)
+        if read_only:
+            self.con = self._connect(read_only=True)
+            return
+        self.con = self._connect(read_only=False)
+        if not exists or not self.meta:
+            self._create(model)  # type: ignore[arg-type]
+
+    # ---- opening ---------------------------------------------------------------------
+    def _connect(self, read_only: bool) -> Any:
+        try:
+            return self._duckdb.connect(str(self.path), read_only=read_only)
+        except self._duckdb.Error as e:
+            raise StoreError(f"cannot open {self.path} for {'reading' if read_only else 'writing'}: {_reason(e)}") from None
+        except OSError as e:
+            raise StoreError(f"cannot open {self.path}: {_reason(e)}") from None
+
+    def _read_meta(self) -> dict[str, str]:
+        try:
+            con = self._duckdb.connect(str(self.path), read_only=True)
+        except self._duckdb.Error as e:
+            msg = str(e).lower()
+            if "lock" in msg:
+                raise StoreError(f"cannot open {self.path}: it is in use by another process") from None
+            if "permission" in msg:
+                raise StoreError(f"cannot open {self.path}: {_reason(e)}") from None
+            raise StoreError(f"{self.path} is not a jetex n-gram database (not a readable DuckDB file)") from None
+        try:
+            tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            if "meta" not in tables:
+                if not tables:
+                    return {}
+                raise StoreError(f"{self.path} is a DuckDB file but not a jetex n-gram database (no meta table)")
+            meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        except self._duckdb.Error as e:
+            raise StoreError(f"{self.path} is not a jetex n-gram database: {_one_line(e)}") from None
+        finally:
+            con.close()
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has n-gram schema version {meta.get('schema_version')!r}; this jetex reads version {SCHEMA_VERSION}")
+        return meta
+
+    def _check_model(self, model: ResidualModel) -> None:
+        fp, tfp = model.fingerprint(), model.tokenizer_fingerprint()
+        if self.meta.get("model_fingerprint") != fp:
+            raise StoreError(
+                f"{self.path} holds n-grams of model {self.meta.get('model_name')!r} (fingerprint {self.meta.get('model_fingerprint')}), "
+                f"not of {model.name!r} (fingerprint {fp}); use another --db file"
+            )
+        if self.meta.get("tokenizer_fingerprint") != tfp:
+            raise StoreError(
+                f"{self.path} was made with tokenizer {self.meta.get('tokenizer_fingerprint')}, not {tfp}; use another --db file"
+            )
+
+    def _create(self, model: ResidualModel) -> None:
+        strings = token_strings_all(model)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "model_name": model.name,
+            "model_fingerprint": model.fingerprint(),
+            "tokenizer_fingerprint": model.tokenizer_fingerprint(),
+            "vocab_size": str(model.vocab_size),
+            "created_at": _now().isoformat(),
+        }
+        tokens = pa.table({"token_id": pa.array(np.arange(len(strings), dtype=np.int32)), "token": pa.array(strings, pa.string())})
+        with self.transaction():
+            for ddl in _DDL:
+                self.con.execute(ddl)
+            self.con.register("_tokens", tokens)
+            self.con.execute("INSERT INTO tokens SELECT token_id, token FROM _tokens")
+            self.con.unregister("_tokens")
+            self.con.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
+        self.meta = meta
+
+    def close(self) -> None:
+        if self.con is not None:
+            with contextlib.suppress(Exception):
+                self.con.close()
+            self.con = None
+
+    def __enter__(self) -> "NgramStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic write: everything inside commits together or not at all."""
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only")
+        try:
+            self.con.begin()
+            yield
+            self.con.commit()
+        except StoreError:
+            self._rollback()
+            raise
+        except (self._duckdb.Error, OSError) as e:
+            self._rollback()
+            raise StoreError(f"cannot write to {self.path}: {_reason(e)}; what was committed before is kept, rerun to resume") from None
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(Exception):
+            self.con.rollback()
+
+    def _q(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        try:
+            return self.con.execute(sql, params).fetchall()
+        except self._duckdb.Error as e:
+            raise StoreError(f"cannot read {self.path}: {_one_line(e)}") from None
+
+    def _dicts(self, sql: str, params: list | tuple = ()) -> list[dict]:
+        try:
+            cur = self.con.execute(sql, params)
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+        except self._duckdb.Error as e:
+            raise StoreError(f"cannot read {self.path}: {_one_line(e)}") from None
+
+    # ---- runs ------------------------------------------------------------------------
+    def find_run(self, **key: Any) -> dict | None:
+        """The latest run matching ``kind, path, order, top_k, global_top, exclude_self, n_inputs``."""
+        where = " AND ".join(f'"{k}" = ?' for k in _RUN_KEY)
+        rows = self._dicts(f"SELECT * FROM runs WHERE {where} ORDER BY run_id DESC LIMIT 1", [key[k] for k in _RUN_KEY])
+        return rows[0] if rows else None
+
+    def start_run(self, *, description: str, batch_size: int, n_batches: int, options: dict, model: ResidualModel, **key: Any) -> dict:
+        """Create a run row (status ``running``) and return it."""
+        with self.transaction():
+            rid = self.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
+            self.con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 'running', 0, NULL)",
+                [rid, key["kind"], key["path"], description, key["order"], key["top_k"], key["global_top"],
+                 key["exclude_self"], key["n_inputs"], batch_size, n_batches, json.dumps(options, sort_keys=True),
+                 model.name, model.fingerprint(), model.tokenizer_fingerprint(), _now()],
+            )
+        return self.run(rid)
+
+    def run(self, run_id: int) -> dict:
+        rows = self._dicts("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if not rows:
+            raise StoreError(f"{self.path} has no run {run_id}")
+        return rows[0]
+
+    def runs(self, path: str | None = None, status: str | None = None) -> list[dict]:
+        sql, params = "SELECT * FROM runs WHERE 1=1", []
+        if path is not None:
+            sql += " AND path = ?"
+            params.append(path)
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        return self._dicts(sql + " ORDER BY run_id", params)
+
+    def delete_run(self, run_id: int) -> None:
+        with self.transaction():
+            for t in ("ngrams", "input_stats", "top_pairs", "fidelity", "done_batches", "runs"):
+                self.con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
+
+    def done_batches(self, run_id: int) -> set[int]:
+        return {int(r[0]) for r in self._q("SELECT batch FROM done_batches WHERE run_id = ?", [run_id])}
+
+    def add_seconds(self, run_id: int, seconds: float) -> None:
+        with self.transaction():
+            self.con.execute("UPDATE runs SET seconds = seconds + ? WHERE run_id = ?", [float(seconds), run_id])
+
+    # ---- writing batches -----------------------------------------------------------------
+    def _insert(self, table: str, cols: tuple[str, ...], data: pa.Table) -> None:
+        self.con.register("_batch", data)
+        try:
+            quoted = ", ".join(f'"{c}"' for c in cols)
+            self.con.execute(f"INSERT INTO {table} ({quoted}) SELECT {quoted} FROM _batch")
+        finally:
+            self.con.unregister("_batch")
+
+    def _strings(self, ids: np.ndarray) -> pa.Array:
+        if not hasattr(self, "_vocab_arr"):
+            rows = self._q("SELECT token FROM tokens ORDER BY token_id")
+            self._vocab_arr = pa.array([r[0] for r in rows], pa.string())
+        return self._vocab_arr.take(pa.array(ids.astype(np.int64)))
+
+    def write_bigram_batch(self, run: dict, batch: Any) -> None:
+        """Commit one :class:`~jetex.ngrams.engine.BigramBatch` (rows + stats + candidates + done mark)."""
+        B, K = batch.top_ids.shape
+        inp = np.repeat(batch.input_ids, K)
+        out = batch.top_ids.reshape(-1)
+        lp = batch.top_logprobs.reshape(-1).astype(np.float32)
+        n = len(inp)
+        ngrams = pa.table({
+            "run_id": pa.array(np.full(n, run["run_id"], np.int32)),
+            "path": pa.array([run["path"]] * n, pa.string()),
+            "order": pa.array(np.full(n, run["order"], np.int32)),
+            "context_id": pa.nulls(n, pa.int32()),
+            "context": pa.nulls(n, pa.string()),
+            "input_id": pa.array(inp.astype(np.int32)),
+            "input": self._strings(inp),
+            "output_id": pa.array(out.astype(np.int32)),
+            "output": self._strings(out),
+            "logit": pa.array(batch.top_logits.reshape(-1).astype(np.float32)),
+            "logprob": pa.array(lp),
+            "prob": pa.array(np.exp(lp.astype(np.float64)).astype(np.float32)),
+            "attn_prob": pa.nulls(n, pa.float32()),
+            "rank": pa.array(np.tile(np.arange(1, K + 1, dtype=np.int32), B)),
+        })
+        stats = pa.table({
+            "run_id": pa.array(np.full(B, run["run_id"], np.int32)),
+            "input_id": pa.array(batch.input_ids.astype(np.int32)),
+            "lse": pa.array(batch.lse.astype(np.float32)),
+            "self_logit": pa.array(batch.self_logit.astype(np.float32)),
+            "self_logprob": pa.array(batch.self_logprob.astype(np.float32)),
+            "self_top1": pa.array(batch.self_top1.astype(bool)),
+        })
+        c = batch.candidates
+        cand = pa.table({
+            "run_id": pa.array(np.full(len(c), run["run_id"], np.int32)),
+            "input_id": pa.array(c.input_ids.astype(np.int32)),
+            "output_id": pa.array(c.output_ids.astype(np.int32)),
+            "logit": pa.array(c.logits.astype(np.float32)),
+            "logprob": pa.array(c.logprobs.astype(np.float32)),
+            "rank": pa.nulls(len(c), pa.int32()),
+        })
+        with self.transaction():
+            self._insert("ngrams", _NGRAM_COLS, ngrams)
+            self._insert("input_stats", tuple(stats.column_names), stats)
+            self._insert("top_pairs", tuple(cand.column_names), cand)
+            self.con.execute("INSERT INTO done_batches VALUES (?, ?, ?, ?)", [run["run_id"], batch.batch_index, n, _now()])
+
+    def write_trigram_chunk(self, run: dict, chunk: Any) -> None:
+        """Commit the candidates of one :class:`~jetex.ngrams.trigrams.TrigramChunk` (rank NULL until the run finishes)."""
+        t = chunk.table
+        n = len(t)
+        lp = t.logscore.astype(np.float32)
+        ngrams = pa.table({
+            "run_id": pa.array(np.full(n, run["run_id"], np.int32)),
+            "path": pa.array([run["path"]] * n, pa.string()),
+            "order": pa.array(np.full(n, run["order"], np.int32)),
+            "context_id": pa.array(t.context_ids.astype(np.int32)),
+            "context": self._strings(t.context_ids),
+            "input_id": pa.array(t.input_ids.astype(np.int32)),
+            "input": self._strings(t.input_ids),
+            "output_id": pa.array(t.output_ids.astype(np.int32)),
+            "output": self._strings(t.output_ids),
+            "logit": pa.array(t.ov_logit.astype(np.float32)),
+            "logprob": pa.array(lp),
+            "prob": pa.array(np.exp(lp.astype(np.float64)).astype(np.float32)),
+            "attn_prob": pa.array(np.exp(t.attn_logprob.astype(np.float64)).astype(np.float32)),
+            "rank": pa.nulls(n, pa.int32()),
+        })
+        with self.transaction():
+            self._insert("ngrams", _NGRAM_COLS, ngrams)
+            self.con.execute("INSERT INTO done_batches VALUES (?, ?, ?, ?)", [run["run_id"], chunk.batch_index, n, _now()])
+
+    def global_candidates(self, run_id: int) -> Any:
+        """The committed global candidates of a bigram run (to resume the engine's θ)."""
+        from jetex.ngrams.engine import GlobalCandidates
+
+        rows = self._q("SELECT input_id, output_id, logit, logprob FROM top_pairs WHERE run_id = ?", [run_id])
+        if not rows:
+            return GlobalCandidates.empty()
+        a = np.array(rows, dtype=np.float64)
+        g = GlobalCandidates(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2].astype(np.float32), a[:, 3].astype(np.float32))
+        return GlobalCandidates.empty().merged(g, len(g))
+
+    def finish_run(self, run: dict, seconds: float) -> dict:
+        """Rank the global candidates (bigrams) or the trigram candidates, compute the run's stats, mark it done."""
+        rid = run["run_id"]
+        with self.transaction():
+            if run["kind"] == "bigram":
+                self.con.execute(
+                    """CREATE OR REPLACE TEMP TABLE _ranked AS
+                       SELECT run_id, input_id, output_id, logit, logprob,
+                              CAST(row_number() OVER (ORDER BY logprob DESC, input_id, output_id) AS INTEGER) AS rank
+                       FROM top_pairs WHERE run_id = ?""", [rid])
+                self.con.execute("DELETE FROM top_pairs WHERE run_id = ?", [rid])
+                self.con.execute("INSERT INTO top_pairs SELECT * FROM _ranked WHERE rank <= ?", [run["global_top"]])
+                self.con.execute("DROP TABLE _ranked")
+                st = self.con.execute(
+                    """SELECT count(*), avg(CAST(self_top1 AS DOUBLE) ORDER BY input_id), avg(exp(self_logprob) ORDER BY input_id)
+                       FROM input_stats WHERE run_id = ?""", [rid]).fetchone()
+                n_rows = self.con.execute("SELECT count(*) FROM ngrams WHERE run_id = ?", [rid]).fetchone()[0]
+                stats = {"n_inputs": int(st[0]), "self_transition_rate": float(st[1] or 0.0),
+                         "mean_self_prob": float(st[2] or 0.0), "n_rows": int(n_rows)}
+            else:
+                cols = ", ".join(f'"{c}"' for c in _NGRAM_COLS[:-1])
+                self.con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE _ranked AS
+                        SELECT {cols}, CAST(row_number() OVER (ORDER BY logprob DESC, context_id, input_id, output_id) AS INTEGER) AS rank
+                        FROM ngrams WHERE run_id = ?""", [rid])
+                self.con.execute("DELETE FROM ngrams WHERE run_id = ?", [rid])
+                self.con.execute("INSERT INTO ngrams SELECT * FROM _ranked WHERE rank <= ?", [run["top_k"]])
+                self.con.execute("DROP TABLE _ranked")
+                n_rows = self.con.execute("SELECT count(*) FROM ngrams WHERE run_id = ?", [rid]).fetchone()[0]
+                stats = {"n_rows": int(n_rows)}
+            self.con.execute(
+                "UPDATE runs SET status = 'done', finished_at = ?, seconds = seconds + ?, stats = ? WHERE run_id = ?",
+                [_now(), float(seconds), json.dumps(stats, sort_keys=True), rid])
+        return self.run(rid)
+
+    def write_fidelity(self, run_id: int, fid: Any) -> None:
+        d = fid.as_dict()
+        with self.transaction():
+            self.con.execute("DELETE FROM fidelity WHERE run_id = ?", [run_id])
+            self.con.execute("INSERT INTO fidelity VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [run_id, d["path"], d["sample_size"], d["n_inputs"], d["sample_rule"], d["context"],
+                              d["mean_kl"], d["top1_agreement"], d["top10_agreement"]])
+
+    # ---- reading ---------------------------------------------------------------------
+    def fidelity(self, run_id: int) -> dict | None:
+        rows = self._dicts("SELECT * FROM fidelity WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def top_pairs(self, run_id: int, n: int) -> list[dict]:
+        """The global top-n (input, output) pairs of a finished bigram run."""
+        return self._dicts(
+            """SELECT p.rank, p.input_id, ti.token AS input, p.output_id, tout.token AS output, p.logit, p.logprob,
+                      exp(p.logprob) AS prob
+               FROM top_pairs p JOIN tokens ti ON ti.token_id = p.input_id JOIN tokens tout ON tout.token_id = p.output_id
+               WHERE p.run_id = ? AND p.rank IS NOT NULL AND p.rank <= ? ORDER BY p.rank""", [run_id, n])
+
+    def ngrams(self, run_id: int, *, input_id: int | None = None, n: int | None = None) -> list[dict]:
+        """Rows of the ngrams table of a run (one input token's top-K with ``input_id``)."""
+        sql, params = "SELECT * FROM ngrams WHERE run_id = ?", [run_id]
+        if input_id is not None:
+            sql += " AND input_id = ?"
+            params.append(input_id)
+        sql += " ORDER BY input_id, rank" if input_id is not None else " ORDER BY rank, input_id"
+        if n is not None:
+            sql += " LIMIT ?"
+            params.append(n)
+        return self._dicts(sql, params)
+
+    def find_tokens(self, word: str) -> list[tuple[int, str]]:
+        """Token ids whose string is ``word`` exactly; else whose stripped string is ``word.strip()``."""
+        rows = self._q("SELECT token_id, token FROM tokens WHERE token = ? ORDER BY token_id", [word])
+        if not rows:
+            rows = self._q("SELECT token_id, token FROM tokens WHERE trim(token) = ? ORDER BY token_id", [word.strip()])
+        return [(int(a), str(b)) for a, b in rows]
+
+    def token(self, token_id: int) -> str:
+        rows = self._q("SELECT token FROM tokens WHERE token_id = ?", [token_id])
+        return rows[0][0] if rows else f"<{token_id}>"
+
+    def export_parquet(self, out: str | os.PathLike) -> int:
+        """Write every n-gram row, with its run's model and options, to a Parquet file; return the row count."""
+        out = Path(out)
+        if out.is_dir():
+            raise StoreError(f"{out} is a folder; give a .parquet file name")
+        if not out.parent.exists():
+            raise StoreError(f"folder {out.parent} does not exist")
+        tmp = out.with_name(out.name + ".tmp")
+        sql = """SELECT n.*, r.kind, r.top_k, r.exclude_self, r.model_name, r.model_fingerprint, r.tokenizer_fingerprint
+                 FROM ngrams n JOIN runs r USING (run_id) WHERE r.status = 'done'
+                 ORDER BY n.run_id, n.rank, n.input_id"""
+        try:
+            n = self.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
+            path_sql = str(tmp).replace("'", "''")
+            self.con.execute(f"COPY ({sql}) TO '{path_sql}' (FORMAT PARQUET)")
+            os.replace(tmp, out)
+        except (self._duckdb.Error, OSError) as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreError(f"cannot write {out}: {_reason(e)}") from None
+        return int(n)
+
+
+def token_strings_all(model: ResidualModel) -> list[str]:
+    """Readable strings of every token id 0..V−1 (``<id>`` where the model has no tokenizer)."""
+    V = model.vocab_size
+    tok = getattr(model, "tokenizer", None)
+    if tok is None:
+        return [f"<{i}>" for i in range(V)]
+    n_tok = len(tok)
+    ids = [[i] for i in range(min(V, n_tok))]
+    strings = list(tok.batch_decode(ids)) if hasattr(tok, "batch_decode") else model.token_strings(list(range(min(V, n_tok))))
+    return strings + [f"<{i}>" for i in range(len(strings), V)]
