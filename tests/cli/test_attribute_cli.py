@@ -115,6 +115,7 @@ def test_eval_shipped_set_table(capsys, model_dir):
         (["attribute", TEXT, "--steps", "3"], "integrated_gradients only"),
         (["attribute", "--eval", "--methods", "normxlogit,shap"], "unknown attribution method"),
         (["attribute", TEXT, "--target", "x", "--target-id", "3"], "not both"),
+        (["attribute", "--eval", "--target", "x"], "does not apply to --eval"),
     ],
 )
 def test_errors_are_one_line(capsys, model_dir, argv, message):

@@ -79,12 +79,15 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
             raise InputError("--html renders a single attribution; it does not apply to --eval")
         if text is not None:
             raise InputError("give either TEXT or --eval FILE, not both")
+        if target is not None or target_id is not None:
+            raise InputError("--target does not apply to --eval: each prompt's target is the model's own prediction")
         if limit is not None and limit < 1:
             raise InputError(f"--limit must be at least 1, got {limit}")
         path = None if eval_file == SHIPPED and not Path(SHIPPED).exists() else eval_file
         prompts = load_prompts(path)[:limit]
         names = [m for m in (methods or method).split(",") if m.strip()]
         specs = [MethodSpec.parse(n, layer, order) for n in names]  # validate before loading the model
+        erasure_ratios = _ratios(ratios) or (0.01, 0.05, 0.10, 0.20, 0.50)
         options = {"integrated_gradients": kw} if kw else {}
         if seed is not None:
             options["random"] = {"seed": seed}
@@ -96,7 +99,7 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
                 click.echo(f"{i}/{n} prompts", err=True)
 
         report = evaluate_faithfulness(
-            m, prompts, specs, _ratios(ratios) or (0.01, 0.05, 0.10, 0.20, 0.50),
+            m, prompts, specs, erasure_ratios,
             layer=layer, order=order, method_options=options, progress=report_progress,
         )
         if as_json:
