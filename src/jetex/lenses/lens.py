@@ -15,6 +15,7 @@ taken in d-dimensional final-norm space and only then mapped to the vocabulary.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from collections.abc import Sequence
 from typing import Literal
@@ -257,6 +258,20 @@ def joint_centres(model: ResidualModel, centres: str | int | Sequence[int] = "bl
     return segs, names
 
 
+_GRAMS: "weakref.WeakKeyDictionary[ResidualModel, tuple[tuple, Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def _gram(model: ResidualModel) -> Float[Tensor, "d d"]:
+    """G = UᵀU in float64, cached per model (recomputed if U changes in place or is replaced)."""
+    U = model.unembedding_matrix
+    key = (U.data_ptr(), U._version, tuple(U.shape))
+    hit = _GRAMS.get(model)
+    if hit is None or hit[0] != key:
+        hit = (key, U.detach().T.double() @ U.detach().double())
+        _GRAMS[model] = hit
+    return hit[1]
+
+
 @torch.no_grad()
 def joint_lens(
     model: ResidualModel,
@@ -288,8 +303,7 @@ def joint_lens(
         J = jet(model.final_norm, X, hL.unsqueeze(0).expand_as(X), k)
     U = model.unembedding_matrix
     if optimize:
-        G = U.T.double() @ U.double()
-        W = optimal_weights(J, target, G).to(J.dtype)  # [n, t]
+        W = optimal_weights(J, target, _gram(model)).to(J.dtype)  # [n, t]
     else:
         W = torch.full((n, t), 1.0 / n, dtype=J.dtype, device=J.device)
     terms = W[..., None] * J  # [n, t, d]
