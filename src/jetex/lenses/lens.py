@@ -178,6 +178,25 @@ def _topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
     return i, v
 
 
+def _rows(model: ResidualModel, ids: Tensor, names: list[str], logits: Tensor, model_logits: Tensor, top_k: int) -> dict:
+    """The fields every lens shares: each row's top-k and cosine to the model, the model's top-k."""
+    top_ids, top_logits = _topk(logits, top_k)
+    m_ids, m_logits = _topk(model_logits, top_k)
+    return dict(
+        model_name=model.name,
+        tokens=model.token_strings(ids[0]),
+        input_ids=ids[0].cpu(),
+        row_names=names,
+        top_ids=top_ids.cpu(),
+        top_logits=top_logits.float().cpu(),
+        cosine=F.cosine_similarity(logits, model_logits.unsqueeze(0), dim=-1).float().cpu(),
+        model_top_ids=m_ids.cpu(),
+        model_top_logits=m_logits.float().cpu(),
+        vocab=[[model.token_strings(cell) for cell in row] for row in top_ids],
+        model_vocab=[model.token_strings(cell)[0] for cell in m_ids],
+    )
+
+
 @torch.no_grad()
 def iterative_lens(
     model: ResidualModel,
@@ -198,25 +217,12 @@ def iterative_lens(
     h = model.stream(ids)  # [L+1, 1, t, d]
     logits = iterative_lens_logits(model, h, streams, k)[:, 0]  # [R, t, V]
     model_logits = model.decode(h[-1])[0]  # [t, V]
-    cos = F.cosine_similarity(logits, model_logits.unsqueeze(0), dim=-1)
     rem = (model_logits.unsqueeze(0) - logits).norm(dim=-1)
-    top_ids, top_logits = _topk(logits, top_k)
-    m_ids, m_logits = _topk(model_logits, top_k)
     return LensResult(
         kind="iterative",
         order=k,
-        model_name=model.name,
-        tokens=model.token_strings(ids[0]),
-        input_ids=ids[0].cpu(),
-        row_names=names,
-        top_ids=top_ids.cpu(),
-        top_logits=top_logits.float().cpu(),
-        cosine=cos.float().cpu(),
-        model_top_ids=m_ids.cpu(),
-        model_top_logits=m_logits.float().cpu(),
         remainder_norm=rem.float().cpu(),
-        vocab=[[model.token_strings(cell) for cell in row] for row in top_ids],
-        model_vocab=[model.token_strings(cell)[0] for cell in m_ids],
+        **_rows(model, ids, names, logits, model_logits, top_k),
     )
 
 
@@ -311,25 +317,12 @@ def joint_lens(
     model_logits = model.decode(hL)
     exp_logits = logits.sum(0)
     rem = (model_logits - exp_logits).norm(dim=-1)
-    cos = F.cosine_similarity(logits, model_logits.unsqueeze(0), dim=-1)
-    top_ids, top_logits = _topk(logits, top_k)
-    m_ids, m_logits = _topk(model_logits, top_k)
     e_ids, e_logits = _topk(exp_logits, top_k)
     return LensResult(
         kind="joint",
         order=k,
-        model_name=model.name,
-        tokens=model.token_strings(ids[0]),
-        input_ids=ids[0].cpu(),
-        row_names=names,
-        top_ids=top_ids.cpu(),
-        top_logits=top_logits.float().cpu(),
-        cosine=cos.float().cpu(),
-        model_top_ids=m_ids.cpu(),
-        model_top_logits=m_logits.float().cpu(),
         remainder_norm=rem[None].float().cpu(),
-        vocab=[[model.token_strings(cell) for cell in row] for row in top_ids],
-        model_vocab=[model.token_strings(cell)[0] for cell in m_ids],
+        **_rows(model, ids, names, logits, model_logits, top_k),
         weights=W.float().cpu(),
         expansion_top_ids=e_ids.cpu(),
         expansion_top_logits=e_logits.float().cpu(),
