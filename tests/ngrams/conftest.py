@@ -9,16 +9,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def _wrap(arch: str, seed: int = 0, dtype=torch.float64):
-    from _tiny import make_hf, make_tokenizer
-
-    from jetex.models.hf import HFResidualModel
-
-    hf = make_hf(arch, seed=seed)
-    m = HFResidualModel.from_hf(hf, make_tokenizer(), name=f"tiny-{arch}")
-    return m.to(dtype)
+from ngrams_tiny import _wrap  # noqa: E402  (tiny HF models as residual views)
 
 
 @pytest.fixture(scope="session")

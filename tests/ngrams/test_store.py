@@ -154,7 +154,7 @@ def test_real_full_disk_on_tmpfs(tiny_llama, tmp_path):
 
 
 def test_refuses_another_model_without_writing(tiny_llama, tmp_path):
-    from conftest import _wrap
+    from ngrams_tiny import _wrap
 
     db = tmp_path / "n.duckdb"
     extract_ngrams(tiny_llama, ["direct"], db=db, **KW)
