@@ -201,3 +201,124 @@ def test_centre_gap_warning_and_bad_input():
         jet_expand(model, 1, [Embedding(), Stream(1)], 1, weights=[0.7, 0.7])
     with pytest.raises(InputError, match="at least one centre"):
         jet_expand(model, 1, [], 1)
+
+
+def test_tensor_weights_must_lie_in_the_simplex():
+    """Tensor weights are checked like float weights: non-negative, summing to 1 along dim 0."""
+    model = ToyResidualNet(depth=2, d=6, vocab_size=7, hidden=8)
+    centres = [Embedding(), Contribution(1, "block.1")]
+    for bad in (torch.tensor([3.0, -2.0]), torch.tensor([0.7, 0.7]), torch.tensor([float("nan"), 1.0])):
+        with pytest.raises(InputError, match="simplex"):
+            jet_expand(model, 1, centres, 1, weights=bad)
+    per_pos = torch.full((2, 3, 4), 0.5, dtype=torch.float64)
+    per_pos[0, 1, 2], per_pos[1, 1, 2] = 1.2, -0.2  # sums to 1 but one weight is negative
+    with pytest.raises(InputError, match="non-negative"):
+        jet_expand(model, 1, centres, 1, weights=per_pos)
+    per_pos = torch.full((2, 3, 4), 0.5, dtype=torch.float64)
+    per_pos[0, 2, 0] = 0.6  # one position sums to 1.1
+    with pytest.raises(InputError, match="sum is off by up to 0.1"):
+        jet_expand(model, 1, centres, 1, weights=per_pos)
+    with pytest.raises(InputError, match="floating point"):
+        jet_expand(model, 1, centres, 1, weights=torch.tensor([1, 0]))
+    with pytest.raises(InputError, match="leading centre dimension"):
+        jet_expand(model, 1, [Embedding()], 1, weights=torch.tensor(1.0))
+    # accepted: exact simplex points, and float32 weights normalised in float32 (rounding within tolerance)
+    w32 = torch.rand(2, 3, 4)
+    w32 = w32 / w32.sum(0)
+    jet_expand(model, 1, centres, 1, weights=w32)
+    jet_expand(model, 1, centres, 1, weights=torch.tensor([1.0, 0.0], dtype=torch.float64))
+    jet_expand(model, 1, centres, 1, weights=torch.tensor([1.0 + 1e-12, -1e-12], dtype=torch.float64))
+
+
+def _split_models():
+    return [ToyResidualNet(depth=3, d=6, vocab_size=7, hidden=8), LinearResidualNet(depth=3, d=5, vocab_size=6)]
+
+
+@pytest.mark.parametrize("model", _split_models(), ids=lambda m: m.name)
+@pytest.mark.parametrize("order", [1, 2])
+def test_super_exponential_lazy_equals_explicit_split_build(model, order):
+    """Every degree-split path of the lazy super-exponential expansion equals the matching term of
+    Algorithm 2 built explicitly with jet_expand(split_degrees=True) at every step."""
+    z = torch.randint(0, model.vocab_size, (2, 4), generator=torch.Generator().manual_seed(order))
+    pe = exp_jet_expansion(model, order, split_degrees=True)
+    exp = pe.materialize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CentreGapWarning)
+        v = exp.evaluate(z)
+    explicit = dict(zip(v.names, v.logits()))
+    paths = list(pe.paths())
+    assert len(explicit) == len(v.names) == len(paths) == pe.n_paths  # names are unique
+    lazy = pe.evaluate(z, paths)
+    assert sorted(lazy.names) == sorted(explicit)
+    for n, lg in zip(lazy.names, lazy.logits):
+        assert torch.allclose(explicit[n], lg, atol=1e-12, rtol=0), n
+    # and the split terms sum (with the remainder) to the model
+    assert torch.allclose(v.logits().sum(0) + v.remainder_logits(), model.reference_logits(z), atol=1e-10)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_super_exponential_path_through_middle_block_by_hand(order):
+    """emb → block.1 → block.2[j] → dec[i], written out with jet_coefficients, for every j, i."""
+    from jetex.jets import jet_coefficients
+
+    model = ToyResidualNet(depth=3, d=6, vocab_size=7, hidden=8)
+    z = torch.randint(0, model.vocab_size, (1, 5), generator=torch.Generator().manual_seed(11))
+    pe = exp_jet_expansion(model, order, split_degrees=True)
+    h = model.stream(z)
+    g1 = model.blocks[0](h[0])
+    c_mid = jet_coefficients(model.blocks[1], g1, h[1], order)  # block 2 around γ_1(η), variate h_1
+    w2, w_dec = 1 / 2, 1 / (2 * (order + 2) ** 2)  # uniform weights 1/|ξ|: 2 centres, then 2(k+2)^2 at the decoder
+    assert (pe.weight(2), pe.weight(model.n_blocks + 1)) == (w2, w_dec)
+    from jetex.expand import Path
+
+    seen = []
+    for j in range(order + 1):
+        x = w2 * c_mid[j]
+        c_dec = jet_coefficients(model.final_norm, x, h[-1], order)
+        for i in range(order + 1):
+            expected = w_dec * model.unembed(c_dec[i])
+            p = Path((1, 2), (None, j), i)
+            got = pe.evaluate(z, [p]).logits[0]
+            assert p.name(model) == f"emb → block.1 → block.2[{j}] → dec[{i}]"
+            assert torch.allclose(got, expected, atol=1e-12), (j, i)
+            seen.append(got)
+    # the degree paths are genuinely different from one another
+    assert all(not torch.allclose(a, b) for a, b in itertools.combinations(seen, 2))
+
+
+@pytest.mark.parametrize("split, order", [(False, 0), (False, 1), (False, 2), (True, 1), (True, 2)])
+def test_path_expansion_remainder_identity(split, order):
+    """remainder(z) = q(z) − Σ all paths, and it is Algorithm 2's own U δ_L (explicit build)."""
+    for model in _split_models():
+        z = torch.randint(0, model.vocab_size, (2, 4), generator=torch.Generator().manual_seed(5))
+        pe = exp_jet_expansion(model, order, split_degrees=split)
+        rem = pe.remainder(z, batch_size=7)  # several chunks
+        lazy = pe.evaluate(z, list(pe.paths())).logits.sum(0)
+        q = model.reference_logits(z)
+        assert torch.allclose(lazy + rem, q, atol=1e-10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CentreGapWarning)
+            v = pe.materialize().evaluate(z)
+        assert torch.allclose(rem, v.remainder_logits(), atol=1e-10)
+        if isinstance(model, LinearResidualNet) and order >= 1:
+            assert rem.abs().max() < 1e-10  # Remark 2, with or without splitting degrees
+        elif isinstance(model, ToyResidualNet):
+            assert rem.abs().max() > 1e-6  # a non-linear net leaves a remainder: the check is not vacuous
+
+
+def test_path_expansion_remainder_refuses_many_paths():
+    model = ToyResidualNet(depth=13, d=4, vocab_size=5, hidden=4)
+    z = torch.randint(0, 5, (1, 3))
+    with pytest.raises(InputError, match="remainder needs all 8192 paths"):
+        exp_jet_expansion(model, 1).remainder(z)
+    split = exp_jet_expansion(ToyResidualNet(depth=6, d=4, vocab_size=5, hidden=4), 2, split_degrees=True)
+    assert split.n_paths == 2 * 4**5 * 3
+    with pytest.raises(InputError, match="super-exponential"):
+        split.remainder(z)
+    with pytest.raises(InputError, match="eagerly"):
+        split.materialize()
+    small = exp_jet_expansion(ToyResidualNet(depth=3, d=4, vocab_size=5, hidden=4), 1)
+    with pytest.raises(InputError, match="at most 4 paths"):
+        small.remainder(z, max_paths=4)
+    with pytest.raises(InputError, match="needs order k >= 1"):
+        jet_expand(model, 1, [Embedding()], 0, split_degrees=True)

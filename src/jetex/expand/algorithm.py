@@ -64,17 +64,51 @@ def resolve_block(model: ResidualModel, block: int | str) -> int:
     return block
 
 
+def _simplex_tol(dtype: torch.dtype) -> float:
+    """Tolerance on Σ w = 1 and w ≥ 0: a few ulps of the weights' precision (float64: 1e-9)."""
+    if dtype == torch.float64:
+        return 1e-9
+    if dtype == torch.float32:
+        return 1e-5
+    return 1e-2  # half precisions
+
+
 def _weights(weights, n: int) -> list[float | Tensor]:
+    """Check w against the simplex and split it per centre (floats, or tensor rows ``[*b, t]``)."""
     if weights is None:
         return [1.0 / n] * n
     if isinstance(weights, Tensor):
+        if weights.ndim == 0:
+            raise InputError(f"tensor weights need a leading centre dimension: shape [{n}] or [{n}, *batch, tokens]")
         if weights.shape[0] != n:
             raise InputError(f"got {weights.shape[0]} weights for {n} centres")
+        if not weights.is_floating_point():
+            raise InputError(f"tensor weights must be floating point, got {weights.dtype}")
+        w = weights.detach()
+        tol = _simplex_tol(w.dtype)
+        if not bool(torch.isfinite(w).all()):
+            raise InputError("weights must lie in the simplex; some are not finite")
+        lo = float(w.min())
+        if lo < -tol:
+            raise InputError(f"weights must lie in the simplex (non-negative, summing to 1 over the centres); the smallest is {lo:.6g}")
+        dev = float((w.double().sum(0) - 1.0).abs().max())
+        if dev > tol:
+            raise InputError(
+                "weights must lie in the simplex (non-negative, summing to 1 over the centres, dim 0); "
+                f"their sum is off by up to {dev:.3g}"
+            )
         return [weights[i] for i in range(n)]
     ws = list(weights)
     if len(ws) != n:
         raise InputError(f"got {len(ws)} weights for {n} centres")
-    return [float(w) for w in ws]
+    try:
+        out = [float(w) for w in ws]
+    except (TypeError, ValueError):
+        raise InputError(f"weights must be numbers, got {ws!r}") from None
+    s = sum(out)
+    if any(not math.isfinite(w) or w < 0 for w in out) or not math.isclose(s, 1.0, rel_tol=1e-6):
+        raise InputError(f"weights must lie in the simplex (non-negative, summing to 1); they sum to {s:.6g}")
+    return out  # type: ignore[return-value]
 
 
 @dataclass
@@ -193,6 +227,8 @@ def jet_expand(
     centres: Sequence[Term],
     order: object,
     weights: Sequence[float] | Tensor | None = None,
+    *,
+    split_degrees: bool = False,
 ) -> Expansion:
     """Algorithm 1: expand β_{l+1} (or the decoder when l = L) around ``centres`` at order k.
 
@@ -203,11 +239,16 @@ def jet_expand(
         centres: terms x_1..x_N (functions of z) meant to sum to h_l.
         order: the jet order k ≥ 0.
         weights: w in the simplex (default uniform 1/N); floats, or a tensor ``[N]`` or
-            ``[N, *b, t]`` of per-position weights.
+            ``[N, *b, t]`` of per-position weights (non-negative and summing to 1 along dim 0,
+            to a tolerance of the tensor's precision; else :class:`InputError`).
+        split_degrees: (k ≥ 1) split each jet term into its Taylor degrees c_0..c_k, one term
+            per degree, ``w_i c_j`` named ``block[j]`` (the super-exponential expansion's step).
+            Their sum is the whole jet term, so the remainder is unchanged.
 
     Returns:
         An :class:`Expansion` whose terms are, for each centre i, the jet term
-        ``w_i J^k γ_{l+1}(x_i)(h_l)`` and (if l < L) the identity term; plus the remainder.
+        ``w_i J^k γ_{l+1}(x_i)(h_l)`` (or its k+1 degree terms) and (if l < L) the identity
+        term; plus the remainder.
     """
     k = check_order(order)
     l = resolve_block(model, block)
@@ -219,16 +260,17 @@ def jet_expand(
     if any(c.space == "decoder" for c in centres):
         raise InputError("centres must live in the residual stream; decoder terms are final")
     ws = _weights(weights, len(centres))
-    if not isinstance(weights, Tensor) and weights is not None:
-        s = sum(ws)  # type: ignore[arg-type]
-        if any(w < 0 for w in ws) or not math.isclose(s, 1.0, rel_tol=1e-6):  # type: ignore[operator]
-            raise InputError(f"weights must lie in the simplex (non-negative, summing to 1); they sum to {s:.6g}")
+    if split_degrees and k == 0:
+        raise InputError("splitting jets into Taylor degrees (super-exponential expansion) needs order k >= 1")
     L = model.n_blocks
     decoder = l == L
     name = DEC if decoder else model.blocks[l].name
     terms: list[Term] = []
     for c, w in zip(centres, ws):
-        terms.append(JetTerm(l + 1, c, k, w, name))
+        if split_degrees:
+            terms.extend(JetTerm(l + 1, c, k, w, name, degree=j) for j in range(k + 1))
+        else:
+            terms.append(JetTerm(l + 1, c, k, w, name))
         if not decoder:
             terms.append(IdentityTerm(c, 1.0 if k >= 1 else w))
     rem = Remainder(l, terms, decoder)

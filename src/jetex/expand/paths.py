@@ -20,6 +20,11 @@ There are 2^L (or 2·(k+2)^{L-1}·(k+1)) paths, so they are never built eagerly:
 degrees) and :meth:`PathExpansion.paths` yields just those; :meth:`PathExpansion.evaluate`
 computes a selected set on an input in a batched way, sharing common prefixes (one jet
 call per block for all prefixes that go through it).
+
+For small expansions (at most :attr:`PathExpansion.MAX_EAGER_PATHS` paths),
+:meth:`PathExpansion.materialize` builds Algorithm 2 explicitly with ``jet_expand`` (split by
+degree in the super-exponential variant) and :meth:`PathExpansion.remainder` gives the
+logit-space remainder q(z) − Σ_paths, so that Σ paths + remainder = q(z) (Eq. 11).
 """
 
 from __future__ import annotations
@@ -339,23 +344,70 @@ class PathExpansion:
         return ranked[:top]
 
     def materialize(self) -> Expansion:
-        """Build Algorithm 2 explicitly with ``jet_expand`` (only for small L: 2^L terms).
+        """Build Algorithm 2 explicitly with ``jet_expand`` (only for small L: 2^L terms, or
+        2 (k+2)^{L-1} (k+1) split by degree).
 
-        Term i of the returned decoder expansion corresponds to ``list(self.paths())``
-        re-ordered by :meth:`path_of_term`. Used to check the lazy evaluation against Algorithm 1.
+        Each decoder term is one path; its name is that path's :meth:`Path.name`, so term and
+        lazy path can be matched by name. In the super-exponential variant every jet is split
+        into its Taylor degrees (``jet_expand(..., split_degrees=True)``), block 1 staying exact.
+        Used to check the lazy evaluation against Algorithm 1.
         """
-        if self.split_degrees:
-            raise InputError("materialize() builds the exponential expansion; the split variant is lazy only")
-        if self.L > 12:
-            raise InputError(f"refusing to build 2^{self.L} terms eagerly; use paths() and evaluate()")
+        if self.n_paths > self.MAX_EAGER_PATHS:
+            raise InputError(
+                f"refusing to build {self.n_paths} terms eagerly (more than {self.MAX_EAGER_PATHS}); use paths() and evaluate()"
+            )
         name1 = self.model.blocks[0].name
         xi = [Embedding(), Contribution(1, name1, path=("emb", name1))]
         exp = None
         for l in range(1, self.L + 1):
-            exp = jet_expand(self.model, l, xi, self.order)
+            exp = jet_expand(self.model, l, xi, self.order, split_degrees=self.split_degrees)
             xi = exp.terms
         assert exp is not None
         return exp
+
+    MAX_EAGER_PATHS = 4096
+
+    @torch.no_grad()
+    def remainder(
+        self,
+        input_ids: Int[Tensor, "*b t"],
+        *,
+        max_paths: int | None = None,
+        batch_size: int = 256,
+    ) -> Float[Tensor, "*b t v"]:
+        """The logit-space remainder of the whole expansion: q(z) − Σ_{all paths} path logits.
+
+        This is U δ_L of Algorithm 2 (plus the unembedding bias, if the model has one), so that
+        Σ paths + remainder = q(z) exactly (Eq. 11). It needs every path, so it is only allowed
+        when the path count is at most ``max_paths`` (default :attr:`MAX_EAGER_PATHS`); paths
+        are evaluated in chunks of ``batch_size`` sharing one stream computation.
+        """
+        limit = self.MAX_EAGER_PATHS if max_paths is None else max_paths
+        if self.n_paths > limit:
+            raise InputError(
+                f"the remainder needs all {self.n_paths} paths of this {'super-' if self.split_degrees else ''}exponential "
+                f"expansion (L = {self.L}, k = {self.order}); it is computed only for at most {limit} paths"
+            )
+        if batch_size < 1:
+            raise InputError("batch_size must be >= 1")
+        ctx = EvalContext(self.model, input_ids)
+        total: Tensor | None = None
+        chunk: list[Path] = []
+
+        def flush() -> None:
+            nonlocal total
+            s = self.evaluate(input_ids, chunk, ctx=ctx).logits.sum(0)
+            total = s if total is None else total + s
+            chunk.clear()
+
+        for p in self.paths():
+            chunk.append(p)
+            if len(chunk) == batch_size:
+                flush()
+        if chunk:
+            flush()
+        assert total is not None
+        return self.model.decode(ctx.h[self.L]) - total
 
 
 def exp_jet_expansion(model: ResidualModel, order: int, *, split_degrees: bool = False) -> PathExpansion:
