@@ -166,3 +166,121 @@ def test_cosine_curve_shapes_and_bad_input(toy):
         iterative_lens(toy, torch.zeros(1, 0, dtype=torch.long))
     with pytest.raises(InputError, match="token ids"):
         joint_lens(toy, torch.tensor([[1, 99]]))
+
+
+class _CharTok:
+    """A toy "tokenizer" (one id per character) so lens_cosine_curve can read text."""
+
+    bos_token_id = None
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [ord(ch) % self.vocab_size for ch in text]}
+
+    def decode(self, ids, **kwargs):
+        return "".join(f"<{int(i)}>" for i in ids)
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_joint_cosine_curve_averages_joint_lens_over_sentences(toy, optimize):
+    """kind='joint': per-centre cosines and the expansion's cosine, averaged over every position
+    of every sentence, equal the position-weighted mean of joint_lens's own cosines."""
+    texts = ["abc", "hello world", "jets"]
+    toy.tokenizer = _CharTok(toy.vocab_size)
+    try:
+        curve = lens_cosine_curve(toy, texts, orders=(0, 1, 2), kind="joint", centres=3, optimize=optimize)
+        segs, names = joint_centres(toy, 3)
+        assert curve.kind == "joint" and curve.row_names == names and curve.n_sentences == 3
+        assert curve.cosine.shape == (3, len(segs)) and curve.expansion_cosine.shape == (3,)
+        assert curve.optimized is optimize
+        for oi, k in enumerate((0, 1, 2)):
+            rows, exp, n = torch.zeros(len(segs), dtype=torch.float64), 0.0, 0
+            for text in texts:
+                res = joint_lens(toy, toy.tokenize(text), order=k, centres=3, optimize=optimize)
+                rows += res.cosine.double().sum(-1)
+                exp += float(res.expansion_cosine.double().sum())
+                n += len(res.tokens)
+            assert torch.allclose(curve.cosine[oi].double(), rows / n, atol=1e-6)
+            assert abs(float(curve.expansion_cosine[oi]) - exp / n) < 1e-6
+        # the iterative curve is unchanged and carries no expansion cosine
+        it = lens_cosine_curve(toy, texts, orders=(1,))
+        assert it.kind == "iterative" and it.expansion_cosine is None
+        with pytest.raises(InputError, match="layers apply to the iterative lens"):
+            lens_cosine_curve(toy, texts, kind="joint", layers=[0])
+        with pytest.raises(InputError, match="joint lens"):
+            lens_cosine_curve(toy, texts, centres="blocks")
+        with pytest.raises(InputError, match="unknown lens kind"):
+            lens_cosine_curve(toy, texts, kind="logit")  # type: ignore[arg-type]
+        with pytest.raises(InputError, match="centres"):
+            lens_cosine_curve(toy, texts, kind="joint", centres=99)
+    finally:
+        toy.tokenizer = None
+
+
+def test_joint_cosine_curve_linear_net_expansion_is_exact():
+    model = LinearResidualNet(depth=3, d=6, vocab_size=9)
+    model.tokenizer = _CharTok(9)
+    curve = lens_cosine_curve(model, ["abcd", "xyz"], orders=(1, 2), kind="joint")
+    assert torch.allclose(curve.expansion_cosine, torch.ones(2), atol=1e-6)  # Remark 2: δ = 0 for k >= 1
+
+
+class _OnDevice(torch.Tensor):
+    """Stands for a tensor on an accelerator: ``.numpy()`` fails as it does for CUDA tensors."""
+
+    def numpy(self, *args, **kwargs):  # type: ignore[override]
+        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to host memory first.")
+
+    def cpu(self, *args, **kwargs):  # type: ignore[override]
+        return torch.Tensor.cpu(self).as_subclass(torch.Tensor)
+
+
+def _jets(toy, dtype):
+    from jetex.jets import jet
+
+    z = torch.randint(0, toy.vocab_size, (1, 5), generator=torch.Generator().manual_seed(2))
+    h = toy.stream(z)[:, 0]
+    X = torch.stack([h[0]] + [h[l] - h[l - 1] for l in range(1, toy.n_blocks + 1)])
+    J = jet(toy.final_norm, X, h[-1].expand_as(X), 1).detach()
+    t = toy.final_norm(h[-1]).detach()
+    U = toy.unembedding_matrix.detach()
+    return J.to(dtype), t.to(dtype), (U.T @ U).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_optimal_weights_keep_device_and_dtype(toy, dtype, monkeypatch):
+    """optimal_weights moves the quadratics to the host for NumPy and the weights back to J's device."""
+    import jetex.lenses.weights as wmod
+
+    J, t, G = _jets(toy, dtype)
+    ref = optimal_weights(J, t, G)
+    assert ref.dtype == dtype and ref.device == J.device
+    assert torch.allclose(ref.double().sum(0), torch.ones(J.shape[1], dtype=torch.float64), atol=1e-6)
+    # the quadratics as an accelerator would hand them over: .numpy() fails without .cpu() first
+    real = wmod.logit_remainder_quadratic
+    monkeypatch.setattr(wmod, "logit_remainder_quadratic",
+                        lambda J_, t_, G_: tuple(x.as_subclass(_OnDevice) for x in real(J, t, G)))
+    W = wmod.optimal_weights(J.to("meta"), t.to("meta"), G.to("meta"))  # J "on a device" (meta: no data)
+    assert W.device.type == "meta" and W.dtype == dtype and W.shape == ref.shape
+    W_cpu = wmod.optimal_weights(J, t, G)
+    assert torch.equal(W_cpu, ref) and type(W_cpu) is torch.Tensor
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_optimal_weights_and_joint_lens_on_cuda(toy):
+    J, t, G = _jets(toy, torch.float64)
+    ref = optimal_weights(J, t, G)
+    W = optimal_weights(J.cuda(), t.cuda(), G.cuda())
+    assert W.is_cuda and W.dtype == torch.float64
+    assert torch.allclose(W.cpu(), ref, atol=1e-9)
+    A = adam_simplex(J.cuda(), t.cuda(), G.cuda(), steps=5)
+    assert A.is_cuda
+    import copy
+
+    gpu = copy.deepcopy(toy).cuda()
+    z = torch.randint(0, toy.vocab_size, (1, 6))
+    a = joint_lens(toy, z, order=1, optimize=True)
+    b = joint_lens(gpu, z, order=1, optimize=True)
+    assert torch.allclose(a.weights, b.weights, atol=1e-5)
+    assert torch.equal(a.top_ids, b.top_ids)

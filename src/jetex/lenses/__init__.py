@@ -7,6 +7,7 @@ from jetex.lenses.lens import (
     iterative_lens_logits,
     joint_centres,
     joint_lens,
+    joint_lens_logits,
     layer_streams,
     lens_cosine_curve,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "iterative_lens_logits",
     "joint_centres",
     "joint_lens",
+    "joint_lens_logits",
     "layer_streams",
     "lens_cosine_curve",
     "optimal_weights",

@@ -278,27 +278,23 @@ def _gram(model: ResidualModel) -> Float[Tensor, "d d"]:
     return hit[1]
 
 
-@torch.no_grad()
-def joint_lens(
+def joint_lens_logits(
     model: ResidualModel,
-    text_or_ids: str | Tensor,
-    order: int = 1,
-    centres: str | int | Sequence[int] = "blocks",
-    *,
+    h: Float[Tensor, "l1 t d"],
+    segs: Sequence[tuple[int, int]],
+    order: int,
     optimize: bool = False,
-    top_k: int = 10,
-) -> LensResult:
-    """The joint jet lens: decoder expansion around the embedding and the block contributions.
+) -> tuple[Float[Tensor, "n t v"], Float[Tensor, "n t"], Float[Tensor, "t v"]]:
+    """The joint lens's terms from a precomputed stream ``h`` ``[L+1, t, d]`` of one sequence.
 
-    Row i holds the term U w_i J^k γ_{L+1}(x_i)(h_L); with ``optimize=True`` the weights
-    minimise the logit-space remainder exactly per position (Remark 3), else w_i = 1/n.
+    Centres are the segments ``segs`` of :func:`joint_centres` ((−1, 0) = the embedding).
+    Returns the rows' logits U w_i J^k γ_{L+1}(x_i)(h_L) ``[n, t, V]`` (no unembedding bias:
+    they are terms of the expansion), the weights ``[n, t]`` (uniform, or optimised per
+    position, Remark 3) and the model's logits ``[t, V]``.
     """
     from jetex.jets import jet
 
     k = check_order(order)
-    ids = _ids(model, text_or_ids)
-    segs, names = joint_centres(model, centres)
-    h = model.stream(ids)[:, 0]  # [L+1, t, d]
     X = torch.stack([h[0] if a < 0 else h[b] - h[a] for a, b in segs])  # [n, t, d]
     n, t, d = X.shape
     hL = h[-1]
@@ -314,7 +310,29 @@ def joint_lens(
         W = torch.full((n, t), 1.0 / n, dtype=J.dtype, device=J.device)
     terms = W[..., None] * J  # [n, t, d]
     logits = model.unembed(terms) if model.unembedding_bias is None else terms @ U.T
-    model_logits = model.decode(hL)
+    return logits, W, model.decode(hL)
+
+
+@torch.no_grad()
+def joint_lens(
+    model: ResidualModel,
+    text_or_ids: str | Tensor,
+    order: int = 1,
+    centres: str | int | Sequence[int] = "blocks",
+    *,
+    optimize: bool = False,
+    top_k: int = 10,
+) -> LensResult:
+    """The joint jet lens: decoder expansion around the embedding and the block contributions.
+
+    Row i holds the term U w_i J^k γ_{L+1}(x_i)(h_L); with ``optimize=True`` the weights
+    minimise the logit-space remainder exactly per position (Remark 3), else w_i = 1/n.
+    """
+    k = check_order(order)
+    ids = _ids(model, text_or_ids)
+    segs, names = joint_centres(model, centres)
+    h = model.stream(ids)[:, 0]  # [L+1, t, d]
+    logits, W, model_logits = joint_lens_logits(model, h, segs, k, optimize)
     exp_logits = logits.sum(0)
     rem = (model_logits - exp_logits).norm(dim=-1)
     e_ids, e_logits = _topk(exp_logits, top_k)
@@ -336,7 +354,10 @@ def joint_lens(
 class CosineCurve:
     """Mean cosine similarity (over sentences and positions) between lens and model logits.
 
-    ``cosine [n_orders, R]`` for rows ``row_names`` and jet orders ``orders``; ``n_sentences``.
+    ``cosine [n_orders, R]`` for rows ``row_names`` (streams h_l for the iterative lens, centres
+    for the joint lens) and jet orders ``orders``; ``n_sentences``. Joint lens only:
+    ``expansion_cosine [n_orders]``, the mean cosine between the expansion's prediction
+    Σ_i U e_i and the model's logits (the quantity the paper averages over sentences).
     """
 
     kind: LensKind
@@ -345,10 +366,14 @@ class CosineCurve:
     cosine: Tensor
     n_sentences: int
     model_name: str
+    expansion_cosine: Tensor | None = None
+    optimized: bool = False
 
     def __post_init__(self) -> None:
         if tuple(self.cosine.shape) != (len(self.orders), len(self.row_names)):
             raise ValueError("CosineCurve: cosine must be [n_orders, R]")
+        if self.kind == "joint" and (self.expansion_cosine is None or tuple(self.expansion_cosine.shape) != (len(self.orders),)):
+            raise ValueError("CosineCurve: a joint-lens curve carries expansion_cosine [n_orders]")
 
 
 @torch.no_grad()
@@ -357,21 +382,59 @@ def lens_cosine_curve(
     texts: Sequence[str],
     orders: Sequence[int] = (0, 1, 2),
     layers: Sequence[int] | None = None,
+    *,
+    kind: str = "iterative",
+    centres: str | int | Sequence[int] | None = None,
+    optimize: bool = False,
 ) -> CosineCurve:
-    """Iterative-lens cosine similarity to the model's logits per layer and order, averaged
-    over all positions of all ``texts`` (paper Fig. 3 bottom / App. lens plots)."""
+    """Lens cosine similarity to the model's logits per row and order, averaged over all
+    positions of all ``texts`` (paper Fig. 3 bottom / App. lens plots).
+
+    ``kind="iterative"``: one row per chosen layer (``layers``, as :func:`iterative_lens`).
+    ``kind="joint"``: one row per joint-lens centre (``centres``, default ``"blocks"``, as
+    :func:`joint_lens`; ``optimize`` for per-position optimal weights), plus the expansion's
+    own cosine in ``expansion_cosine``.
+    """
+    if kind not in ("iterative", "joint"):
+        raise InputError(f"unknown lens kind {kind!r}: use 'iterative' or 'joint'")
     if not texts:
         raise InputError("no sentences given")
+    if kind == "joint" and layers is not None:
+        raise InputError("layers apply to the iterative lens; the joint lens takes centres")
+    if kind == "iterative" and (centres is not None or optimize):
+        raise InputError("centres and optimize apply to the joint lens; the iterative lens takes layers")
     orders = [check_order(k) for k in orders]
-    streams, names = layer_streams(model, layers)
-    total = torch.zeros(len(orders), len(streams), dtype=torch.float64)
+    if not orders:
+        raise InputError("no jet order given")
+    if kind == "iterative":
+        streams, names = layer_streams(model, layers)
+        R = len(streams)
+    else:
+        segs, names = joint_centres(model, "blocks" if centres is None else centres)
+        R = len(segs)
+    total = torch.zeros(len(orders), R, dtype=torch.float64)
+    exp_total = torch.zeros(len(orders), dtype=torch.float64)
     count = 0
     for text in texts:
         ids = model.tokenize(text)
         h = model.stream(ids)
-        model_logits = model.decode(h[-1])
         for oi, k in enumerate(orders):
-            lg = iterative_lens_logits(model, h, streams, k)
-            total[oi] += F.cosine_similarity(lg, model_logits.unsqueeze(0), dim=-1).double().sum(dim=(1, 2)).cpu()
+            if kind == "iterative":
+                model_logits = model.decode(h[-1])
+                lg = iterative_lens_logits(model, h, streams, k)
+                total[oi] += F.cosine_similarity(lg, model_logits.unsqueeze(0), dim=-1).double().sum(dim=(1, 2)).cpu()
+            else:
+                lg, _, model_logits = joint_lens_logits(model, h[:, 0], segs, k, optimize)
+                total[oi] += F.cosine_similarity(lg, model_logits.unsqueeze(0), dim=-1).double().sum(dim=1).cpu()
+                exp_total[oi] += F.cosine_similarity(lg.sum(0), model_logits, dim=-1).double().sum().cpu()
         count += ids.shape[-1]
-    return CosineCurve("iterative", orders, names, (total / count).float(), len(texts), model.name)
+    return CosineCurve(
+        kind,
+        orders,
+        names,
+        (total / count).float(),
+        len(texts),
+        model.name,
+        expansion_cosine=(exp_total / count).float() if kind == "joint" else None,
+        optimized=optimize,
+    )

@@ -87,8 +87,8 @@ def logit_remainder_quadratic(
 ) -> tuple[Float[Tensor, "p n n"], Float[Tensor, "p n"], Float[Tensor, "p"]]:
     """Q_p = J_pᵀ G J_p, b_p = J_pᵀ G t_p, c_p = t_pᵀ G t_p for each position p (float64)."""
     J = J.detach().double()
-    t = target.detach().double()
-    G = G.detach().double()
+    t = target.detach().to(device=J.device, dtype=torch.float64)
+    G = G.detach().to(device=J.device, dtype=torch.float64)
     JG = torch.einsum("npd,de->npe", J, G)  # [n, p, d]
     Q = torch.einsum("npe,mpe->pnm", JG, J)
     b = torch.einsum("npe,pe->pn", JG, t)
@@ -99,11 +99,15 @@ def logit_remainder_quadratic(
 def optimal_weights(
     J: Float[Tensor, "n p d"], target: Float[Tensor, "p d"], G: Float[Tensor, "d d"]
 ) -> Float[Tensor, "n p"]:
-    """Per-position simplex weights minimising ||U(t_p − Σ_i w_ip J_ip)||² exactly (Remark 3)."""
+    """Per-position simplex weights minimising ||U(t_p − Σ_i w_ip J_ip)||² exactly (Remark 3).
+
+    The quadratics are formed where ``J`` lives (e.g. on the GPU), solved on the CPU in float64
+    (the active-set solver is NumPy), and the weights returned on ``J``'s device in ``J``'s dtype.
+    """
     Q, b, _ = logit_remainder_quadratic(J, target, G)
-    Qn, bn = Q.numpy(), b.numpy()
+    Qn, bn = Q.cpu().numpy(), b.cpu().numpy()
     W = np.stack([simplex_qp(2.0 * Qn[p], 2.0 * bn[p]) for p in range(Qn.shape[0])], axis=1)
-    return torch.from_numpy(W).to(J.dtype)
+    return torch.from_numpy(W).to(device=J.device, dtype=J.dtype)
 
 
 def remainder_loss(
@@ -121,9 +125,11 @@ def adam_simplex(
     steps: int = 100,
     lr: float = 0.1,
 ) -> Float[Tensor, "n p"]:
-    """Baseline: simplex weights by Adam on softmax logits (uniform start), ``steps`` steps."""
-    J, target, G = J.detach().double(), target.detach().double(), G.detach().double()
-    theta = torch.zeros(J.shape[0], J.shape[1], dtype=torch.float64, requires_grad=True)
+    """Baseline: simplex weights by Adam on softmax logits (uniform start), ``steps`` steps.
+
+    Runs in float64 on ``J``'s device; returns float64 weights there."""
+    J, target, G = J.detach().double(), target.detach().double(), G.detach().to(device=J.device, dtype=torch.float64)
+    theta = torch.zeros(J.shape[0], J.shape[1], dtype=torch.float64, device=J.device, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
     for _ in range(steps):
         opt.zero_grad()
