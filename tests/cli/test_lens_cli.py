@@ -58,3 +58,58 @@ def test_bad_input_one_line_error(tiny_llama_dir, capsys, argv, msg):
     assert code != 0
     assert len(err_lines) == 1
     assert msg in err_lines[0]
+
+
+def test_paths_super_exponential_and_degree_filter(tiny_llama_dir, capsys):
+    """--split-degrees ranks degree-split paths; --degrees restricts the degree at every block and the decoder."""
+    import jetex
+    from jetex.expand import PathFilter, exp_jet_expansion
+
+    argv = ["paths", TEXT, "--model", tiny_llama_dir, "--order", "2", "--max-len", "1", "--top", "50", "--json"]
+    assert main(argv + ["--split-degrees"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    pe = exp_jet_expansion(jetex.load(tiny_llama_dir), 2, split_degrees=True)
+    assert out["split_degrees"] is True and out["n_paths"] == pe.count(PathFilter(max_len=1))
+    # empty path: 3 decoder degrees; attn.0 (block 1, exact): 3; the other 3 blocks: 3 × 3 each
+    assert out["n_paths"] == 3 + 3 + 3 * 9
+    names = [p["path"] for p in out["paths"]]
+    assert len(names) == len(set(names)) == 33 and all("dec[" in n for n in names)
+    assert any("mlp.0[1] → dec[2]" in n for n in names)
+    assert main(argv + ["--super", "--degrees", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["degrees"] == [0] and out["n_paths"] == 1 + 1 + 3
+    assert all(p["path"].endswith("dec[0]") for p in out["paths"])
+    assert all("[1]" not in p["path"] and "[2]" not in p["path"] for p in out["paths"])
+    # the exponential expansion is unchanged: no degree in any name
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["split_degrees"] is False and out["n_paths"] == 5 and not any("[" in p["path"] for p in out["paths"])
+
+
+@pytest.mark.parametrize(
+    "argv, msg",
+    [
+        (["paths", TEXT, "--order", "-1"], "order must be >= 0"),
+        (["paths", TEXT, "--token", "cat sat"], "--token 'cat sat' is 2 tokens ('cat', 'sat'); give a single token"),
+        (["paths", TEXT, "--degrees", "0"], "add --split-degrees"),
+        (["paths", TEXT, "--split-degrees", "--order", "0"], "needs --order >= 1"),
+        (["paths", TEXT, "--split-degrees", "--degrees", "3"], "degrees must lie in 0..1"),
+        (["paths", TEXT, "--top", "0"], "--top must be >= 1"),
+        (["lens", TEXT, "--kind", "joint", "--layers", "0,1"], "--layers applies to the iterative lens only"),
+        (["lens", TEXT, "--centres", "blocks"], "--centres applies to the joint lens only"),
+        (["lens", TEXT, "--kind", "joint", "--centres", "99"], "the joint lens needs 2..5 centres"),
+        (["lens", TEXT, "--kind", "joint", "--centres", "heads"], "unknown centres 'heads'"),
+    ],
+)
+def test_paths_and_lens_option_errors(tiny_llama_dir, capsys, argv, msg):
+    code = main(argv + ["--model", tiny_llama_dir])
+    captured = capsys.readouterr()
+    err_lines = [ln for ln in captured.err.splitlines() if ln.startswith("error: ")]
+    assert code != 0 and captured.out == ""
+    assert len(err_lines) == 1 and msg in err_lines[0], captured.err
+
+
+def test_paths_single_token_target(tiny_llama_dir, capsys):
+    assert main(["paths", TEXT, "--model", tiny_llama_dir, "--token", "cat", "--top", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["target"]["token"] == "cat"

@@ -25,6 +25,15 @@ def _parse_ints(spec: str | None, what: str) -> list[int] | None:
     return out
 
 
+def _given(param: str) -> bool:
+    """Whether option ``param`` of the running command was given on the command line (not its default)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return False
+    src = ctx.get_parameter_source(param)
+    return src is not None and src not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+
+
 def _load(name: str):
     from jetex.models.load import load
 
@@ -86,6 +95,10 @@ def register(group: click.Group) -> None:
             raise InputError("--top must be >= 1")
         if kind == "iterative" and optimize:
             raise InputError("--optimize applies to the joint lens only")
+        if kind == "joint" and layers is not None:
+            raise InputError("--layers applies to the iterative lens only; the joint lens takes --centres (blocks, layers or a number)")
+        if kind == "iterative" and _given("centres"):
+            raise InputError("--centres applies to the joint lens only (--kind joint); the iterative lens takes --layers")
         m = _load(model)
         if kind == "iterative":
             res = iterative_lens(m, text, order=order, layers=_parse_ints(layers, "layer"), top_k=top)
@@ -114,11 +127,32 @@ def register(group: click.Group) -> None:
     @click.option("--position", type=int, default=-1, show_default=True)
     @click.option("--top", "-n", type=int, default=10, show_default=True)
     @click.option("--limit", type=int, default=5000, show_default=True, help="Refuse to evaluate more paths than this.")
+    @click.option(
+        "--split-degrees",
+        "--super",
+        "split_degrees",
+        is_flag=True,
+        help="Super-exponential expansion (order >= 1): split every jet into its Taylor degrees; path steps read block[j].",
+    )
+    @click.option(
+        "--degrees",
+        default=None,
+        help="With --split-degrees: Taylor degrees a path may take at each block and at the decoder, e.g. 0 or 0,1 (default: all).",
+    )
     @common_options
-    def paths_cmd(text, order, must_use, avoid, max_len, min_len, token, position, top, limit, model, as_json):
+    def paths_cmd(text, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, model, as_json):
         """Rank input-to-output jet paths (Algorithm 2) by their contribution to the predicted token."""
         from jetex.expand import PathFilter, exp_jet_expansion
+        from jetex.expand.algorithm import check_order
 
+        check_order(order)  # before loading the model
+        if top < 1:
+            raise InputError("--top must be >= 1")
+        if degrees is not None and not split_degrees:
+            raise InputError("--degrees filters the super-exponential expansion: add --split-degrees")
+        if split_degrees and order == 0:
+            raise InputError("--split-degrees needs --order >= 1 (an order-0 jet has a single degree)")
+        degs = _parse_ints(degrees, "degree") if degrees is not None else None  # None: every degree ("all")
         m = _load(model)
         ids = m.tokenize(text)
         t = ids.shape[-1]
@@ -129,8 +163,9 @@ def register(group: click.Group) -> None:
             avoid=tuple(s for s in avoid.split(",") if s),
             min_len=min_len,
             max_len=max_len,
+            degrees=tuple(degs) if degs is not None else None,
         )
-        pe = exp_jet_expansion(m, order)
+        pe = exp_jet_expansion(m, order, split_degrees=split_degrees)
         n = pe.count(flt)
         if n == 0:
             raise InputError("no path matches these filters")
@@ -141,6 +176,11 @@ def register(group: click.Group) -> None:
             enc = m.tokenizer(token, add_special_tokens=False)["input_ids"]
             if not enc:
                 raise InputError(f"token {token!r} is empty after tokenization")
+            if len(enc) > 1:
+                pieces = ", ".join(repr(p) for p in m.token_strings(enc))
+                raise InputError(
+                    f"--token {token!r} is {len(enc)} tokens ({pieces}); give a single token, e.g. {m.token_strings(enc[:1])[0]!r}"
+                )
             tok_id = enc[0]
         ranked = pe.rank(ids, list(pe.paths(flt)), token=tok_id, position=position, top=top)
         target = tok_id if tok_id is not None else None
@@ -152,6 +192,8 @@ def register(group: click.Group) -> None:
                 {
                     "model": m.name,
                     "order": order,
+                    "split_degrees": split_degrees,
+                    "degrees": degs,
                     "target": {"id": target, "token": tgt_str},
                     "n_paths": n,
                     "paths": [
@@ -163,7 +205,8 @@ def register(group: click.Group) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"top {len(ranked)} of {n} paths for {tgt_str!r} (order {order}) — {m.name}")
+        variant = ", split by Taylor degree" if split_degrees else ""
+        table = Table(title=f"top {len(ranked)} of {n} paths for {tgt_str!r} (order {order}{variant}) — {m.name}")
         table.add_column("#", justify="right")
         table.add_column("path")
         table.add_column(f"logit[{tgt_str!r}]", justify="right")
