@@ -108,6 +108,102 @@ def test_top_and_export_errors(tiny_llama_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+# ---- bare `attn`: every head of the first attention layer --------------------------------
+def test_bare_attn_is_every_head_of_the_first_layer(tiny_llama_dir, tmp_path, capsys):
+    import jetex
+    from jetex.models import ToyResidualNet
+    from jetex.ngrams.paths import available_paths, parse_path, parse_paths
+
+    m = jetex.load(tiny_llama_dir)
+    bare = parse_path(m, "attn")
+    assert [p.name for p in bare] == [p.name for p in parse_path(m, "attn:0")] == [f"attn:0.{h}" for h in range(4)]
+    assert all(p.layer == 0 and p.block == 1 for p in bare)
+    assert [p.name for p in parse_path(m, "attn:1")] == [f"attn:1.{h}" for h in range(4)]  # attn:N is a layer, never a head
+    assert [p.name for p in parse_paths(m, ["attn", "attn:0.2", "direct"])] == [f"attn:0.{h}" for h in range(4)] + ["direct"]
+    assert "attn (all heads of the first attention layer, attn:0)" in available_paths(m)
+    with pytest.raises(Exception, match="has no self-attention blocks"):
+        parse_path(ToyResidualNet(depth=2), "attn")
+
+    db = tmp_path / "n.duckdb"
+    argv = ["ngrams", "extract", "-m", tiny_llama_dir, "--path", "attn", "--path", "attn:1.3", "--top", "2", "--db", str(db),
+            "--limit-vocab", "12", "-q", "--json"]
+    assert main(argv) == 0
+    assert [r["path"] for r in _json(capsys)["runs"]] == [f"attn:0.{h}" for h in range(4)] + ["attn:1.3"]
+    assert main(["ngrams", "top", "--db", str(db), "--path", "attn", "-n", "1", "--json"]) == 0
+    assert [p["run"]["path"] for p in _json(capsys)["paths"]] == [f"attn:0.{h}" for h in range(4)]
+    assert main(["ngrams", "top", "--db", str(db), "--path", "attn:1", "-n", "1", "--json"]) == 0
+    assert [p["run"]["path"] for p in _json(capsys)["paths"]] == ["attn:1.3"]
+    assert main(["ngrams", "paths", "-m", tiny_llama_dir]) == 0
+    assert "attn (all heads of the first attention layer, attn:0)" in capsys.readouterr().out
+
+
+# ---- a database that is not ours to write -------------------------------------------------
+def _db_state(db: Path) -> tuple:
+    import hashlib
+
+    return hashlib.sha256(db.read_bytes()).hexdigest(), sorted(p.name for p in db.parent.iterdir())
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_db_of_another_model_is_refused_unchanged(tiny_llama_dir, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from _tiny import save_tiny
+
+    other = save_tiny(tmp_path / "other-llama", "llama", seed=1)  # same architecture and tokenizer, other weights
+    db = tmp_path / "db" / "n.duckdb"
+    db.parent.mkdir()
+    assert main(["ngrams", "extract", "-m", tiny_llama_dir, "--db", str(db), "--top", "3", "--fidelity-sample", "0", "-q"]) == 0
+    capsys.readouterr()
+    before, tables = _db_state(db), dump(db)
+    code = main(["ngrams", "extract", "-m", str(other), "--db", str(db), "--path", "mlp:0", "--top", "3", "-q"])
+    line = _one_error_line(capsys)
+    assert code != 0
+    assert "holds n-grams of model" in line and "use another --db file" in line
+    assert _db_state(db) == before and dump(db) == tables  # not a byte written, no WAL left behind
+    # the owner can still extend it
+    assert main(["ngrams", "extract", "-m", tiny_llama_dir, "--db", str(db), "--path", "mlp:0", "--top", "3",
+                 "--fidelity-sample", "0", "-q", "--json"]) == 0
+    assert [r["status"] for r in _json(capsys)["runs"]] == ["done"]
+
+
+def test_read_only_db_is_one_line_error(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+    import os
+    import stat
+
+    db = tmp_path / "db" / "n.duckdb"
+    db.parent.mkdir()
+    assert main(["ngrams", "extract", "-m", tiny_llama_dir, "--db", str(db), "--top", "3", "--fidelity-sample", "0", "-q"]) == 0
+    capsys.readouterr()
+    os.chmod(db, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    if os.geteuid() == 0:  # root ignores file modes: make DuckDB answer as it does for anyone else
+        real = duckdb.connect
+
+        def connect(database=":memory:", read_only=False, *args, **kwargs):
+            p = Path(str(database))
+            if not read_only and p.exists() and not (p.stat().st_mode & stat.S_IWUSR):
+                raise duckdb.IOException(f'IO Error: Cannot open file "{p}": Permission denied')
+            return real(database, read_only, *args, **kwargs)
+
+        monkeypatch.setattr(duckdb, "connect", connect)
+    try:
+        before = _db_state(db)
+        code = main(["ngrams", "extract", "-m", tiny_llama_dir, "--db", str(db), "--path", "mlp:0", "--top", "3", "-q"])
+        line = _one_error_line(capsys)
+        assert code != 0
+        assert str(db) in line and "read-only" in line
+        assert _db_state(db) == before
+        # reading it is fine
+        assert main(["ngrams", "top", "--db", str(db), "-n", "2", "--json"]) == 0
+        assert _json(capsys)["paths"][0]["run"]["path"] == "direct"
+    finally:
+        os.chmod(db, stat.S_IRUSR | stat.S_IWUSR)
+
+
 # ---- a real kill -9 in the middle of a run ----------------------------------------------
 KILL_PATHS = ["direct", "mlp:0", "mlp:1", "mlp:0,1", "attn-free", "attn:0.1"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict
 
 import click
@@ -12,7 +13,8 @@ from jetex.errors import InputError
 
 PATH_HELP = (
     "Path to evaluate (repeatable): direct, mlp:N, mlp:N,M (chain), mlp:all, mlps (mean of the mlp:N), "
-    "attn-free, attn:L.H (skip-trigrams of one head), attn:L (every head of layer L)."
+    "attn-free, attn:L.H (skip-trigrams of one head), attn:L (every head of layer L), "
+    "attn (every head of the first attention layer)."
 )
 
 
@@ -46,6 +48,10 @@ def _pick_runs(store, path: str | None, run_id: int | None) -> list[dict]:
         raise InputError(f"{store.path} has no finished run yet; run `jetex ngrams extract` first")
     if path is not None:
         want = path.strip().lower()
+        if want == "attn":  # the heads of the first attention layer, as in `extract --path attn`
+            layers = sorted({int(m.group(1)) for r in runs if (m := re.fullmatch(r"attn:(\d+)\.\d+", r["path"]))})
+            if layers:
+                want = f"attn:{layers[0]}"
         sel = [r for r in runs if r["path"] == want or (want.startswith("attn:") and "." not in want and r["path"].startswith(want + "."))]
         if not sel:
             have = sorted({r["path"] for r in runs})
@@ -145,7 +151,8 @@ def register(group: click.Group) -> None:
     @ngrams.command("top")
     @json_option
     @click.option("--db", required=True, type=click.Path(dir_okay=False), help="The n-gram DuckDB file.")
-    @click.option("--path", default=None, help="Only this path (attn:L: every head of layer L). Default: every path.")
+    @click.option("--path", default=None, help="Only this path (attn:L: every head of layer L; attn: every head of the "
+                  "lowest attention layer stored). Default: every path.")
     @click.option("--token", default=None, help="Show this input token's top next tokens (its string, e.g. ' the', or #ID).")
     @click.option("-n", "n", type=int, default=20, show_default=True, help="Rows per path.")
     @click.option("--run", "run_id", type=int, default=None, help="A run id (default: the latest run of each path).")

@@ -39,8 +39,14 @@ k = 0 the variate is irrelevant and the stream is not computed.
 The weight of a single-centre path is 1 (a weight w would scale the term before γ_{L+1}
 and change the softmax; the paper's bigram paths use the unweighted term).
 
-Trigram paths ``attn:L.H`` (and ``attn:L`` = every head of layer L) are parsed here and
-evaluated in :mod:`jetex.ngrams.trigrams`.
+Trigram paths (skip-trigrams through one self-attention head, paper Sec. 4) are parsed here
+and evaluated in :mod:`jetex.ngrams.trigrams`:
+
+- ``attn:L.H``: head H of the self-attention of transformer layer L (both 0-based);
+- ``attn:L``: every head of layer L (one path ``attn:L.H`` per head). The number after
+  ``attn:`` is always a layer, never a head: head H of the first layer is ``attn:0.H``;
+- ``attn``: every head of the model's first attention layer (the lowest layer with a
+  self-attention, layer 0 in every transformer), the paper's default choice.
 
 Models: MLP blocks are found by name ``mlp.N``; parallel-residual layers (``attn+mlp.N``)
 contribute their MLP branch; attention-free toy models (blocks ``block.l`` of kind
@@ -193,7 +199,8 @@ def _check_order(order: object) -> int:
     return order
 
 
-_SPEC_HELP = "direct, mlp:N, mlp:N,M (a chain), mlp:all, mlps, attn-free, attn:L.H or attn:L (all heads)"
+_SPEC_HELP = ("direct, mlp:N, mlp:N,M (a chain), mlp:all, mlps, attn-free, attn:L.H, attn:L (all heads of layer L) "
+              "or attn (all heads of the first attention layer)")
 
 
 def parse_path(model: ResidualModel, spec: str) -> list[NgramPath]:
@@ -231,6 +238,11 @@ def parse_path(model: ResidualModel, spec: str) -> list[NgramPath]:
         steps = " → ".join(f"mlp.{n}" for n in layers)
         return [BigramPath("mlp:" + ",".join(map(str, layers)), "chain", blocks, tuple(layers),
                            f"η → {steps} → υ (single-centre jets, weight 1)")]
+    if s == "attn":
+        attn = attention_layers(model)
+        if not attn:
+            raise InputError(f"path {spec!r}: model {model.name} has no self-attention blocks")
+        return parse_path(model, f"attn:{min(attn)}")
     m = re.fullmatch(r"attn:(\d+)(?:\.(\d+))?", s)
     if m:
         layer = int(m.group(1))
@@ -272,5 +284,6 @@ def available_paths(model: ResidualModel) -> list[str]:
         out += [f"mlp:N (N in {_range_text(mlps)})", "mlp:N,M,… (chain)", "mlp:all", "mlps", "attn-free"]
     if attn:
         H = model.head_weights(next(iter(attn.values()))).n_heads
-        out += [f"attn:L.H (L in {_range_text(sorted(attn))}, H in 0..{H - 1})", "attn:L (all heads)"]
+        out += [f"attn:L.H (L in {_range_text(sorted(attn))}, H in 0..{H - 1})", "attn:L (all heads)",
+                f"attn (all heads of the first attention layer, attn:{min(attn)})"]
     return out
