@@ -13,7 +13,7 @@ vocabulary (or of ``0..limit_vocab−1``), in fixed batches of consecutive ids:
   it is in its row's top-N; rows whose K-th log-probability is below the N-th best seen so
   far (θ) cannot contribute beyond their top-K, so only the other rows get a deeper top-N.
   This is exact for any θ that is a lower bound of the final N-th best.
-- self-transition statistics (tied embeddings make ``direct`` predict its input token):
+- self-transition statistics (tied embeddings push ``direct`` towards its input token):
   the probability of c = t in the full softmax and whether t is the full argmax.
 
 A V × V matrix is never held: the working memory is one ``[B, V]`` buffer (two when the
