@@ -130,3 +130,39 @@ def test_roles(ckpts, capsys):
     assert "out of range" in _err(capsys)
     assert main(["roles", "--model", m, "--layers", "x"]) != 0
     assert "bad layer list" in _err(capsys)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends
+
+
+def test_dynamics_on_ray_equals_local(tmp_path_factory, tmp_path, capsys):
+    """`jetex dynamics --backend ray --workers 2` (a local Ray instance started and stopped by
+    the command) prints the same JSON as the local run, on three tiny GPT-2 checkpoints."""
+    pytest.importorskip("ray")
+    import torch
+
+    root = tmp_path_factory.mktemp("gpt2-ckpts")
+    series = [str(save_tiny(root / f"step-{s}", "gpt2", seed=s)) for s in (1, 2, 3)]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the cat sat on the mat .\n\nthe dog ran to the door .\n")
+    argv = ["dynamics", *series, "--top", "30", "--corpus", str(corpus), "--bigram", "the", "cat", "--json"]
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each 1-CPU worker: the numbers are then equal exactly
+    try:
+        assert main(argv) == 0
+        local = json.loads(capsys.readouterr().out)
+        assert main(argv + ["--backend", "ray", "--workers", "2", "--retries", "1"]) == 0
+        remote = json.loads(capsys.readouterr().out)
+    finally:
+        torch.set_num_threads(old)
+    assert remote == local and remote["steps"] == [1, 2, 3] and len(remote["trajectories"]) == 1
+    assert main(argv[:-1] + ["--address", "127.0.0.1:1"]) != 0
+    assert "--address needs --backend ray" in _err(capsys)
+    port = _closed_port()
+    assert main([*argv, "--backend", "ray", "--address", f"127.0.0.1:{port}"]) != 0
+    assert f"cannot reach a Ray cluster at 127.0.0.1:{port}" in _err(capsys)

@@ -23,6 +23,13 @@ renormalised by default) and compared:
   the last checkpoint's top 3, the first checkpoint's top 2 — usually random associations
   of the initialisation — and the 2 bigrams of the union of all top lists whose probability
   peaked before the end and fell the most since).
+
+The work splits in two passes over the checkpoints: :func:`checkpoint_summary` (the full
+table read as a global top-N, and the corpus bigrams: the expensive part) and
+:func:`pair_logprobs` of the traced bigrams (chosen from all the top lists: cheap); the rest
+is assembled from those. :func:`bigram_dynamics` runs both here on loaded models;
+:func:`bigram_dynamics_ray` runs them on Ray workers that each load a checkpoint from its
+path (:class:`~jetex.ngrams.distributed.CheckpointBackend`), with the same numbers.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from jaxtyping import Float
@@ -84,6 +91,19 @@ def _arch_signature(m: ResidualModel) -> tuple:
     return (mtype, m.n_blocks, m.d_model, m.vocab_size, tuple(m.block_names))
 
 
+def check_compatible(ref_name: str, ref_sig: tuple, ref_tfp: str, name: str, sig: tuple, tfp: str) -> None:
+    """Refuse (one-line :class:`InputError`) checkpoint ``name`` (architecture signature ``sig``,
+    tokenizer fingerprint ``tfp``) against the reference checkpoint ``ref_name``."""
+    if tuple(sig) != tuple(ref_sig):
+        raise InputError(
+            f"checkpoints {ref_name} and {name} have different architectures "
+            f"({ref_sig[0]}, {ref_sig[1]} blocks, d={ref_sig[2]}, V={ref_sig[3]} vs "
+            f"{sig[0]}, {sig[1]} blocks, d={sig[2]}, V={sig[3]}); give checkpoints of one model"
+        )
+    if tfp != ref_tfp:
+        raise InputError(f"checkpoints {ref_name} and {name} have different tokenizers; give checkpoints of one model")
+
+
 def check_series(models: Sequence[ResidualModel]) -> None:
     """Refuse (one-line :class:`InputError`) checkpoints of different architectures or tokenizers."""
     if len(models) < 2:
@@ -91,15 +111,7 @@ def check_series(models: Sequence[ResidualModel]) -> None:
     ref = models[0]
     sig, tfp = _arch_signature(ref), ref.tokenizer_fingerprint()
     for m in models[1:]:
-        s = _arch_signature(m)
-        if s != sig:
-            raise InputError(
-                f"checkpoints {ref.name} and {m.name} have different architectures "
-                f"({sig[0]}, {sig[1]} blocks, d={sig[2]}, V={sig[3]} vs {s[0]}, {s[1]} blocks, d={s[2]}, V={s[3]}); "
-                "give checkpoints of one model"
-            )
-        if m.tokenizer_fingerprint() != tfp:
-            raise InputError(f"checkpoints {ref.name} and {m.name} have different tokenizers; give checkpoints of one model")
+        check_compatible(ref.name, sig, tfp, m.name, _arch_signature(m), m.tokenizer_fingerprint())
 
 
 def corpus_bigrams(tokenizer: Any, text: str, n: int, exclude_self: bool = True) -> list[tuple[int, int, int]]:
@@ -132,6 +144,154 @@ def pair_logprobs(
     return out
 
 
+@dataclass
+class CheckpointSummary:
+    """What the dynamics need from one checkpoint's full bigram table (the expensive part):
+    its global top-N ``top`` (a, b, log P(b|a)) and whether that list is ``exact``, and
+    log P(b|a) of the corpus bigrams (``corpus_logprobs``, or None). ``signature``,
+    ``tokenizer_fp`` and ``fingerprint`` identify what was evaluated. Small enough to send
+    back from a Ray worker (no table, no model)."""
+
+    name: str
+    signature: tuple
+    tokenizer_fp: str
+    fingerprint: str
+    top: list[tuple[int, int, float]]
+    exact: bool
+    corpus_logprobs: Float[Tensor, "n"] | None = None
+
+
+def checkpoint_summary(
+    model: ResidualModel,
+    path: str = "direct",
+    *,
+    top: int = 1000,
+    k: int = 128,
+    exclude_self: bool = True,
+    order: int = 0,
+    corpus_pairs: Sequence[tuple[int, int]] | None = None,
+) -> CheckpointSummary:
+    """One checkpoint's part of :func:`bigram_dynamics`: the table of ``path`` over the whole
+    vocabulary, read as a global top-``top``, plus the corpus bigrams' log-probabilities.
+    Local and Ray runs both call this, so they compute the same numbers."""
+    k = min(k, model.vocab_size - int(exclude_self))
+    g, ex = topk_table(model, path, k, exclude_self=exclude_self, order=order).global_top(top)
+    corpus = pair_logprobs(model, path, corpus_pairs, exclude_self, order) if corpus_pairs else None
+    return CheckpointSummary(model.name, _arch_signature(model), model.tokenizer_fingerprint(), model.fingerprint(),
+                             g, ex, corpus)
+
+
+def _check_args(T: int, labels, steps, losses, top: int) -> None:
+    if T < 2:
+        raise InputError("dynamics needs at least two checkpoints")
+    if (labels is not None and len(labels) != T) or (steps is not None and len(steps) != T):
+        raise InputError("give one label and one step per checkpoint")
+    if losses is not None and len(losses) != T:
+        raise InputError("give one loss per checkpoint")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise InputError(f"top must be a positive integer, got {top!r}")
+
+
+def _corpus_pairs(reference: ResidualModel, unigram, corpus_text: str | None, top: int,
+                  exclude_self: bool) -> list[tuple[int, int]] | None:
+    V = reference.vocab_size
+    if unigram is not None and tuple(unigram.shape) != (V,):
+        raise InputError(f"unigram frequencies must have shape [{V}], got {tuple(unigram.shape)}")
+    if unigram is None or corpus_text is None:
+        return None
+    cb = corpus_bigrams(reference.tokenizer, corpus_text, top, exclude_self)
+    if not cb:
+        raise InputError("the corpus has no bigram of two tokens")
+    return [(a, b) for a, b, _ in cb]
+
+
+def _assemble(
+    summaries: Sequence[CheckpointSummary],
+    pair_values: Callable[[list[tuple[int, int]]], Float[Tensor, "T n"]],
+    reference: ResidualModel,
+    *,
+    labels: Sequence[str] | None,
+    steps: Sequence[int | None] | None,
+    path: str,
+    top: int,
+    n_show: int,
+    unigram: Float[Tensor, "v"] | None,
+    corpus_pairs: list[tuple[int, int]] | None,
+    bigrams: Sequence[tuple[int, int]] | None,
+    losses: Sequence[float] | None,
+    exclude_self: bool,
+) -> DynamicsResult:
+    """The dynamics from the per-checkpoint summaries. ``pair_values(pairs)`` returns
+    log P_c(b | a) ``[T, n]`` of the given pairs at every checkpoint (ONE call: a second
+    pass over the checkpoints); ``reference`` (the last checkpoint) gives the token strings."""
+    T = len(summaries)
+    V = reference.vocab_size
+    labels = list(labels) if labels is not None else [s.name for s in summaries]
+    steps = list(steps) if steps is not None else [None] * T
+    tops = [s.top for s in summaries]
+    exact = [s.exact for s in summaries]
+    final = {(a, b) for a, b, _ in tops[-1]}
+    hit = [len({(a, b) for a, b, _ in g} & final) / max(1, len(final)) for g in tops]
+
+    ids_needed: set[int] = set()
+    for g in tops:
+        for a, b, _ in g[:n_show]:
+            ids_needed |= {a, b}
+
+    mass_own = mass_corpus = None
+    if unigram is not None:
+        u = unigram.double()
+        mass_own = [float(sum(float(u[a]) * math.exp(lp) for a, b, lp in g)) for g in tops]
+        if corpus_pairs is not None:
+            w = torch.tensor([float(u[a]) for a, _ in corpus_pairs], dtype=torch.float64)
+            mass_corpus = [float((w * s.corpus_logprobs.exp()).sum()) for s in summaries]  # type: ignore[union-attr]
+
+    # the pairs traced: given, or chosen from the top lists (module doc); their log P at every
+    # checkpoint come from one second pass (pair_values)
+    pool: list[tuple[int, int]] = []
+    if bigrams is None:
+        chosen: list[tuple[int, int]] = [(a, b) for a, b, _ in tops[-1][:3]]
+        chosen += [(a, b) for a, b, _ in tops[0][:2] if (a, b) not in chosen]
+        if T > 2:
+            pool = list(dict.fromkeys((a, b) for g in tops for a, b, _ in g[:n_show]))
+            pool = [pq for pq in pool if pq not in chosen]
+    else:
+        chosen = [(int(a), int(b)) for a, b in bigrams]
+        for a, b in chosen:
+            if not (0 <= a < V and 0 <= b < V):
+                raise InputError(f"bigram ({a}, {b}) has a token id outside 0..{V - 1}")
+    asked = chosen + pool
+    values = pair_values(asked) if asked else torch.zeros(T, 0, dtype=torch.float64)  # [T, n]
+    if pool:
+        traj = values[:, len(chosen):]
+        fall = traj[:-1].max(0).values - traj[-1]
+        picked = [i for i in torch.argsort(fall, descending=True, stable=True)[:2].tolist() if float(fall[i]) > 0]
+        chosen = chosen + [pool[i] for i in picked]
+        values = torch.cat([values[:, : len(asked) - len(pool)], traj[:, picked]], dim=1)
+    for a, b in chosen:
+        ids_needed |= {a, b}
+    strings = dict(zip(sorted(ids_needed), reference.token_strings(sorted(ids_needed))))
+    trajectories: dict[str, list[float]] = {}
+    for j, (a, b) in enumerate(chosen):
+        trajectories[f"{strings[a]!r} → {strings[b]!r}"] = [float(v) for v in values[:, j]]
+    top_rows = [[(strings[a], strings[b], math.exp(lp)) for a, b, lp in g[:n_show]] for g in tops]
+    return DynamicsResult(
+        labels=labels,
+        steps=steps,
+        path=path,
+        top_n=top,
+        exclude_self=exclude_self,
+        top=top_rows,
+        top_exact=exact,
+        hit_ratio=hit,
+        mass_own=mass_own,
+        mass_corpus=mass_corpus,
+        trajectories=trajectories,
+        losses=list(losses) if losses is not None else None,
+        model_names=[s.name for s in summaries],
+    )
+
+
 def bigram_dynamics(
     models: Sequence[ResidualModel],
     *,
@@ -153,88 +313,79 @@ def bigram_dynamics(
     ``unigram``: p(a) ``[V]`` for the pseudo-joint masses (None: not computed);
     ``corpus_text``: the text whose most frequent bigrams give mass_corpus (needs ``unigram``);
     ``bigrams``: (a, b) id pairs to trace (None: chosen automatically).
+    For checkpoints evaluated on a Ray cluster see :func:`bigram_dynamics_ray`.
     """
     models = list(models)
     check_series(models)
-    T = len(models)
-    V = models[0].vocab_size
-    labels = list(labels) if labels is not None else [m.name for m in models]
-    steps = list(steps) if steps is not None else [None] * T
-    if len(labels) != T or len(steps) != T:
-        raise InputError("give one label and one step per checkpoint")
-    if losses is not None and len(losses) != T:
-        raise InputError("give one loss per checkpoint")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise InputError(f"top must be a positive integer, got {top!r}")
-    k = min(k, V - int(exclude_self))
-    if unigram is not None and tuple(unigram.shape) != (V,):
-        raise InputError(f"unigram frequencies must have shape [{V}], got {tuple(unigram.shape)}")
-    tables = [topk_table(m, path, k, exclude_self=exclude_self, order=order) for m in models]
-    tops, exact = [], []
-    for t in tables:
-        g, ex = t.global_top(top)
-        tops.append(g)
-        exact.append(ex)
-    final = {(a, b) for a, b, _ in tops[-1]}
-    hit = [len({(a, b) for a, b, _ in g} & final) / max(1, len(final)) for g in tops]
+    _check_args(len(models), labels, steps, losses, top)
+    cpairs = _corpus_pairs(models[-1], unigram, corpus_text, top, exclude_self)
+    summaries = [checkpoint_summary(m, path, top=top, k=k, exclude_self=exclude_self, order=order, corpus_pairs=cpairs)
+                 for m in models]
 
-    ids_needed: set[int] = set()
-    for g in tops:
-        for a, b, _ in g[:n_show]:
-            ids_needed |= {a, b}
+    def pair_values(pairs: list[tuple[int, int]]) -> Tensor:
+        return torch.stack([pair_logprobs(m, path, pairs, exclude_self, order) for m in models])
 
-    mass_own = mass_corpus = None
-    if unigram is not None:
-        u = unigram.double()
-        mass_own = [float(sum(float(u[a]) * math.exp(lp) for a, b, lp in g)) for g in tops]
-        if corpus_text is not None:
-            cb = corpus_bigrams(models[-1].tokenizer, corpus_text, top, exclude_self)
-            if not cb:
-                raise InputError("the corpus has no bigram of two tokens")
-            pairs = [(a, b) for a, b, _ in cb]
-            w = torch.tensor([float(u[a]) for a, _ in pairs], dtype=torch.float64)
-            mass_corpus = [float((w * pair_logprobs(m, path, pairs, exclude_self, order).exp()).sum()) for m in models]
+    return _assemble(summaries, pair_values, models[-1], labels=labels, steps=steps, path=path, top=top, n_show=n_show,
+                     unigram=unigram, corpus_pairs=cpairs, bigrams=bigrams, losses=losses, exclude_self=exclude_self)
 
-    if bigrams is None:
-        chosen: list[tuple[int, int]] = [(a, b) for a, b, _ in tops[-1][:3]]
-        chosen += [(a, b) for a, b, _ in tops[0][:2] if (a, b) not in chosen]
-        pool = list(dict.fromkeys((a, b) for g in tops for a, b, _ in g[:n_show]))
-        pool = [pq for pq in pool if pq not in chosen]
-        if pool and T > 2:
-            traj = torch.stack([pair_logprobs(m, path, pool, exclude_self, order) for m in models])  # [T, n]
-            fall = traj[:-1].max(0).values - traj[-1]
-            for i in torch.argsort(fall, descending=True)[:2].tolist():
-                if float(fall[i]) > 0:
-                    chosen.append(pool[i])
-    else:
-        chosen = [(int(a), int(b)) for a, b in bigrams]
-        for a, b in chosen:
-            if not (0 <= a < V and 0 <= b < V):
-                raise InputError(f"bigram ({a}, {b}) has a token id outside 0..{V - 1}")
-    for a, b in chosen:
-        ids_needed |= {a, b}
-    strings = dict(zip(sorted(ids_needed), models[-1].token_strings(sorted(ids_needed))))
-    trajectories: dict[str, list[float]] = {}
-    if chosen:
-        values = torch.stack([pair_logprobs(m, path, chosen, exclude_self, order) for m in models])  # [T, n]
-        for j, (a, b) in enumerate(chosen):
-            trajectories[f"{strings[a]!r} → {strings[b]!r}"] = [float(v) for v in values[:, j]]
-    top_rows = [[(strings[a], strings[b], math.exp(lp)) for a, b, lp in g[:n_show]] for g in tops]
-    return DynamicsResult(
-        labels=labels,
-        steps=steps,
-        path=path,
-        top_n=top,
-        exclude_self=exclude_self,
-        top=top_rows,
-        top_exact=exact,
-        hit_ratio=hit,
-        mass_own=mass_own,
-        mass_corpus=mass_corpus,
-        trajectories=trajectories,
-        losses=list(losses) if losses is not None else None,
-        model_names=[m.name for m in models],
-    )
+
+def bigram_dynamics_ray(
+    checkpoints: Sequence[str],
+    *,
+    reference: ResidualModel | None = None,
+    labels: Sequence[str] | None = None,
+    steps: Sequence[int | None] | None = None,
+    path: str = "direct",
+    top: int = 1000,
+    k: int = 128,
+    n_show: int = 10,
+    unigram: Float[Tensor, "v"] | None = None,
+    corpus_text: str | None = None,
+    bigrams: Sequence[tuple[int, int]] | None = None,
+    losses: Sequence[float] | None = None,
+    exclude_self: bool = True,
+    order: int = 0,
+    granularity: str = "sublayer",
+    address: str | None = None,
+    workers: int | None = None,
+    cpus_per_worker: int = 1,
+    retries: int | None = None,
+    progress: bool = False,
+) -> DynamicsResult:
+    """:func:`bigram_dynamics` of the checkpoints named by ``checkpoints`` (names or paths every
+    Ray node can read), each loaded and evaluated by a Ray worker (:class:`~jetex.ngrams.distributed.CheckpointBackend`).
+
+    The driver holds one model only: ``reference``, the LAST checkpoint (loaded here when
+    None). It gives the tokenizer (corpus bigrams, token strings) and the identity the
+    workers' copy of that checkpoint is checked against (fingerprint); every other checkpoint
+    is checked against its architecture and tokenizer on the worker that loads it. The result
+    is the local function's, number for number, when the workers and the local run use the
+    same torch thread count. ``address``, ``workers``, ``cpus_per_worker``, ``retries``: as
+    for ``jetex ngrams extract --backend ray``.
+    """
+    from pathlib import Path
+
+    from jetex.ngrams.distributed import DEFAULT_RETRIES, CheckpointBackend
+
+    sources = [str(c) for c in checkpoints]
+    _check_args(len(sources), labels, steps, losses, top)
+    # workers may run in another folder: give them absolute paths
+    sources = [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in sources]
+    if reference is None:
+        from jetex.models.load import load
+
+        reference = load(sources[-1], granularity=granularity)
+    bigram_path(reference, path)  # an unknown path fails here, before Ray starts
+    cpairs = _corpus_pairs(reference, unigram, corpus_text, top, exclude_self)
+    backend = CheckpointBackend(sources, reference, path=path, top=top, k=k, exclude_self=exclude_self, order=order,
+                                granularity=granularity, address=address, workers=workers,
+                                cpus_per_worker=cpus_per_worker,
+                                retries=DEFAULT_RETRIES if retries is None else retries, progress=progress)
+    with backend:
+        summaries = backend.summaries(cpairs)
+        return _assemble(summaries, backend.pair_values, reference, labels=labels, steps=steps, path=path, top=top,
+                         n_show=n_show, unigram=unigram, corpus_pairs=cpairs, bigrams=bigrams, losses=losses,
+                         exclude_self=exclude_self)
 
 
 def _md_token(s: str) -> str:

@@ -275,19 +275,37 @@ def register(group: click.Group) -> None:
     @click.option("--bigram", "bigrams", nargs=2, multiple=True, help="Trace this bigram: two tokens, e.g. --bigram ' at' ' least'.")
     @click.option("--png", "png", default=None, help="Write PREFIX_hit.png, PREFIX_mass.png, PREFIX_trajectories.png.")
     @click.option("--keep-self", is_flag=True, help="Keep self-transitions in the rankings.")
+    @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                  help="local: this process; ray: each checkpoint loaded and evaluated by a Ray worker (pip install 'jetex[ray]').")
+    @click.option("--address", default=None, help="Ray cluster to connect to (host:port, ray://host:port, auto); default: start a local instance.")
+    @click.option("--workers", type=int, default=None, help="Ray workers (default: one per CPU, at most one per checkpoint).")
+    @click.option("--cpus-per-worker", type=int, default=1, show_default=True, help="CPUs (torch threads) per Ray worker.")
+    @click.option("--retries", type=int, default=3, show_default=True, help="Restarts of a dying Ray worker (and retries of its checkpoint) before stopping.")
     @json_option
-    def dynamics_cmd(checkpoints, path, corpus, top, show, bigrams, png, keep_self, as_json):
+    def dynamics_cmd(checkpoints, path, corpus, top, show, bigrams, png, keep_self, backend, address, workers,
+                     cpus_per_worker, retries, as_json):
         """Training dynamics of jet bigrams over checkpoints of one model (paper Table 4, Fig. 4, Fig. 5)."""
         import re
 
-        from jetex.apps.dynamics import bigram_dynamics
+        from jetex.apps.dynamics import bigram_dynamics, bigram_dynamics_ray
         from jetex.models.load import load
 
         if len(checkpoints) < 2:
             raise InputError("dynamics needs at least two checkpoints")
         if show < 1:
             raise InputError("--show must be >= 1")
-        models = [load(c) for c in checkpoints]
+        if address is not None and backend != "ray":
+            raise InputError("--address needs --backend ray")
+        if backend == "ray":  # refuse a missing Ray or an unreachable cluster before loading anything
+            from jetex.ngrams.distributed import check_address, import_ray
+
+            import_ray()
+            if address is not None:
+                check_address(address)
+            # the driver holds the last checkpoint only (tokenizer, strings, identity); the workers load each one
+            models = [load(checkpoints[-1])]
+        else:
+            models = [load(c) for c in checkpoints]
         labels = [Path(c).name or c for c in checkpoints]
         steps = []
         for lab in labels:
@@ -296,9 +314,10 @@ def register(group: click.Group) -> None:
         if len(set(steps)) != len(steps) or None in steps:
             steps = [None] * len(labels)
         unigram = text = None
-        from jetex.apps.dynamics import check_series
+        if backend == "local":
+            from jetex.apps.dynamics import check_series
 
-        check_series(models)
+            check_series(models)
         if corpus is not None:
             from jetex.apps.corpus import read_corpus, unigram_probs
 
@@ -316,9 +335,15 @@ def register(group: click.Group) -> None:
                         raise InputError(f"--bigram token {w!r} is {len(enc)} tokens, not one (mind the leading space)")
                     ids.append(int(enc[0]))
                 pairs.append((ids[0], ids[1]))
-        with _timed(f"dynamics of {len(models)} checkpoints"):
-            res = bigram_dynamics(models, labels=labels, steps=steps, path=path, top=top, n_show=show, unigram=unigram,
-                                  corpus_text=text, bigrams=pairs, exclude_self=not keep_self)
+        with _timed(f"dynamics of {len(checkpoints)} checkpoints" + (" on Ray" if backend == "ray" else "")):
+            common = dict(labels=labels, steps=steps, path=path, top=top, n_show=show, unigram=unigram,
+                          corpus_text=text, bigrams=pairs, exclude_self=not keep_self)
+            if backend == "ray":
+                res = bigram_dynamics_ray(list(checkpoints), reference=models[-1], address=address, workers=workers,
+                                          cpus_per_worker=cpus_per_worker, retries=retries,
+                                          progress=sys.stderr.isatty() and not as_json, **common)
+            else:
+                res = bigram_dynamics(models, **common)
         written = []
         if png:
             from jetex.viz.apps import save_dynamics_figures

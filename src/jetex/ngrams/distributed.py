@@ -34,9 +34,15 @@ without it a local Ray instance is started with ``workers × cpus_per_worker`` C
 shut down afterwards. An already initialised Ray session (``ray.is_initialized()``) is
 reused and left running.
 
+Many checkpoints (``jetex dynamics --backend ray``): :class:`CheckpointBackend` runs one
+:class:`CheckpointTask` per checkpoint on :class:`CheckpointWorker` actors, each loading the
+checkpoint itself from its name or path; the same connection, retry and fingerprint code
+as above, and the driver (:func:`jetex.apps.dynamics.bigram_dynamics_ray`) assembles.
+
 Test-only fault injection: ``$JETEX_RAY_FAULT = "shard=S,times=T,dir=D"`` makes the actor
 process running shard S exit (``os._exit``) after computing the shard's first batch, the
-first T times (``times=always``: every time), counted by marker files in folder D.
+first T times (``times=always``: every time), counted by marker files in folder D. For
+checkpoints S is the checkpoint's index and the exit comes once it is loaded, before its sweep.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from jetex.errors import JetexError
 
@@ -269,6 +275,14 @@ def _root_cause(e: BaseException) -> BaseException:
     return e
 
 
+def check_fingerprint(info: dict, source: str, expect: str) -> None:
+    """Refuse (one line) a worker whose loaded ``source`` is not the driver's (fingerprint ``expect``)."""
+    if info["fingerprint"] != expect:
+        raise ClusterError(
+            f"a Ray worker on {info['host']} loaded {source!r} with fingerprint {info['fingerprint']}, "
+            f"not the driver's {expect}; every node must see the same model files")
+
+
 @dataclass
 class RayBackend:
     """Runs shards on Ray actors; the caller (the driver) writes their results.
@@ -293,6 +307,7 @@ class RayBackend:
     _actors: list = field(default_factory=list, repr=False)
     device: str = field(default="cpu", repr=False)
     startup_s: float = field(default=0.0, repr=False)
+    max_workers: int | None = field(default=None, repr=False)  # no more actors than this (e.g. tasks in all)
 
     def __post_init__(self) -> None:
         for name in ("cpus_per_worker", "shard_batches"):
@@ -365,15 +380,17 @@ class RayBackend:
         if dev.startswith("cuda") and gpus < 1:
             raise ClusterError(f"--device {dev}: the Ray cluster has no GPU (resources: {cpus:g} CPU, {gpus:g} GPU)")
         n = self.workers or max(1, int(gpus) if use_gpu else int(cpus) // self.cpus_per_worker)
+        if self.max_workers is not None:
+            n = max(1, min(n, self.max_workers))
         if n * self.cpus_per_worker > cpus or (use_gpu and n > gpus):
             raise ClusterError(f"{n} workers × ({self.cpus_per_worker} CPU{', 1 GPU' if use_gpu else ''}) do not fit the "
                                f"Ray cluster ({cpus:g} CPU, {gpus:g} GPU); ask for fewer --workers")
         spec = LoadSpec(self.spec.source, self.spec.granularity, self.spec.dtype, "cuda" if use_gpu else "cpu")
         self.device = spec.device
-        actor_cls = ray.remote(ShardWorker).options(
+        actor_cls = ray.remote(self._actor_class()).options(
             num_cpus=self.cpus_per_worker, num_gpus=1 if use_gpu else 0,
             max_restarts=self.retries, max_task_retries=self.retries)
-        self._actors = [actor_cls.remote(spec, self.cpus_per_worker, self.fault) for _ in range(n)]
+        self._actors = [actor_cls.remote(*self._actor_args(spec)) for _ in range(n)]
         refs = [a.info.remote() for a in self._actors]
         ready, not_ready = ray.wait(refs, num_returns=len(refs), timeout=self.ready_timeout_s)
         if not_ready:
@@ -385,14 +402,19 @@ class RayBackend:
                 cause = _root_cause(e)
                 msg = str(cause) if isinstance(cause, JetexError) else _one_line(cause)
                 raise ClusterError(f"a Ray worker could not load {self.spec.source!r}: {_one_line(msg)}") from None
-            if self.expect_fingerprint is not None and info["fingerprint"] != self.expect_fingerprint:
-                raise ClusterError(
-                    f"a Ray worker on {info['host']} loaded {self.spec.source!r} with fingerprint {info['fingerprint']}, "
-                    f"not the driver's {self.expect_fingerprint}; every node must see the same model files")
+            if self.expect_fingerprint is not None:
+                check_fingerprint(info, self.spec.source, self.expect_fingerprint)
         self.startup_s = time.perf_counter() - t0
         if self.progress:
             print(f"jetex: {n} Ray worker(s) ready in {self.startup_s:.1f} s ({self.cpus_per_worker} CPU"
                   f"{', 1 GPU' if use_gpu else ''} each, {spec.dtype} on {spec.device})", file=sys.stderr, flush=True)
+
+    def _actor_class(self) -> type:
+        """The class of the actors (:class:`ShardWorker`: holds the model of ``spec``)."""
+        return ShardWorker
+
+    def _actor_args(self, spec: LoadSpec) -> tuple:
+        return (spec, self.cpus_per_worker, self.fault)
 
     @property
     def n_workers(self) -> int:
@@ -401,6 +423,52 @@ class RayBackend:
     def workers_cpu_seconds(self) -> float:
         """CPU time the worker processes have used so far, summed (for benchmarks)."""
         return float(sum(i["cpu_s"] for i in self._ray.get([a.info.remote() for a in self._actors])))
+
+    # ---- scheduling ---------------------------------------------------------------------------
+    def _drive(self, next_for: Callable[[int], Any], submit: Callable[[Any, Any], Any],
+               on_result: Callable[[Any, int, Any], None]) -> tuple[Any, BaseException] | None:
+        """Run work items on the actors, up to ``IN_FLIGHT_PER_WORKER`` queued per actor.
+
+        ``next_for(a)`` gives actor a's next item (None: nothing left for it), ``submit(actor,
+        item)`` starts it (an object ref), ``on_result(item, a, result)`` takes each result in
+        the order they arrive; an actor that delivers gets its next item. At the first failure
+        (a task error, or an actor dead after its restarts) nothing more is submitted, what is
+        in flight is still taken, and the failure is returned as (item, error): the earliest
+        submitted failed item, since a dead actor fails all its queued items at once and it
+        runs them in submission order. None when everything succeeded.
+        """
+        ray = self._ray
+        pending: dict[Any, tuple[Any, int, int]] = {}  # ref → (item, actor, submission number)
+        failure: tuple[int, Any, BaseException] | None = None
+        seq = itertools.count()
+
+        def start_next(ai: int) -> None:
+            item = next_for(ai)
+            if item is not None:
+                pending[submit(self._actors[ai], item)] = (item, ai, next(seq))
+
+        try:
+            for _ in range(IN_FLIGHT_PER_WORKER):
+                for ai in range(self.n_workers):
+                    start_next(ai)
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                item, ai, n = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # a dead worker (retries exhausted) or an error in the task
+                    if failure is None or n < failure[0]:
+                        failure = (n, item, e)
+                    continue
+                on_result(item, ai, result)
+                if failure is None:
+                    start_next(ai)
+        finally:
+            if pending:  # interrupted: do not leave work running
+                for ref in pending:
+                    with contextlib.suppress(Exception):
+                        ray.cancel(ref, force=False)
+        return None if failure is None else (failure[1], failure[2])
 
     # ---- running one path ---------------------------------------------------------------------
     def shards(self, n_batches: int, done: set[int]) -> list[tuple[int, tuple[int, ...]]]:
@@ -429,56 +497,35 @@ class RayBackend:
 
             bar = tqdm(total=nb, initial=len(done), unit="batch", desc=f"{path.name} (ray ×{self.n_workers})",
                        file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
-        pending: dict[Any, tuple[int, int, int]] = {}  # ref → (shard, actor, submission number)
-        failure: tuple[int, int, BaseException] | None = None  # (submission number, shard, error)
-        seq = itertools.count()
 
-        def submit(ai: int) -> None:
-            shard, batches = todo.popleft()
+        def submit(actor: Any, item: tuple[int, tuple[int, ...]]) -> Any:
+            shard, batches = item
             task = ShardTask(shard, kind, path.name, batches, nb, B, top_k, order, exclude_self, limit_vocab,
                              global_top, best if best is not None and len(best) else None)
-            pending[self._actors[ai].run_shard.remote(task)] = (shard, ai, next(seq))
+            return actor.run_shard.remote(task)
+
+        def commit(item: tuple[int, tuple[int, ...]], ai: int, results: list) -> None:
+            nonlocal best
+            for out in results:
+                if out.batch_index in done:
+                    continue  # already committed (a retried shard): never twice
+                if kind == "bigram":
+                    store.write_bigram_batch(run, out)
+                    if best is not None:
+                        best = best.merged(out.candidates, global_top)
+                else:
+                    store.write_trigram_chunk(run, out)
+                done.add(out.batch_index)
+                if bar is not None:
+                    bar.update(1)
 
         try:
-            for _ in range(IN_FLIGHT_PER_WORKER):
-                for ai in range(self.n_workers):
-                    if todo:
-                        submit(ai)
-            while pending:
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                shard, ai, n = pending.pop(ref)
-                try:
-                    results = ray.get(ref)
-                except Exception as e:  # a dead worker (retries exhausted) or an error in the task
-                    # a dead actor fails all its queued shards at once; it runs them in submission
-                    # order, so the earliest submitted one is the shard it died on
-                    if failure is None or n < failure[0]:
-                        failure = (n, shard, e)
-                    todo.clear()
-                    continue
-                for item in results:
-                    if item.batch_index in done:
-                        continue  # already committed (a retried shard): never twice
-                    if kind == "bigram":
-                        store.write_bigram_batch(run, item)
-                        if best is not None:
-                            best = best.merged(item.candidates, global_top)
-                    else:
-                        store.write_trigram_chunk(run, item)
-                    done.add(item.batch_index)
-                    if bar is not None:
-                        bar.update(1)
-                if todo and failure is None:
-                    submit(ai)
+            failure = self._drive(lambda ai: todo.popleft() if todo else None, submit, commit)
         finally:
             if bar is not None:
                 bar.close()
-            if pending:  # interrupted: do not leave work running
-                for ref in pending:
-                    with contextlib.suppress(Exception):
-                        ray.cancel(ref, force=False)
         if failure is not None:
-            _, shard, e = failure
+            (shard, _), e = failure
             cause = _root_cause(e)
             S = self.shard_batches
             batches = f"batches {shard * S}..{min(nb, (shard + 1) * S) - 1}" if S > 1 else f"batch {shard}"
@@ -492,3 +539,197 @@ class RayBackend:
                     f"({left} left); rerun to resume") from None
             raise ClusterError(f"{path.name}: shard {shard} ({batches}) failed on a Ray worker: {_one_line(cause)}; "
                                f"{len(done)} of {nb} batches committed; rerun to resume") from None
+
+
+# ---------------------------------------------------------------------------------------
+# many checkpoints: `jetex dynamics --backend ray`
+# ---------------------------------------------------------------------------------------
+@dataclass
+class CheckpointTask:
+    """One checkpoint's work: ``kind`` ``summary`` (its full bigram table read as a global
+    top-N, and the corpus pairs' log-probabilities: :func:`jetex.apps.dynamics.checkpoint_summary`)
+    or ``pairs`` (log P(b|a) of ``pairs``: :func:`jetex.apps.dynamics.pair_logprobs`).
+
+    ``expect`` = (reference name, architecture signature, tokenizer fingerprint): the worker
+    refuses a checkpoint that does not match it. ``fingerprint``: the weights must be these
+    (a ``pairs`` task must see the checkpoint its ``summary`` saw; the last checkpoint must be
+    the driver's)."""
+
+    index: int
+    source: str
+    kind: str
+    path: str
+    top: int = 1000
+    k: int = 128
+    exclude_self: bool = True
+    order: int = 0
+    pairs: tuple[tuple[int, int], ...] | None = None
+    expect: tuple[str, tuple, str] | None = None
+    fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("summary", "pairs"):
+            raise ValueError("CheckpointTask.kind must be 'summary' or 'pairs'")
+        if not isinstance(self.source, str) or not self.source:
+            raise ClusterError("a checkpoint task needs the checkpoint's name or path, not a model object")
+
+
+class CheckpointWorker:
+    """A Ray actor that loads checkpoints itself, from their name or path, and evaluates them
+    with the local code (:mod:`jetex.apps.dynamics`). It keeps the last checkpoint it loaded,
+    so a ``pairs`` task sent to the worker that just summarised that checkpoint loads nothing."""
+
+    def __init__(self, granularity: str = "sublayer", dtype: str = "float32", device: str = "cpu", threads: int = 1,
+                 fault: FaultPlan | None = None) -> None:
+        os.environ["JETEX_NUM_THREADS"] = str(max(1, int(threads)))
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+        self.granularity, self.dtype, self.device, self.fault = granularity, dtype, device, fault
+        self._source: str | None = None
+        self._model: Any = None
+        self.loads = 0
+
+    def info(self) -> dict:
+        import platform
+
+        return {"pid": os.getpid(), "host": platform.node(), "cpu_s": time.process_time(), "loads": self.loads}
+
+    def model(self, source: str) -> Any:
+        if source != self._source:
+            from jetex.models.load import load
+            from jetex.ngrams.device import resolve_device, resolve_dtype
+
+            self._model = self._source = None  # free the previous checkpoint first
+            self._model = load(source, granularity=self.granularity, dtype=resolve_dtype(self.dtype),
+                               device=resolve_device(self.device))
+            self._source = source
+            self.loads += 1
+        return self._model
+
+    def run(self, task: CheckpointTask) -> Any:
+        from jetex.apps.dynamics import _arch_signature, check_compatible, checkpoint_summary, pair_logprobs
+
+        m = self.model(task.source)
+        if task.expect is not None:
+            check_compatible(*task.expect, m.name, _arch_signature(m), m.tokenizer_fingerprint())
+        if task.fingerprint is not None:
+            import platform
+
+            check_fingerprint({"fingerprint": m.fingerprint(), "host": platform.node()}, task.source, task.fingerprint)
+        if self.fault is not None and task.kind == "summary":
+            self.fault.strike(task.index)  # killed with the checkpoint loaded, before its sweep
+        if task.kind == "summary":
+            return checkpoint_summary(m, task.path, top=task.top, k=task.k, exclude_self=task.exclude_self,
+                                      order=task.order, corpus_pairs=list(task.pairs) if task.pairs else None)
+        return pair_logprobs(m, task.path, list(task.pairs or ()), task.exclude_self, task.order)
+
+
+class CheckpointBackend(RayBackend):
+    """Evaluates a series of checkpoints on Ray actors (:class:`CheckpointWorker`), for
+    :func:`jetex.apps.dynamics.bigram_dynamics_ray`; the driver assembles the results.
+
+    ``sources``: each checkpoint's name or path (every node must be able to read it);
+    ``reference``: the driver's copy of the LAST checkpoint (the workers' copy must have its
+    fingerprint; every checkpoint must have its architecture and tokenizer). Two passes:
+    :meth:`summaries` (one task per checkpoint: the expensive sweep) and :meth:`pair_values`
+    (one cheap task per checkpoint, sent to the worker that summarised it and still holds it).
+    Connection, retries (``max_restarts`` = ``max_task_retries`` = ``retries``), the address
+    probe and the local instance are :class:`RayBackend`'s. Nothing is stored: a run that
+    stops (a worker dying more than ``retries`` times) keeps nothing and is rerun whole.
+    """
+
+    def __init__(self, sources: Sequence[str], reference: Any, *, path: str = "direct", top: int = 1000, k: int = 128,
+                 exclude_self: bool = True, order: int = 0, granularity: str = "sublayer", **backend: Any) -> None:
+        self.sources = [str(s) for s in sources]
+        if len(self.sources) < 1 or any(not s for s in self.sources):
+            raise ClusterError("the Ray backend needs each checkpoint's name or path")
+        self.reference = reference
+        self.path, self.top, self.k = path, top, k
+        self.exclude_self, self.order, self.granularity = exclude_self, order, granularity
+        self._ran_on: dict[int, list[int]] = {}  # actor → checkpoints it ran in the last pass
+        self.fingerprints: list[str] | None = None
+        spec = LoadSpec(self.sources[-1], granularity, "float32", "cpu")
+        RayBackend.__init__(self, spec, max_workers=len(self.sources), **backend)
+
+    def _actor_class(self) -> type:
+        return CheckpointWorker
+
+    def _actor_args(self, spec: LoadSpec) -> tuple:
+        return (spec.granularity, spec.dtype, spec.device, self.cpus_per_worker, self.fault)
+
+    def _expect(self) -> tuple[str, tuple, str]:
+        from jetex.apps.dynamics import _arch_signature
+
+        ref = self.reference
+        return (ref.name, _arch_signature(ref), ref.tokenizer_fingerprint())
+
+    def _run(self, tasks: list[CheckpointTask], next_for: Callable[[int], Any] | None = None) -> dict[int, Any]:
+        self.start()
+        queue = collections.deque(tasks)
+        results: dict[int, Any] = {}
+
+        def on_result(task: CheckpointTask, ai: int, result: Any) -> None:
+            results[task.index] = result
+            self._ran_on.setdefault(ai, []).append(task.index)
+            if self.progress:
+                print(f"jetex: checkpoint {len(results)}/{len(tasks)} ({task.kind}) done: {task.source}", file=sys.stderr,
+                      flush=True)
+
+        failure = self._drive(next_for or (lambda ai: queue.popleft() if queue else None),
+                              lambda actor, task: actor.run.remote(task), on_result)
+        if failure is not None:
+            task, e = failure
+            cause = _root_cause(e)
+            if isinstance(cause, JetexError):
+                raise type(cause)(str(cause)) from None
+            what = f"checkpoint {task.index + 1} of {len(self.sources)} ({task.source})"
+            if isinstance(e, self._ray.exceptions.RayActorError):
+                raise ClusterError(
+                    f"dynamics: the Ray worker evaluating {what} died and was restarted {self.retries} time(s) "
+                    f"without finishing; stopped after {len(results)} of {len(tasks)} checkpoints (nothing is kept; "
+                    "rerun)") from None
+            raise ClusterError(f"dynamics: {what} failed on a Ray worker: {_one_line(cause)}") from None
+        return results
+
+    def summaries(self, corpus_pairs: Sequence[tuple[int, int]] | None = None) -> list[Any]:
+        """Every checkpoint's :class:`~jetex.apps.dynamics.CheckpointSummary`, in checkpoint order."""
+        expect, T = self._expect(), len(self.sources)
+        ref_fp = self.reference.fingerprint()
+        cp = tuple(corpus_pairs) if corpus_pairs else None
+        tasks = [CheckpointTask(i, s, "summary", self.path, self.top, self.k, self.exclude_self, self.order, cp, expect,
+                                ref_fp if i == T - 1 else None) for i, s in enumerate(self.sources)]
+        self._ran_on = {}
+        res = self._run(tasks)
+        self.fingerprints = [res[i].fingerprint for i in range(T)]
+        return [res[i] for i in range(T)]
+
+    def pair_values(self, pairs: Sequence[tuple[int, int]]) -> Any:
+        """log P_c(b | a) ``[T, n]`` of ``pairs`` at every checkpoint c (after :meth:`summaries`).
+
+        Each checkpoint goes back to the worker that summarised it, latest first, so that the
+        checkpoint the worker still holds is not loaded again; an idle worker takes over the
+        oldest work of the busiest one."""
+        import torch
+
+        T = len(self.sources)
+        fps = self.fingerprints
+        if fps is None:
+            raise RuntimeError("CheckpointBackend.pair_values needs summaries() first")
+        pt = tuple((int(a), int(b)) for a, b in pairs)
+        tasks = {i: CheckpointTask(i, s, "pairs", self.path, self.top, self.k, self.exclude_self, self.order, pt, None,
+                                   fps[i]) for i, s in enumerate(self.sources)}
+        own = {ai: list(ix) for ai, ix in self._ran_on.items()}
+
+        def next_for(ai: int) -> CheckpointTask | None:
+            mine = own.get(ai)
+            if mine:
+                return tasks[mine.pop()]
+            busiest = max(own, key=lambda j: len(own[j]), default=None)
+            if busiest is not None and own[busiest]:
+                return tasks[own[busiest].pop(0)]
+            return None
+
+        self._ran_on = {}
+        res = self._run(list(tasks.values()), next_for)
+        return torch.stack([res[i] for i in range(T)])
