@@ -16,6 +16,7 @@ from jetex.ngrams.device import PrecisionReport, place_model, precision_report, 
 
 KW = dict(top_k=4, global_top=30, batch_size=8, fidelity_sample=16, progress=False)
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def test_resolve_dtype_and_device():
@@ -114,6 +115,104 @@ def test_bfloat16_extraction_on_cpu(tiny_llama_f32, tmp_path):
         assert json.loads(con.execute("SELECT options FROM runs WHERE run_id = ?", [r.run_id]).fetchone()[0])["dtype"] == "float32"
     finally:
         con.close()
+
+
+def test_float16_extraction_on_cpu(tiny_llama_f32, tmp_path):
+    """float16 on the CPU: every path gets a precision report (stored with its run), the report
+    is the brute-force comparison on its sample, and the rows are the engine's on the float16 copy."""
+    m = tiny_llama_f32
+    db = tmp_path / "fp16.duckdb"
+    res = extract_ngrams(m, ["direct", "mlp:1", "attn:0.1"], db=db, dtype="float16", precision_sample=32, **KW)
+    assert [r.status for r in res] == ["done"] * 3
+    for r in res:
+        rep = r.precision
+        assert rep is not None and rep["dtype"] == "float16" and rep["device"] == "cpu" and rep["sample_size"] == 32
+        assert rep["top_k"] == 4 and 0 <= rep["max_abs_logit_diff"] and 0 <= rep["top1_agreement"] <= 1
+    with NgramStore(db, read_only=True) as s:
+        run = [r for r in s.runs() if r["path"] == "mlp:1"][0]
+        opts = json.loads(run["options"])
+        assert opts["dtype"] == "float16" and opts["precision"] == res[1].precision
+        rows = sorted(s.ngrams(run["run_id"]), key=lambda r: (r["input_id"], r["rank"]))
+    # the stored report is what it says: the same sample ⌊i·77/32⌋, recomputed by brute force
+    (p,) = parse_path(m, "mlp:1")
+    h = place_model(m, "cpu", "float16")
+    assert h.dtype == torch.float16 and m.dtype == torch.float32
+    ids = torch.div(torch.arange(32) * m.vocab_size, 32, rounding_mode="floor")
+    with torch.inference_mode():
+        z32, zlo = p.logits(m, ids), p.logits(h, ids).float()
+    assert res[1].precision["max_abs_logit_diff"] == pytest.approx(float((zlo - z32).abs().max()))
+    lp = (torch.log_softmax(zlo, -1) - torch.log_softmax(z32, -1)).abs().max()
+    assert res[1].precision["max_abs_logprob_diff"] == pytest.approx(float(lp))
+    assert res[1].precision["top1_agreement"] == pytest.approx(float((zlo.argmax(-1) == z32.argmax(-1)).float().mean()))
+    # the rows are the engine's on the float16 copy (softmax statistics in float32)
+    t = bigram_table(h, p, top_k=4, global_top=30, batch_size=8)
+    np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
+    np.testing.assert_allclose([r["logprob"] for r in rows], t.top_logprobs.reshape(-1), rtol=1e-6)
+    assert t.top_logprobs.dtype == np.float32
+    # float16 keeps 3 more mantissa bits than bfloat16: its logits are closer to float32
+    bf = precision_report(m, place_model(m, "cpu", "bfloat16"), [p], sample=32, top_k=4)["mlp:1"]
+    assert 0 < res[1].precision["max_abs_logit_diff"] < bf.max_abs_logit_diff
+    assert res[1].precision["topk_overlap"] >= 0.9
+    # runs of different dtypes never mix
+    with pytest.raises(InputError, match="computed in float16, not bfloat16"):
+        extract_ngrams(m, ["mlp:1"], db=db, dtype="bfloat16", **KW)
+
+
+def _rows(db, path: str) -> tuple[dict, list[dict]]:
+    """The run of ``path`` in ``db`` and its n-gram rows: by (input, rank) for bigrams (the
+    rank within the input's top-K), by rank for trigrams (the rank among all trigrams)."""
+    with NgramStore(db, read_only=True) as s:
+        (run,) = [r for r in s.runs() if r["path"] == path]
+        key = (lambda r: (r["input_id"], r["rank"])) if run["kind"] == "bigram" else (lambda r: r["rank"])
+        return run, sorted(s.ngrams(run["run_id"]), key=key)
+
+
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=needs_cuda), "cpu"])
+def test_extraction_on_a_device_float32_and_bfloat16(tiny_llama_f32, tmp_path, device):
+    """On the GPU (skipped without CUDA; the ``cpu`` case runs the same checks here, so the test
+    itself is exercised): float32 equals the CPU's float32 extraction up to float32 rounding
+    (outputs may swap only where two are tied to within it), and bfloat16 gets its precision
+    report, with rows that are the engine's on the bfloat16 copy on that device."""
+    m = tiny_llama_f32
+    paths = ["direct", "mlp:1", "attn:0.1"]
+    ref = extract_ngrams(m, paths, db=tmp_path / "cpu.duckdb", **KW)  # the model as it is: float32 on the CPU
+    got = extract_ngrams(m, paths, db=tmp_path / "dev.duckdb", device=device, dtype="float32", **KW)
+    assert [r.status for r in got] == ["done"] * 3 and all(r.precision is None for r in got)
+    tol = 1e-4
+    for path in paths:
+        run_r, rows_r = _rows(tmp_path / "cpu.duckdb", path)
+        run_g, rows_g = _rows(tmp_path / "dev.duckdb", path)
+        opts = json.loads(run_g["options"])
+        assert opts["device"].startswith(device) and opts["dtype"] == "float32"
+        assert len(rows_g) == len(rows_r) > 0
+        # rank by rank, the same scores (bigrams: log P(c|t); trigrams: their log-score)
+        np.testing.assert_allclose([r["logprob"] for r in rows_g], [r["logprob"] for r in rows_r], rtol=0, atol=tol)
+        if run_g["kind"] == "bigram":
+            row_of = {}
+            for r in rows_r:
+                row_of.setdefault(r["input_id"], {})[r["output_id"]] = r["logprob"]
+            for a, b in zip(rows_r, rows_g):
+                assert (a["input_id"], a["rank"]) == (b["input_id"], b["rank"])
+                if a["output_id"] != b["output_id"]:  # only a near-tie may swap (or cut at the K-th rank)
+                    lp = row_of[a["input_id"]].get(b["output_id"])
+                    assert (lp is not None and abs(lp - a["logprob"]) < tol) or a["rank"] == max(
+                        r["rank"] for r in rows_r if r["input_id"] == a["input_id"]), (a, b)
+    for r, g in zip(ref, got):
+        if r.fidelity is not None:
+            assert g.fidelity["mean_kl"] == pytest.approx(r.fidelity["mean_kl"], abs=tol)
+
+    db = tmp_path / "bf16.duckdb"
+    res = extract_ngrams(m, paths, db=db, device=device, dtype="bfloat16", precision_sample=32, **KW)
+    assert [r.status for r in res] == ["done"] * 3
+    for r in res:
+        rep = r.precision
+        assert rep is not None and rep["dtype"] == "bfloat16" and rep["device"].startswith(device), r.path
+        assert rep["sample_size"] == 32 and 0 < rep["max_abs_logit_diff"] < 0.5 and rep["topk_overlap"] > 0.8
+    (p,) = parse_path(m, "mlp:1")
+    t = bigram_table(place_model(m, device, "bfloat16"), p, top_k=4, global_top=30, batch_size=8)
+    _, rows = _rows(db, "mlp:1")
+    np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
+    np.testing.assert_allclose([r["logprob"] for r in rows], t.top_logprobs.reshape(-1), rtol=1e-6)
 
 
 def test_cli_dtype_json(tiny_llama_dir, tmp_path, capsys):
