@@ -130,3 +130,54 @@ def test_model_under_inference_mode_is_a_clear_error(capsys, model_dir):
         code, out, err = run(capsys, "attribute", TEXT, "--model", model_dir, "--method", "saliency")
     # the CLI loads the model inside the caller's inference mode: its weights are inference tensors
     assert code != 0 and "inference tensors" in err and "reload it outside inference mode" in err
+
+
+@pytest.fixture(scope="module")
+def short_context_dir(tmp_path_factory):
+    """The tiny Llama with a context window of 8 tokens (max_position_embeddings = 8)."""
+    folder = tmp_path_factory.mktemp("tiny-llama-ctx8")
+    tok = make_tokenizer()
+    hf = make_hf("llama", len(tok), seed=1)
+    hf.config.max_position_embeddings = 8
+    hf.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("method", ["normxlogit", "saliency"])
+def test_text_longer_than_the_context_is_one_line(capsys, short_context_dir, method):
+    import jetex
+
+    m = jetex.load(short_context_dir)
+    assert m.max_length == 8
+    fits = "The cat sat on the"  # BOS + 5 words: 6 tokens
+    code, out, err = run(capsys, "attribute", fits, "--model", short_context_dir, "--method", method, "--json")
+    assert code == 0, err
+    assert len(json.loads(out)["tokens"]) == 6
+    long = "The sun rises in the east and sets in the"  # BOS + 10 words: 11 tokens > 8
+    code, out, err = run(capsys, "attribute", long, "--model", short_context_dir, "--method", method)
+    assert code != 0 and out == ""
+    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and err.count("error:") == 1, err
+    assert "11 tokens long" in lines[0] and "context window" in lines[0] and "is 8" in lines[0]
+
+
+def test_missing_captum_is_one_line(capsys, model_dir, tmp_path, monkeypatch):
+    """Without Captum a gradient method is one line and a non-zero exit, before the model is loaded;
+    the forward-only methods still work."""
+    monkeypatch.setitem(sys.modules, "captum", None)  # `import captum` raises ImportError
+    import jetex
+
+    loads = []
+    real_load = jetex.load
+    monkeypatch.setattr(jetex, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    for argv in (["attribute", TEXT, "--method", "integrated_gradients"],
+                 ["attribute", "--eval", "--limit", "1", "--methods", "normxlogit,saliency"]):
+        code, out, err = run(capsys, *argv, "--model", model_dir)
+        assert code != 0 and out == "", argv
+        assert err.strip().splitlines() == [
+            f"error: method {'integrated_gradients' if '--method' in argv else 'saliency'!r} needs Captum, "
+            "which is not installed: pip install 'jetex[attribution]'"], err
+    assert not loads  # refused before loading the model
+    code, out, err = run(capsys, "attribute", TEXT, "--model", model_dir, "--method", "normxlogit", "--json")
+    assert code == 0, err

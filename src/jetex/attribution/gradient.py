@@ -43,10 +43,24 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jetex.attribution.core import GradientUnavailableError, has_bos, predicted_target, target_logits
-from jetex.errors import InputError
+from jetex.errors import InputError, JetexError
 from jetex.models.base import ResidualModel
 
 GRADIENT_OPTIONS = ("baseline", "n_steps", "internal_batch_size")
+
+
+class CaptumMissingError(JetexError):
+    """A gradient method was asked for, but Captum (the optional extra ``attribution``) is not installed."""
+
+
+def import_captum(method: str | None = None) -> Any:
+    """``captum.attr``, or a one-line :class:`CaptumMissingError` (naming ``method``) telling how to install it."""
+    try:
+        import captum.attr as attr
+    except ImportError:
+        what = "gradient methods need" if method is None else f"method {method!r} needs"
+        raise CaptumMissingError(f"{what} Captum, which is not installed: pip install 'jetex[attribution]'") from None
+    return attr
 
 
 def target_logit_fn(model: ResidualModel, target: int) -> Callable[[Tensor], Tensor]:
@@ -117,9 +131,10 @@ def gradient_scores(
         options.update(baseline=baseline, n_steps=n_steps, internal_batch_size=ibs)
     elif kw:
         raise InputError(f"option(s) {', '.join(sorted(kw))} apply to integrated_gradients only")
+    captum_attr = import_captum(method)
+    InputXGradient, IntegratedGradients, Saliency = (
+        captum_attr.InputXGradient, captum_attr.IntegratedGradients, captum_attr.Saliency)
     check_differentiable(model, method)
-
-    from captum.attr import InputXGradient, IntegratedGradients, Saliency
 
     extras: dict[str, Any] = {}
     with torch.inference_mode(False), torch.enable_grad():
@@ -164,4 +179,4 @@ def gradient_scores(
     return scores.detach(), int(target), extras, options
 
 
-__all__ = ["GRADIENT_OPTIONS", "check_differentiable", "gradient_scores", "make_baseline", "reference_token_id", "target_logit_fn"]
+__all__ = ["GRADIENT_OPTIONS", "CaptumMissingError", "check_differentiable", "gradient_scores", "import_captum", "make_baseline", "reference_token_id", "target_logit_fn"]

@@ -29,6 +29,17 @@ def _load(model: str):
     return load(model)
 
 
+def _need_captum(methods: list[str]) -> None:
+    """Refuse a gradient method without Captum (one line) before the model is loaded."""
+    from jetex.attribution.core import GRADIENT_METHODS
+
+    grad = [m for m in methods if m in GRADIENT_METHODS]
+    if grad:
+        from jetex.attribution.gradient import import_captum
+
+        import_captum(grad[0])
+
+
 def _ratios(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -87,6 +98,7 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         prompts = load_prompts(path)[:limit]
         names = [m for m in (methods or method).split(",") if m.strip()]
         specs = [MethodSpec.parse(n, layer, order) for n in names]  # validate before loading the model
+        _need_captum([s.method for s in specs])
         erasure_ratios = _ratios(ratios) or (0.01, 0.05, 0.10, 0.20, 0.50)
         options = {"integrated_gradients": kw} if kw else {}
         if seed is not None:
@@ -126,6 +138,7 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         if method != "random":
             raise InputError("--seed applies to the random method only")
         kw["seed"] = seed
+    _need_captum([method])
     m = _load(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
