@@ -120,3 +120,20 @@ def test_bad_arguments(model_a):
         diff_bigrams(model_a, model_a, k=10_000)
     with pytest.raises(InputError, match="unknown path"):
         diff_bigrams(model_a, model_a, "nope", top=5, k=5)
+
+
+@pytest.mark.parametrize("top, step", [(1000, 50), (100, 10), (60, 7)])
+def test_side_by_side_rows_are_every_step_th_rank(model_a, model_b, top, step):
+    """Table 5 of the paper: every 50th rank of the top 1000, A and B side by side. Row j holds
+    rank r = j·step (0-based) of each side's global top list: top_a[r] and top_b[r]."""
+    res = diff_bigrams(model_a, model_b, top=top, k=20 if top <= 100 else 40, step=step)
+    assert len(res.top_a) == len(res.top_b) == top  # V·k ≥ top kept entries on both sides
+    assert [r for r, _, _ in res.side_by_side] == list(range(0, top, step))
+    assert len(res.side_by_side) == -(-top // step)  # ⌈top / step⌉ rows: 20 for the paper's 1000 / 50
+    for r, x, y in res.side_by_side:
+        for row, top_list in ((x, res.top_a), (y, res.top_b)):
+            a, b, p = top_list[r]
+            assert row == (res.strings[a], res.strings[b], p)
+    d = res.to_dict()
+    assert [row["rank"] for row in d["side_by_side"]] == list(range(0, top, step))
+    assert all(row["a"] == list(x) for row, (_, x, _) in zip(d["side_by_side"], res.side_by_side) if x)
