@@ -1,9 +1,17 @@
 """Tiny randomly initialised Hugging Face models and their residual blocks, for jet tests.
 
 Each builder returns the blocks of the first decoder layer as plain callables on a stream
-``[b, t, d]``: ``attn`` (input norm + self-attention, causal mask, rotary embeddings where
-the architecture has them, plus Gemma's output norm), ``mlp`` (norm + MLP), and ``layer``
-(the whole decoder layer minus its input, i.e. γ at layer granularity).
+``[b, t, d]``: ``attn`` (input norm + self-attention, causal mask — with the sliding window
+for Mistral, Gemma 3 and GPT-Neo's local layer —, rotary embeddings where the architecture
+has them, plus Gemma's output norm), ``mlp`` (norm + MLP), and ``layer`` (the whole HF
+decoder layer called as one module, minus its input, i.e. γ at layer granularity).
+
+Architectures: Llama, Mistral (sliding window), Qwen2 (q/k/v biases), Gemma 3 (sandwich
+norms, q/k norms), GPT-2, GPT-Neo (local attention), GPT-NeoX parallel and sequential
+residual (``gpt_neox_seq``: ``use_parallel_residual=False``), OLMo (clip_qkv).
+
+Hugging Face RMSNorms (and rotary modules) compute in float32 whatever the input dtype:
+run float64 jets of these blocks under :class:`jet_helpers.KeepFloat64`.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-ARCHS = ("llama", "gemma3", "gpt2", "gpt_neo", "gpt_neox", "olmo")
+ARCHS = ("llama", "mistral", "qwen2", "gemma3", "gpt2", "gpt_neo", "gpt_neox", "gpt_neox_seq", "olmo")
+WINDOW = 4  # sliding window of mistral, gemma3, gpt_neo: shorter than the test sequences (t = 5)
 
 
 @dataclass
@@ -29,6 +38,16 @@ class TinyBlocks:
 
 def _causal_mask(t: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     m = torch.full((t, t), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
+    return m[None, None]
+
+
+def _window_mask(t: int, window: int | None, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Additive causal mask, with a sliding window (key j visible from i iff i − w < j ≤ i)."""
+    i = torch.arange(t, device=device)
+    allowed = i[None, :] <= i[:, None]
+    if window is not None:
+        allowed = allowed & (i[:, None] - i[None, :] < window)
+    m = torch.zeros((t, t), dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)
     return m[None, None]
 
 
@@ -47,10 +66,18 @@ def build(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> TinyB
     if arch == "llama":
         cfg = tf.LlamaConfig(hidden_size=d, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, **common)
         model = tf.LlamaForCausalLM(cfg)
+    elif arch == "mistral":  # one sliding window for every layer
+        cfg = tf.MistralConfig(
+            hidden_size=d, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, sliding_window=WINDOW, **common
+        )
+        model = tf.MistralForCausalLM(cfg)
+    elif arch == "qwen2":  # biases on q, k, v
+        cfg = tf.Qwen2Config(hidden_size=d, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, **common)
+        model = tf.Qwen2ForCausalLM(cfg)
     elif arch == "gemma3":
         cfg = tf.Gemma3TextConfig(
             hidden_size=d, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-            sliding_window=4, layer_types=["sliding_attention"], **common,
+            sliding_window=WINDOW, layer_types=["sliding_attention"], **common,
         )
         model = tf.Gemma3ForCausalLM(cfg)
     elif arch == "gpt2":
@@ -58,13 +85,14 @@ def build(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> TinyB
         model = tf.GPT2LMHeadModel(cfg)
     elif arch == "gpt_neo":
         cfg = tf.GPTNeoConfig(
-            hidden_size=d, num_layers=1, num_heads=4, attention_types=[[["local"], 1]], window_size=4,
+            hidden_size=d, num_layers=1, num_heads=4, attention_types=[[["local"], 1]], window_size=WINDOW,
             max_position_embeddings=64, vocab_size=64, attn_implementation="eager",
         )
         model = tf.GPTNeoForCausalLM(cfg)
-    elif arch == "gpt_neox":
+    elif arch in ("gpt_neox", "gpt_neox_seq"):  # parallel / sequential residual
         cfg = tf.GPTNeoXConfig(
-            hidden_size=d, intermediate_size=48, num_attention_heads=4, rotary_pct=0.25, **common,
+            hidden_size=d, intermediate_size=48, num_attention_heads=4, rotary_pct=0.25,
+            use_parallel_residual=(arch == "gpt_neox"), **common,
         )
         model = tf.GPTNeoXForCausalLM(cfg)
     elif arch == "olmo":
@@ -82,18 +110,22 @@ def build(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> TinyB
     def mask_for(h: Tensor) -> Tensor:
         return _causal_mask(h.shape[-2], h.dtype, h.device)
 
-    if arch in ("llama", "olmo"):
+    if arch in ("llama", "mistral", "qwen2", "olmo"):
         layer = model.model.layers[0]
+        window = WINDOW if arch == "mistral" else None
+
+        def llama_mask(h: Tensor) -> Tensor:
+            return _window_mask(h.shape[-2], window, h.dtype, h.device)
 
         def attn(h: Tensor) -> Tensor:
             cs = _rotary(model, h)
-            return layer.self_attn(layer.input_layernorm(h), position_embeddings=cs, attention_mask=mask_for(h))[0]
+            return layer.self_attn(layer.input_layernorm(h), position_embeddings=cs, attention_mask=llama_mask(h))[0]
 
         def mlp(h: Tensor) -> Tensor:
             return layer.mlp(layer.post_attention_layernorm(h))
 
         def whole(h: Tensor) -> Tensor:
-            out = layer(h, attention_mask=mask_for(h), position_embeddings=_rotary(model, h))
+            out = layer(h, attention_mask=llama_mask(h), position_embeddings=_rotary(model, h))
             return (out[0] if isinstance(out, tuple) else out) - h
 
     elif arch == "gemma3":
@@ -101,11 +133,7 @@ def build(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> TinyB
         ltype = cfg.layer_types[0]
 
         def sw_mask(h: Tensor) -> Tensor:
-            t = h.shape[-2]
-            i = torch.arange(t, device=h.device)
-            allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < cfg.sliding_window)
-            m = torch.zeros((t, t), dtype=h.dtype, device=h.device).masked_fill(~allowed, torch.finfo(h.dtype).min)
-            return m[None, None]
+            return _window_mask(h.shape[-2], cfg.sliding_window, h.dtype, h.device)
 
         def attn(h: Tensor) -> Tensor:
             cs = _rotary(model, h, layer_type=ltype)
@@ -133,7 +161,7 @@ def build(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> TinyB
             out = layer(h, attention_mask=mask_for(h))
             return (out[0] if isinstance(out, tuple) else out) - h
 
-    elif arch == "gpt_neox":
+    elif arch in ("gpt_neox", "gpt_neox_seq"):
         layer = model.gpt_neox.layers[0]
 
         def attn(h: Tensor) -> Tensor:

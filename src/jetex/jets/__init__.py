@@ -29,6 +29,16 @@ products as Cauchy products, non-linear elementwise ops by composition with thei
 scaled derivatives — and that interpretation is itself traced into one flat,
 straight-line aten graph per order k, which later calls run directly.
 
+Fused functions: ``F.rms_norm`` (and ``nn.RMSNorm``) and ``F.scaled_dot_product_attention``
+(Hugging Face's ``"sdpa"`` attention) are traced as the elementary ops they compute
+(:mod:`jetex.jets.decompose`): rms_norm as x·rsqrt(mean(x²) + eps)·w, SDPA as
+softmax(q kᵀ · scale + mask) v with its boolean/additive ``attn_mask``, ``is_causal``,
+``scale`` and ``enable_gqa`` (``dropout_p > 0`` is refused: dropout is random). Fused
+attention kernels reached any other way (``flash_attention_2``, ``flex_attention``, a
+direct ``aten._scaled_dot_product_*`` call) have no rule; the error says to use
+``attn_implementation="eager"``, which :func:`jetex.load` and
+:meth:`~jetex.models.hf.HFResidualModel.from_hf` always select.
+
 Design decision — ``jet-for-pytorch``: the issue asked to evaluate this PyPI library
 (Taylor-mode AD for PyTorch on ``torch.fx``). Its two releases (0.0.1 and 1.0.0) declare
 ``Requires-Python >=3.12`` and ``torch>=2.10``; jetex supports Python 3.11, so

@@ -4,7 +4,9 @@ Pipeline (cached per function, input shape/dtype/device and order):
 
 1. **Trace** f once at the centre x into an aten-level FX graph
    (:func:`~jetex.jets.tracing.record`; functionalised when f mutates variate-dependent
-   values in place). When f is an ``nn.Module`` (or a bound method of one), its
+   values in place), with ``F.rms_norm`` and ``F.scaled_dot_product_attention``
+   computed from elementary ops (:mod:`jetex.jets.decompose`). When f is an
+   ``nn.Module`` (or a bound method of one), its
    parameters and buffers are graph *inputs*, fetched afresh at every call, so
    gradients reach them and replaced parameters are seen; any other tensor f closes over
    becomes a captured constant (the same tensor object, so gradients reach it too).
@@ -38,6 +40,7 @@ from torch.nn.utils.stateless import _reparametrize_module
 
 from jetex.errors import InputError, UnsupportedOpError
 from jetex.jets._checks import check_inputs, check_output
+from jetex.jets.decompose import ElementaryOps, hint_for
 from jetex.jets.rules import CONSTANT_RESULT_OPS, RULES
 from jetex.jets.series import Series, pad
 from jetex.jets.tracing import record
@@ -166,12 +169,15 @@ def _trace(f: Callable[[Tensor], Tensor], x: Tensor) -> _Trace:
             uniq.append(t)
 
     def g(x_: Tensor, *ts: Tensor) -> Tensor:
-        if module is None:
-            return check_output(f(x_))
-        # swap the module's tensors for the graph inputs, ties included
-        swap = {n: ts[seen[id(t)]] for n, t in zip(names, tensors)}
-        with _reparametrize_module(module, swap):
-            return check_output(f(x_))
+        # fused functions without rules (rms_norm, scaled_dot_product_attention) are
+        # recorded as the elementary ops they are made of
+        with ElementaryOps():
+            if module is None:
+                return check_output(f(x_))
+            # swap the module's tensors for the graph inputs, ties included
+            swap = {n: ts[seen[id(t)]] for n, t in zip(names, tensors)}
+            with _reparametrize_module(module, swap):
+                return check_output(f(x_))
 
     gm = record(g, x, *uniq)
     dep = _dependents(gm)
@@ -188,7 +194,9 @@ def _trace(f: Callable[[Tensor], Tensor], x: Tensor) -> _Trace:
             const_names.append(node.target)
         elif node.op == "call_function" and node in dep:
             if node.target is not operator.getitem and node.target not in RULES:
-                raise UnsupportedOpError(f"no Taylor rule for {node.target} (in {_describe(f)}): cannot take its jet")
+                raise UnsupportedOpError(
+                    f"no Taylor rule for {node.target} (in {_describe(f)}): cannot take its jet{hint_for(node.target)}"
+                )
     return _Trace(gm, weakref.ref(module) if module is not None else None, uniq_names, const_names, dep)
 
 

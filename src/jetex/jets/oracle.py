@@ -4,6 +4,13 @@ With g(t) = f(x + t v), v = y − x, the Taylor coefficients of the jet are
 c_j = g^{(j)}(0) / j!. Here g^{(j)} is obtained by nesting ``torch.func.jvp`` j times,
 so computing c_0..c_k costs about 2^k forward passes: this is the oracle the Taylor-mode
 engine (:mod:`jetex.jets.engine`) is tested and benchmarked against.
+
+It runs under :class:`~jetex.jets.decompose.ElementaryOps` with ``layer_norm=True``:
+PyTorch's forward-mode derivative of the fused layer norm is wrong from the second order
+on (its JVP formula is not itself forward-differentiable correctly), and the fused SDPA
+kernels have no forward-mode derivative, so the oracle nests JVPs through the elementary
+form of those functions. ``F.rms_norm`` keeps torch's own kernel here (it is
+forward-differentiable), so the engine's decomposition of it is checked independently.
 """
 
 from __future__ import annotations
@@ -16,33 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from jetex.jets._checks import check_inputs, check_output, factorials
-
-
-def _layer_norm_composite(x: Tensor, normalized_shape: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Tensor:
-    dims = tuple(range(-len(tuple(normalized_shape)), 0))
-    mean = x.mean(dims, keepdim=True)
-    var = (x - mean).pow(2).mean(dims, keepdim=True)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if weight is not None:
-        out = out * weight
-    if bias is not None:
-        out = out + bias
-    return out
-
-
-class _ElementaryLayerNorm(torch.overrides.TorchFunctionMode):
-    """Computes ``F.layer_norm`` from elementary ops.
-
-    PyTorch's forward-mode derivative of the fused layer norm is wrong from the second
-    order on (its JVP formula is not itself forward-differentiable correctly), so the
-    oracle must not nest JVPs through it.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.layer_norm or func is torch.layer_norm:
-            return _layer_norm_composite(*args, **kwargs)
-        return func(*args, **kwargs)
+from jetex.jets.decompose import ElementaryOps
 
 
 def _derivative_tower(g: Callable[[Tensor], Tensor], t: Tensor, k: int) -> tuple[Tensor, ...]:
@@ -75,7 +56,7 @@ def jet_coefficients_nested_jvp(f: Any, x: Any, y: Any, k: Any) -> Float[Tensor,
     t0 = torch.zeros((), dtype=x.dtype, device=x.device)
     # under no_grad some composite backward formulas (e.g. silu_backward) lack forward-mode
     # derivatives; with grad mode on they decompose into differentiable ops.
-    with torch.enable_grad(), _ElementaryLayerNorm():
+    with torch.enable_grad(), ElementaryOps(rms_norm=False, layer_norm=True):
         tower = _derivative_tower(lambda s: f(x + s * v), t0, k)
     fact = factorials(k)
     return torch.stack([d / fact[j] for j, d in enumerate(tower)])
