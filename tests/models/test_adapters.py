@@ -1,7 +1,9 @@
 """The residual-block view of every supported architecture, on tiny random HF models.
 
-Properties: η → blocks → υ reproduces the HF logits (both granularities); the stream
-matches HF's hidden states at layer boundaries; h_l = h_{l-1} + γ_l(h_{l-1}); blocks
+Properties: η → blocks → υ reproduces the HF logits (both granularities); the view's
+stream matches HF's own intermediate values (hidden states at layer boundaries and the
+mid-layer stream after attention, hooked on the HF modules); h_l = h_{l-1} + γ_l(h_{l-1})
+holds with h taken from HF's forward pass, for every block; blocks
 accept any batch shape; sliding windows are active; make_fx traces every block; per-head
 weights recompute the attention block's output.
 """
@@ -24,6 +26,7 @@ from jetex.models.adapters import (
 )
 from jetex.models.hf import HFResidualModel
 
+from hf_reference import hf_streams
 from models_tiny_hf import ARCHS, T, V, WINDOWED, WINDOW, make
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -80,33 +83,63 @@ def test_block_structure(tiny):
     assert sub.d_model == hf.config.hidden_size and sub.vocab_size == V
 
 
-def test_stream_matches_hf_hidden_states(tiny):
-    arch, hf = tiny
-    sub = HFResidualModel.from_hf(hf, granularity="sublayer")
-    lay = HFResidualModel.from_hf(hf, granularity="layer")
-    ids = _ids()
-    with torch.no_grad():
-        hs = hf(input_ids=ids, output_hidden_states=True).hidden_states  # h_0..h_{N-1}, then final_norm(h_N)
-        s_lay = lay.stream(ids)
-        s_sub = sub.stream(ids)
-    N = hf.config.num_hidden_layers
-    per_layer = s_sub.shape[0] // N if arch != "gpt_neox" else 1
+def _hf_stream_per_block(m, ref):
+    """HF's own residual stream at the view's block boundaries: h_0..h_L from hidden
+    states, mid-layer streams (after attention) and the final norm's input."""
+    N = m.n_layers
+    if m.granularity == "layer" or ref.mid is None:  # one block per layer
+        return [ref.hidden[i] for i in range(N)] + [ref.final_in]
+    out = []
     for i in range(N):
-        torch.testing.assert_close(s_lay[i], hs[i], **TOL)
-        torch.testing.assert_close(s_sub[i * per_layer], hs[i], **TOL)
-    torch.testing.assert_close(lay.final_norm(s_lay[N]), hs[N], **TOL)
-    torch.testing.assert_close(s_sub[-1], s_lay[-1], **TOL)
+        out += [ref.hidden[i], ref.mid[i]]
+    return out + [ref.final_in]
 
 
 @pytest.mark.parametrize("granularity", ["sublayer", "layer"])
-def test_residual_identity_each_block(tiny, granularity):
-    """h_l = h_{l-1} + γ_l(h_{l-1}), γ_l evaluated on its own on the stored stream."""
+def test_residual_identity_on_hf_streams(tiny, granularity):
+    """h_l = h_{l-1} + γ_l(h_{l-1}) for every block l, with h taken from HF's own forward
+    pass (hidden_states and the mid-layer stream hooked on the HF modules), not from the view."""
     arch, hf = tiny
     m = HFResidualModel.from_hf(hf, granularity=granularity)
+    ids = _ids()
+    ref = hf_streams(hf, ids)
+    hs = _hf_stream_per_block(m, ref)
+    assert len(hs) == m.n_blocks + 1
     with torch.no_grad():
-        s = m.stream(_ids())
+        torch.testing.assert_close(m.embed(ids), hs[0], rtol=0, atol=1e-6)
         for l in range(1, m.n_blocks + 1):
-            torch.testing.assert_close(s[l], s[l - 1] + m.block(l)(s[l - 1]), rtol=0, atol=0)
+            got = hs[l - 1] + m.block(l)(hs[l - 1])
+            torch.testing.assert_close(got, hs[l], rtol=0, atol=1e-5, msg=lambda e: f"{arch} {m.block(l).name}: {e}")
+        torch.testing.assert_close(m.final_norm(hs[-1]), ref.hidden[-1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(m.decode(hs[-1]), ref.logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["sublayer", "layer"])
+def test_stream_matches_hf_intermediates(tiny, granularity):
+    """The view's stream h_0..h_L (run through the view alone) equals HF's own values."""
+    arch, hf = tiny
+    m = HFResidualModel.from_hf(hf, granularity=granularity)
+    ids = _ids()
+    hs = torch.stack(_hf_stream_per_block(m, hf_streams(hf, ids)))
+    with torch.no_grad():
+        s = m.stream(ids)
+    assert s.shape == hs.shape
+    torch.testing.assert_close(s, hs, rtol=0, atol=1e-5)
+    if granularity == "sublayer":  # each block is HF's own modules on HF's own values
+        torch.testing.assert_close(s, hs, rtol=0, atol=0)
+
+
+def test_hf_stream_hooks_see_the_mid_layer_stream():
+    """The hooked mid-layer stream is h + attention output (so the hook is not some other tensor)."""
+    hf = make("llama")
+    ids = _ids()
+    ref = hf_streams(hf, ids)
+    layer = hf.model.layers[0]
+    with torch.no_grad():
+        pe = hf.model.rotary_emb(ref.hidden[0], torch.arange(T)[None])
+        a = layer.self_attn(layer.input_layernorm(ref.hidden[0]), position_embeddings=pe, attention_mask=causal_mask(T, None, torch.float32))[0]
+    torch.testing.assert_close(ref.mid[0], ref.hidden[0] + a, **TOL)
+    assert not torch.allclose(ref.mid[0], ref.hidden[0], atol=1e-3) and not torch.allclose(ref.mid[0], ref.hidden[1], atol=1e-3)
 
 
 def test_layer_block_is_two_sublayers(tiny):

@@ -113,6 +113,50 @@ def test_gguf_of_unsupported_architecture(tmp_path, cache):
     assert "mystery" in msg and "LlamaForCausalLM" in msg
 
 
+def _tiny_gguf(path: Path, arch: str) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("arch", ["phi3", "falcon", "mystery"])
+def test_unsupported_gguf_architecture_is_refused_before_dequantising(tmp_path, cache, monkeypatch, arch):
+    """phi3 / falcon are GGUF architectures transformers can read but jetex has no adapter for:
+    refused from general.architecture alone, without dequantising anything."""
+    calls = []
+
+    def dequantise(path):  # pragma: no cover - must not run
+        calls.append(path)
+        raise AssertionError("dequantised an unsupported architecture")
+
+    monkeypatch.setattr(load_mod, "_dequantise_gguf", dequantise)
+    p = _tiny_gguf(tmp_path / f"{arch}.gguf", arch)
+    with pytest.raises(UnsupportedArchitectureError) as e:
+        load(str(p))
+    msg = _one_line(e)
+    assert f"GGUF architecture {arch!r} is not supported" in msg
+    assert "llama, mistral, qwen2, gemma3, gpt2" in msg and "LlamaForCausalLM" in msg
+    assert calls == []
+    models = cache / "models"
+    assert not models.exists() or not any(models.iterdir())
+
+
+def test_supported_gguf_architectures_have_adapters():
+    from jetex.models.adapters import supported_architectures
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    assert set(load_mod.GGUF_ARCHITECTURES.values()) <= set(supported_architectures())
+    assert set(load_mod.GGUF_ARCHITECTURES) <= set(GGUF_SUPPORTED_ARCHITECTURES)
+
+
 def test_not_a_gguf_file(tmp_path):
     p = tmp_path / "weights.bin"
     p.write_bytes(b"abc")

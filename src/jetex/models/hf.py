@@ -20,6 +20,25 @@ from jetex.models.adapters import AdapterSpec, adapter_for, attention_of, get_mo
 from jetex.models.base import HeadWeights, ResidualModel
 
 
+_NOT_ARCHITECTURE = frozenset(
+    {
+        "_name_or_path",
+        "name_or_path",
+        "_commit_hash",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "use_cache",
+        "_attn_implementation",
+        "_attn_implementation_autoset",
+        "attn_implementation",
+        "output_hidden_states",
+        "output_attentions",
+        "return_dict",
+    }
+)
+
+
 def _architecture_names(hf: nn.Module) -> list[str]:
     names = [type(hf).__name__]
     names += list(getattr(hf.config, "architectures", None) or [])
@@ -104,6 +123,14 @@ class HFResidualModel(ResidualModel):
         return getattr(self._unembed, "bias", None)
 
     # ---- structure --------------------------------------------------------------------
+    def architecture_config(self) -> dict[str, Any]:
+        """The view's blocks plus the Hugging Face config, without what does not change the
+        model's function (names and paths — ``_name_or_path``, the GGUF's display name
+        ``_model_name_or_path`` —, transformers version, dtype — hashed per tensor —, cache
+        and output switches)."""
+        cfg = {k: v for k, v in self.config.to_dict().items() if k not in _NOT_ARCHITECTURE and "name_or_path" not in k}
+        return {**super().architecture_config(), "hf_class": type(self.hf).__name__, "config": cfg}
+
     @property
     def d_model(self) -> int:
         return int(self.unembedding_matrix.shape[1])

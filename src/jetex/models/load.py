@@ -220,13 +220,32 @@ def _gguf_architecture(path: Path) -> str:
     return arch
 
 
+# GGUF ``general.architecture`` → the Hugging Face class transformers builds from it, for the
+# architectures jetex has an adapter for (transformers reads more, e.g. phi3, falcon, bloom).
+GGUF_ARCHITECTURES: dict[str, str] = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "gemma3": "Gemma3ForCausalLM",
+    "gpt2": "GPT2LMHeadModel",
+}
+
+
 def _check_gguf_supported(path: Path, arch: str) -> None:
+    """Refuse, from the GGUF metadata alone (before any dequantising), an architecture
+    jetex has no adapter for or the installed transformers cannot read."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    # transformers reads some architectures under another name (e.g. qwen2, gemma3 text)
+    hf_class = GGUF_ARCHITECTURES.get(arch)
+    if hf_class is None or hf_class not in supported_architectures():
+        raise UnsupportedArchitectureError(
+            f"{path.name}: GGUF architecture {arch!r} is not supported; supported GGUF architectures: "
+            f"{', '.join(GGUF_ARCHITECTURES)} (model architectures: {', '.join(supported_architectures())})"
+        )
+    # transformers reads some architectures under another name (e.g. gemma3 text)
     if arch not in GGUF_SUPPORTED_ARCHITECTURES and arch.replace("_", "") not in GGUF_SUPPORTED_ARCHITECTURES:
         raise UnsupportedArchitectureError(
-            f"{path.name}: GGUF architecture {arch!r} cannot be read by transformers; "
+            f"{path.name}: GGUF architecture {arch!r} cannot be read by the installed transformers; "
             f"supported model architectures: {', '.join(supported_architectures())}"
         )
 
@@ -347,7 +366,7 @@ def _load_gguf_cached(
     with tempfile.TemporaryDirectory(prefix="jetex-gguf-") as work:
         path = produce_gguf(Path(work))
         arch = _gguf_architecture(path)
-        _check_gguf_supported(path, arch)
+        _check_gguf_supported(path, arch)  # from the metadata: refuse before dequantising
         with _status(f"first load of {name}: dequantising {path.name} and caching it in {target} (once)"):
             hf, tok = _dequantise_gguf(path)
             adapter_for([type(hf).__name__], hf.config)  # refuse before caching what we cannot represent
@@ -381,9 +400,16 @@ def _load_folder(
         except Exception as e:
             msg = _one_line(e)
             full = str(e)
-            if any(k in full for k in ("trust_remote_code", "custom code", "auto_map", "does not recognize", "Unrecognized model")):
+            raw = _raw_config(source)
+            if "auto_map" in raw or any(k in full for k in ("trust_remote_code", "custom code", "auto_map")):
                 raise UnsupportedArchitectureError(
                     f"{source}: needs custom code (trust_remote_code), which jetex never runs; "
+                    f"supported: {', '.join(supported_architectures())}"
+                ) from e
+            if any(k in full for k in ("does not recognize", "Unrecognized model")):
+                archs = ", ".join(map(str, raw.get("architectures") or [])) or "none given"
+                raise UnsupportedArchitectureError(
+                    f"{source}: unknown model type {raw.get('model_type')!r} (architectures: {archs}); "
                     f"supported: {', '.join(supported_architectures())}"
                 ) from e
             raise ModelLoadError(f"cannot read the config of {source}: {msg}") from e
@@ -412,6 +438,15 @@ def _load_folder(
             tok = None
     hf = hf.to(device=device)
     return hf, tok
+
+
+def _raw_config(source: str | Path) -> dict[str, Any]:
+    """config.json of a local folder as plain JSON ({} when absent or unreadable)."""
+    try:
+        data = json.loads((Path(source) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _in_hf_cache(repo_id: str) -> bool:

@@ -3,17 +3,20 @@
 - :class:`LinearResidualNet`: γ_l(x) = A_l x, η = E, γ_{L+1} = id. Expands exactly into
   2^L paths U W_S E (Eq. 5); every jet expansion of order k ≥ 1 has zero remainder.
 - :class:`ToyResidualNet`: small non-linear residual MLP nets (RMS-normalised input,
-  tanh or GELU hidden layer) of configurable depth and width, with a final RMS norm.
+  tanh, GELU or SiLU hidden layer) of configurable depth and width, with a final RMS norm.
 
 Both act position-wise on token sequences ``[*b, t]``; they have no tokenizer.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from jetex.errors import InputError
 from jetex.models.base import Block, ResidualModel
 
 
@@ -36,13 +39,16 @@ class _RMSNorm(nn.Module):
         return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
 class _MLPBlock(Block):
     def __init__(self, l: int, d: int, hidden: int, activation: str, norm: bool) -> None:
         super().__init__(f"block.{l}", "nonlinear", l - 1)
         self.norm = _RMSNorm(d) if norm else nn.Identity()
         self.fc_in = nn.Linear(d, hidden)
         self.fc_out = nn.Linear(hidden, d)
-        self.act = {"tanh": nn.Tanh(), "gelu": nn.GELU(), "silu": nn.SiLU()}[activation]
+        self.act = ACTIVATIONS[activation]()
         with torch.no_grad():
             self.fc_out.weight.mul_(0.5)
 
@@ -59,9 +65,16 @@ class _ToyBase(ResidualModel):
     def embed(self, input_ids: Int[Tensor, "*b t"]) -> Float[Tensor, "*b t d"]:
         return self.E[input_ids]
 
+    _arch: dict[str, Any]
+
     @property
     def unembedding_matrix(self) -> Float[Tensor, "v d"]:
         return self.U
+
+    def architecture_config(self) -> dict[str, Any]:
+        """The blocks plus the constructor's structural arguments (not the seed: the
+        weights themselves are hashed)."""
+        return {**super().architecture_config(), "toy": dict(self._arch)}
 
     @property
     def d_model(self) -> int:
@@ -78,6 +91,7 @@ class LinearResidualNet(_ToyBase):
             super().__init__(vocab_size, d)
             self.blocks = nn.ModuleList(_LinearBlock(l, d, 0.5 / d**0.5) for l in range(1, depth + 1))
         self.name = f"toy-linear-L{depth}-d{d}"
+        self._arch = {"depth": depth, "d": d, "vocab_size": vocab_size}
         self.to(dtype)
 
     def final_norm(self, x: Float[Tensor, "*b t d"]) -> Float[Tensor, "*b t d"]:
@@ -99,6 +113,8 @@ class ToyResidualNet(_ToyBase):
         seed: int = 0,
         dtype=torch.float64,
     ) -> None:
+        if activation not in ACTIVATIONS:
+            raise InputError(f"unknown activation {activation!r}; valid activations: {', '.join(ACTIVATIONS)}")
         g = torch.random.fork_rng()
         with g:
             torch.manual_seed(seed)
@@ -106,6 +122,7 @@ class ToyResidualNet(_ToyBase):
             self.blocks = nn.ModuleList(_MLPBlock(l, d, hidden, activation, norm) for l in range(1, depth + 1))
             self._final = _RMSNorm(d) if norm else nn.Identity()
         self.name = f"toy-{activation}-L{depth}-d{d}"
+        self._arch = {"depth": depth, "d": d, "vocab_size": vocab_size, "hidden": hidden, "activation": activation, "norm": norm}
         self.to(dtype)
 
     def final_norm(self, x: Float[Tensor, "*b t d"]) -> Float[Tensor, "*b t d"]:
