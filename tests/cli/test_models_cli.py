@@ -123,3 +123,110 @@ def test_predict_gemma3_text(capsys):
     assert main(["predict", "The capital of France is", "--model", "gemma3-270m"]) == 0
     out = capsys.readouterr().out
     assert "Gemma3ForCausalLM: L = 36 blocks" in out
+
+
+# ---- bad model sources and internal errors: one line on stderr, non-zero exit ---------------
+def _one_error_line(capsys) -> str:
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1, cap.err
+    assert lines[0].startswith("error: ") and "Traceback" not in cap.err
+    return lines[0]
+
+
+def _write_gguf(path: Path, arch: str = "llama", n: int = 4096) -> Path:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.arange(n * 8, dtype=np.float32).reshape(n, 8))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("JETEX_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_cli_missing_model_file(capsys, tmp_path, empty_cache):
+    assert main(["predict", "hello", "--model", str(tmp_path / "nothing-here.gguf")]) != 0
+    line = _one_error_line(capsys)
+    assert "no such file" in line and "nothing-here.gguf" in line
+
+
+def test_cli_corrupted_gguf(capsys, tmp_path, empty_cache):
+    import os
+
+    p = tmp_path / "random.gguf"
+    p.write_bytes(os.urandom(50_000))
+    assert main(["predict", "hello", "--model", str(p)]) != 0
+    assert "not a GGUF file" in _one_error_line(capsys)
+    p.write_bytes(b"GGUF" + os.urandom(50_000))  # right magic, garbage after it
+    assert main(["predict", "hello", "--model", str(p)]) != 0
+    assert "corrupted or truncated" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.003])
+def test_cli_truncated_gguf(capsys, tmp_path, empty_cache, keep):
+    """A valid GGUF (written with GGUFWriter) cut inside its tensor data / inside its header."""
+    full = _write_gguf(tmp_path / "full.gguf").read_bytes()
+    p = tmp_path / "cut.gguf"
+    p.write_bytes(full[: int(len(full) * keep)])
+    assert main(["predict", "hello", "--model", str(p)]) != 0
+    assert "corrupted or truncated" in _one_error_line(capsys)
+    assert not (empty_cache / "models").exists() or not any((empty_cache / "models").iterdir())
+
+
+def test_cli_unsupported_architecture_folder(capsys, tmp_path, empty_cache):
+    unknown = tmp_path / "unknown-arch"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"architectures": ["FrobnicatorForCausalLM"], "model_type": "frobnicator"}))
+    assert main(["predict", "hello", "--model", str(unknown)]) != 0
+    line = _one_error_line(capsys)
+    assert "unknown model type 'frobnicator'" in line and "FrobnicatorForCausalLM" in line
+    assert "LlamaForCausalLM" in line  # names what is supported
+    known_type = tmp_path / "opt-folder"  # a type transformers knows, without a jetex adapter
+    known_type.mkdir()
+    (known_type / "config.json").write_text(json.dumps({"architectures": ["OPTForCausalLM"], "model_type": "opt"}))
+    assert main(["predict", "hello", "--model", str(known_type)]) != 0
+    line = _one_error_line(capsys)
+    assert "unsupported architecture OPTForCausalLM" in line and "Gemma3ForCausalLM" in line
+
+
+def _boom(*args, **kwargs):
+    raise ValueError("something\nbroke  inside")
+
+
+def test_cli_internal_error_is_one_line(capsys, monkeypatch):
+    import jetex.models.load as load_mod
+
+    monkeypatch.delenv("JETEX_DEBUG", raising=False)
+    monkeypatch.setattr(load_mod, "load", _boom)
+    rc = main(["predict", "hello"])
+    assert rc == 1
+    line = _one_error_line(capsys)
+    assert line == "error: internal error (ValueError): something broke inside (set JETEX_DEBUG=1 for the traceback)"
+
+
+def test_cli_internal_error_traceback_with_jetex_debug(capsys, monkeypatch):
+    import jetex.models.load as load_mod
+
+    monkeypatch.setenv("JETEX_DEBUG", "1")
+    monkeypatch.setattr(load_mod, "load", _boom)
+    assert main(["predict", "hello"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "_boom" in err
+    assert err.strip().splitlines()[-1] == "error: internal error (ValueError): something broke inside"
+
+
+def test_cli_jetex_error_traceback_with_jetex_debug(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("JETEX_DEBUG", "1")
+    assert main(["predict", "hello", "--model", str(tmp_path / "nothing.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ModelLoadError" in err and err.strip().splitlines()[-1].startswith("error: no such file")

@@ -4,14 +4,20 @@ Each ``jetex/cli/cmd_<name>.py`` module defines ``register(group: click.Group)``
 adds its subcommand(s); they are discovered at start-up, so features add commands
 without touching this file. Every command takes ``--model`` and ``--json`` (see
 :mod:`jetex.cli.common`). A :class:`~jetex.errors.JetexError` (or a few well-known
-OS errors) becomes one line on stderr and a non-zero exit, never a traceback.
+OS errors) becomes one line on stderr and a non-zero exit, never a traceback. Any other
+exception is a bug: it is reported as one line too,
+``error: internal error (<Type>): <message> (set JETEX_DEBUG=1 for the traceback)``,
+with exit code 1. With ``JETEX_DEBUG=1`` in the environment the traceback of every
+reported error is printed to stderr before its line.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
+import traceback
 
 import click
 
@@ -36,6 +42,25 @@ def _register_all() -> None:
 _register_all()
 
 
+INTERNAL_ERROR_EXIT = 1
+
+
+def _debug() -> bool:
+    return os.environ.get("JETEX_DEBUG", "").strip() not in ("", "0")
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _report(line: str) -> None:
+    """The error line on stderr, after the traceback of the exception being handled when JETEX_DEBUG=1."""
+    if _debug():
+        traceback.print_exc(file=sys.stderr)
+    click.echo(line, err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -50,21 +75,27 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {e.format_message()}", err=True)
         return int(e.exit_code or 2)
     except JetexError as e:
-        msg = " ".join(str(e).split())
-        click.echo(f"error: {msg}", err=True)
+        _report(f"error: {_one_line(e)}")
         return e.exit_code
     except KeyboardInterrupt:
         click.echo("error: interrupted (work already committed is kept)", err=True)
         return 130
     except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        click.echo(f"error: {e.strerror or e}: {e.filename}", err=True)
+        _report(f"error: {e.strerror or e}: {e.filename}")
         return 2
     except OSError as e:
-        click.echo(f"error: {' '.join(str(e).split())}", err=True)
+        _report(f"error: {_one_line(e)}")
         return 2
     except torch_oom() as e:  # pragma: no cover
-        click.echo(f"error: out of memory: {' '.join(str(e).split())[:200]}", err=True)
+        _report(f"error: out of memory: {_one_line(e, 200)}")
         return 3
+    except Exception as e:  # a bug: still one line, the traceback on request
+        msg = _one_line(e) or "(no message)"
+        if _debug():
+            _report(f"error: internal error ({type(e).__name__}): {msg}")
+        else:
+            click.echo(f"error: internal error ({type(e).__name__}): {msg} (set JETEX_DEBUG=1 for the traceback)", err=True)
+        return INTERNAL_ERROR_EXIT
     return 0
 
 
