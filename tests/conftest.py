@@ -37,3 +37,13 @@ def tiny_llama_dir(tmp_path_factory):
     from _tiny import save_tiny
 
     return str(save_tiny(tmp_path_factory.mktemp("tiny-llama"), "llama"))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """A local Ray instance with 2 CPUs for one test module (skipped without Ray)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 << 20)
+    yield ray
+    ray.shutdown()

@@ -48,15 +48,6 @@ def models(ckpts, one_thread):
     return [jetex.load(c) for c in ckpts]
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 << 20)
-    yield ray
-    ray.shutdown()
-
-
 def test_two_workers_equal_the_local_computation(ray_session, ckpts, models, one_thread):
     uni = unigram_probs(models[-1].tokenizer, TEXT, models[-1].vocab_size)
     kw = dict(KW, unigram=uni, corpus_text=TEXT, steps=[1, 2, 3], losses=[3.0, 2.5, 2.0])

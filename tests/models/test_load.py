@@ -96,17 +96,7 @@ def test_truncated_real_gguf(tmp_path, cache, n_bytes):
 
 
 def test_gguf_of_unsupported_architecture(tmp_path, cache):
-    import numpy as np
-    from gguf import GGUFWriter
-
-    p = tmp_path / "odd.gguf"
-    w = GGUFWriter(str(p), "mystery")
-    w.add_block_count(1)
-    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    p = _tiny_gguf(tmp_path / "odd.gguf", "mystery")
     with pytest.raises(UnsupportedArchitectureError) as e:
         load(str(p))
     msg = _one_line(e)

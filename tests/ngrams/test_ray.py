@@ -153,15 +153,6 @@ def test_fault_plan_parsing(monkeypatch, tmp_path):
 # with a local Ray instance (2 workers, 1 CPU each), shared by the tests below
 # ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=128 << 20)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def reference(tiny_llama_dir, tmp_path_factory):
     """The local engine's store (one torch thread, like a 1-CPU worker)."""
     import os
