@@ -322,3 +322,26 @@ def test_path_expansion_remainder_refuses_many_paths():
         small.remainder(z, max_paths=4)
     with pytest.raises(InputError, match="needs order k >= 1"):
         jet_expand(model, 1, [Embedding()], 0, split_degrees=True)
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_algorithm1_term_values_follow_the_conventions(order):
+    """Eq. 9 and footnote 2, value by value: block term i = w_i·J^k γ_{l+1}(x_i)(h_l) (at k = 0,
+    w_i·γ_{l+1}(x_i)); identity term i = x_i for k >= 1 and w_i·x_i for k = 0."""
+    from jetex.jets import jet
+
+    model = ToyResidualNet(depth=3, d=8, vocab_size=13, hidden=16).double()
+    z = torch.randint(0, model.vocab_size, (2, 4), generator=torch.Generator().manual_seed(5))
+    l = 1
+    centres = [Embedding(), Contribution(1, model.blocks[0].name)]
+    w = [0.3, 0.7]
+    v = jet_expand(model, l, centres, order, weights=w).evaluate(z)
+    h = model.stream(z)  # [L+1, b, t, d]
+    x = [h[0], h[1] - h[0]]  # the centres' values: η and γ_1(η)
+    gamma = model.blocks[l]
+    assert v.terms.shape[0] == 4  # (jet, identity) per centre
+    for i in range(2):
+        expected_jet = gamma(x[i]) if order == 0 else jet(gamma, x[i], h[l], order)
+        assert torch.allclose(v.terms[2 * i], w[i] * expected_jet, atol=1e-12, rtol=0)
+        expected_id = w[i] * x[i] if order == 0 else x[i]
+        assert torch.allclose(v.terms[2 * i + 1], expected_id, atol=1e-12, rtol=0)
