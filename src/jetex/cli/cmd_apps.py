@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from jetex.cli.common import DEFAULT_MODEL, emit_json, json_option
+from jetex.cli.common import DEFAULT_MODEL, address_option, cpus_per_worker_option, emit_json, json_option
 from jetex.errors import InputError
 
 
@@ -277,9 +277,9 @@ def register(group: click.Group) -> None:
     @click.option("--keep-self", is_flag=True, help="Keep self-transitions in the rankings.")
     @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                   help="local: this process; ray: each checkpoint loaded and evaluated by a Ray worker (pip install 'jetex[ray]').")
-    @click.option("--address", default=None, help="Ray cluster to connect to (host:port, ray://host:port, auto); default: start a local instance.")
+    @address_option
     @click.option("--workers", type=int, default=None, help="Ray workers (default: one per CPU, at most one per checkpoint).")
-    @click.option("--cpus-per-worker", type=int, default=1, show_default=True, help="CPUs (torch threads) per Ray worker.")
+    @cpus_per_worker_option
     @click.option("--retries", type=int, default=3, show_default=True, help="Restarts of a dying Ray worker (and retries of its checkpoint) before stopping.")
     @json_option
     def dynamics_cmd(checkpoints, path, corpus, top, show, bigrams, png, keep_self, backend, address, workers,

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import click
 
-from jetex.cli.common import common_options, emit_json, json_option
+from jetex.cli.common import address_option, common_options, cpus_per_worker_option, emit_json, json_option
 from jetex.errors import InputError
 
 PATH_HELP = (
@@ -87,9 +87,9 @@ def register(group: click.Group) -> None:
     @click.option("--precision-sample", type=int, default=256, show_default=True, help="Inputs for the precision report (0: skip).")
     @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                   help="local: this process; ray: shards on Ray workers (pip install 'jetex[ray]'), one writer here.")
-    @click.option("--address", default=None, help="Ray cluster to connect to (host:port, ray://host:port, auto); default: start a local instance.")
+    @address_option
     @click.option("--workers", type=int, default=None, help="Ray workers (actors), each loading the model once (default: one per CPU, or per GPU).")
-    @click.option("--cpus-per-worker", type=int, default=1, show_default=True, help="CPUs (torch threads) per Ray worker.")
+    @cpus_per_worker_option
     @click.option("--shard-batches", type=int, default=1, show_default=True, help="Engine batches per Ray task.")
     @click.option("--retries", type=int, default=3, show_default=True, help="Restarts of a dying Ray worker (and retries of its shard) before stopping.")
     def extract(model, as_json, paths, top_k, db, order, exclude_self, limit_vocab, global_top, batch_size,

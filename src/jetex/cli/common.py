@@ -19,6 +19,14 @@ model_option = click.option(
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
+#: options every Ray backend shares (the commands add --backend, --workers, --retries with their own help)
+address_option = click.option(
+    "--address", default=None, help="Ray cluster to connect to (host:port, ray://host:port, auto); default: start a local instance."
+)
+cpus_per_worker_option = click.option(
+    "--cpus-per-worker", type=int, default=1, show_default=True, help="CPUs (torch threads) per Ray worker."
+)
+
 
 def common_options(f: Callable) -> Callable:
     """Attach ``--model`` and ``--json`` to a command."""
