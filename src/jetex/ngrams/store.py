@@ -460,6 +460,28 @@ class NgramStore:
             params.append(n)
         return self._dicts(sql, params)
 
+    #: columns of the ngrams table a listing may be ranked by (largest first)
+    RANKABLE = ("prob", "logprob", "logit", "attn_prob")
+
+    def ranked(self, run_id: int, by: str = "prob", *, input_id: int | None = None, output_id: int | None = None,
+               n: int = 20) -> list[dict]:
+        """The ``n`` rows of a run with the largest ``by`` (one of :attr:`RANKABLE`), optionally
+        only those with input ``input_id`` and/or output ``output_id``; each row gains ``position``
+        (1-based place in this listing)."""
+        if by not in self.RANKABLE:
+            raise StoreError(f"cannot rank by {by!r}; choose one of: {', '.join(self.RANKABLE)}")
+        sql, params = "SELECT * FROM ngrams WHERE run_id = ?", [run_id]
+        for col, v in (("input_id", input_id), ("output_id", output_id)):
+            if v is not None:
+                sql += f" AND {col} = ?"
+                params.append(int(v))
+        sql += f" ORDER BY {by} DESC NULLS LAST, input_id, rank LIMIT ?"
+        params.append(int(n))
+        rows = self._dicts(sql, params)
+        for i, r in enumerate(rows, 1):
+            r["position"] = i
+        return rows
+
     def find_tokens(self, word: str) -> list[tuple[int, str]]:
         """Token ids whose string is ``word`` exactly; else whose stripped string is ``word.strip()``."""
         rows = self._q("SELECT token_id, token FROM tokens WHERE token = ? ORDER BY token_id", [word])

@@ -1,0 +1,325 @@
+"""What the explorer computes: validated request parameters in, JSON-ready dicts out.
+
+Each ``*_params`` function reads and checks a request (a :class:`~jetex.serve.limits.Params`)
+against the model and the limits *before* any work is queued; each ``run_*`` function does
+the work with the library's public functions (the same ones the command line uses, so the
+``result`` of ``/api/lens`` is exactly what ``jetex lens --json`` prints) and runs on the
+model's worker thread.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+
+from jetex.attribution import METHODS, attribute
+from jetex.attribution.core import GRADIENT_METHODS, LAYERWISE_METHODS
+from jetex.attribution.faithfulness import faithfulness
+from jetex.cli.cmd_models import predict_payload
+from jetex.errors import JetexError
+from jetex.expand import PathFilter, exp_jet_expansion
+from jetex.lenses import iterative_lens, joint_lens
+from jetex.lenses.lens import iterative_lens_logits, joint_centres, joint_lens_logits, layer_streams
+from jetex.models.base import ResidualModel
+from jetex.serve.jobs import check_cancelled
+from jetex.serve.limits import Limits, Params, RequestError
+
+COLOUR_SCALES = ("probability", "logprob", "rank", "logit")
+
+
+def _fin(x: float, nd: int = 5) -> float | None:
+    return round(x, nd) if math.isfinite(x) else None
+
+
+def model_info(name: str, model: ResidualModel) -> dict[str, Any]:
+    """What the pages need to know about a model served as ``name`` (blocks, layers, sizes)."""
+    n_layers = len({b.layer for b in model.blocks})
+    return {
+        "name": name,
+        "model_name": model.name,
+        "n_blocks": model.n_blocks,
+        "n_layers": n_layers,
+        "blocks": model.block_names,
+        "d_model": model.d_model,
+        "vocab_size": model.vocab_size,
+        "max_length": model.max_length,
+        "fingerprint": model.fingerprint(),
+        "tokenizer_fingerprint": model.tokenizer_fingerprint(),
+    }
+
+
+def tokenize(model: ResidualModel, text: str, limits: Limits) -> torch.Tensor:
+    """Token ids ``[1, t]`` of a checked text, refusing more than ``limits.max_tokens`` tokens."""
+    try:
+        ids = model.tokenize(text)
+    except JetexError as e:
+        raise RequestError(400, str(e)) from None
+    if ids.shape[-1] > limits.max_tokens:
+        raise RequestError(400, f"text is {ids.shape[-1]} tokens long; the limit is {limits.max_tokens}")
+    return ids
+
+
+def _single_token(model: ResidualModel, token: str) -> int:
+    enc = model.tokenizer(token, add_special_tokens=False)["input_ids"] if model.tokenizer is not None else []
+    if not enc:
+        raise RequestError(400, f"token {token!r} is empty after tokenization")
+    if len(enc) > 1:
+        pieces = ", ".join(repr(p) for p in model.token_strings(enc))
+        raise RequestError(400, f"token {token!r} is {len(enc)} tokens ({pieces}); give a single token")
+    return int(enc[0])
+
+
+# ---- predict -----------------------------------------------------------------------------
+
+
+def predict_params(p: Params, model: ResidualModel) -> dict[str, Any]:
+    out = {"text": p.text(), "top": p.integer("top", 5, 1, p.limits.max_top)}
+    tokenize(model, out["text"], p.limits)
+    return out
+
+
+def run_predict(model: ResidualModel, text: str, top: int) -> dict[str, Any]:
+    """The model's top next tokens after ``text`` (as ``jetex predict --json``)."""
+    return predict_payload(model, text, top)
+
+
+# ---- lens --------------------------------------------------------------------------------
+
+
+def lens_params(p: Params, model: ResidualModel) -> dict[str, Any]:
+    lim = p.limits
+    n_layers = len({b.layer for b in model.blocks})
+    kw: dict[str, Any] = {
+        "text": p.text(),
+        "kind": p.choice("kind", ["iterative", "joint"], "iterative"),
+        "order": p.integer("order", 1, 0, lim.max_order),
+        "top": p.integer("top", 10, 1, lim.max_top),
+        "probabilities": p.boolean("probabilities", True),
+    }
+    layers = p.ints("layers", -1, n_layers - 1)
+    centres_raw = p._get("centres", None)
+    optimize = p.boolean("optimize", False)
+    if kw["kind"] == "iterative":
+        if centres_raw is not None or optimize:
+            raise RequestError(400, "'centres' and 'optimize' apply to the joint lens only (kind: joint)")
+        kw["layers"] = layers
+    else:
+        if layers is not None:
+            raise RequestError(400, "'layers' applies to the iterative lens only; the joint lens takes 'centres'")
+        centres: Any = "layers" if centres_raw is None else centres_raw
+        if isinstance(centres, str) and centres.strip().isdigit():
+            centres = int(centres)
+        if isinstance(centres, bool) or not isinstance(centres, (str, int)):
+            raise RequestError(400, "'centres' must be 'blocks', 'layers' or a number of centres")
+        try:
+            joint_centres(model, centres)
+        except JetexError as e:
+            raise RequestError(400, str(e)) from None
+        kw["centres"] = centres
+        kw["optimize"] = optimize
+    tokenize(model, kw["text"], lim)
+    return kw
+
+
+@torch.no_grad()
+def _lens_view(model: ResidualModel, kw: dict[str, Any], top: int) -> dict[str, Any]:
+    """What the page shows beyond the lens result, per cell (row r, position i): the
+    log-probabilities of the top-k tokens of the row's logits, the rank of the model's own
+    top-1 token among them (1 = the row agrees with the model) and its log-probability; and
+    the model's own top-k with log-probabilities per position."""
+    ids = model.tokenize(kw["text"])
+    h = model.stream(ids)
+    check_cancelled()
+    if kw["kind"] == "iterative":
+        streams, _ = layer_streams(model, kw.get("layers"))
+        lg = iterative_lens_logits(model, h, streams, kw["order"])[:, 0]  # [R, t, V]
+        ml = model.decode(h[-1])[0]  # [t, V]
+    else:
+        segs, _ = joint_centres(model, kw["centres"])
+        lg, _, ml = joint_lens_logits(model, h[:, 0], segs, kw["order"], kw["optimize"])
+    check_cancelled()
+    lg, ml = lg.float(), ml.float().log_softmax(-1)
+    k = min(top, lg.shape[-1])
+    lse = lg.logsumexp(-1)  # [R, t]
+    top_lp = lg.topk(k, dim=-1).values - lse[..., None]
+    mv, mi = ml.topk(k, dim=-1)  # [t, k]
+    mlog = lg.gather(-1, mi[None, :, :1].expand(lg.shape[0], -1, 1))[..., 0]  # [R, t]
+    rank = (lg > mlog[..., None]).sum(-1) + 1
+    return {
+        "logprobs": [[[_fin(float(x), 4) for x in cell] for cell in row] for row in top_lp.cpu()],
+        "model_token_rank": rank.cpu().tolist(),
+        "model_token_logprob": [[_fin(float(x), 4) for x in row] for row in (mlog - lse).cpu()],
+        "model": [
+            {"top": model.token_strings(i), "ids": i.tolist(), "logprobs": [_fin(float(x), 4) for x in v]}
+            for i, v in zip(mi.cpu(), mv.cpu())
+        ],
+    }
+
+
+def run_lens(model: ResidualModel, **kw: Any) -> dict[str, Any]:
+    """The lens (``result``: the :class:`~jetex.lenses.LensResult` as a dict, the same as
+    ``jetex lens --json``) and, with ``probabilities``, the page's ``view`` (see :func:`_lens_view`)."""
+    top = kw["top"]
+    if kw["kind"] == "iterative":
+        res = iterative_lens(model, kw["text"], order=kw["order"], layers=kw.get("layers"), top_k=top)
+    else:
+        res = joint_lens(model, kw["text"], order=kw["order"], centres=kw["centres"], optimize=kw["optimize"], top_k=top)
+    check_cancelled()
+    out: dict[str, Any] = {"result": res.to_dict()}
+    if kw["probabilities"]:
+        out["view"] = _lens_view(model, kw, top) | {"top_ids": res.top_ids.tolist()}
+    return out
+
+
+# ---- paths -------------------------------------------------------------------------------
+
+
+def paths_params(p: Params, model: ResidualModel) -> dict[str, Any]:
+    lim = p.limits
+    kw: dict[str, Any] = {
+        "text": p.text(),
+        "order": p.integer("order", 1, 0, lim.max_order),
+        "must_use": p.names("use"),
+        "avoid": p.names("avoid"),
+        "min_len": p.integer("min_len", 0, 0, model.n_blocks),
+        "max_len": p.integer("max_len", 2, 0, model.n_blocks),
+        "position": p.integer("position", -1, None, None),
+        "token": p.string("token", None),
+        "top": p.integer("top", 10, 1, lim.max_top),
+        "split_degrees": p.boolean("split_degrees", False),
+        "degrees": p.ints("degrees", 0, lim.max_order),
+    }
+    if kw["degrees"] is not None and not kw["split_degrees"]:
+        raise RequestError(400, "'degrees' filters the super-exponential expansion: set split_degrees")
+    if kw["split_degrees"] and kw["order"] == 0:
+        raise RequestError(400, "split_degrees needs order >= 1 (an order-0 jet has a single degree)")
+    ids = tokenize(model, kw["text"], lim)
+    t = ids.shape[-1]
+    if not -t <= kw["position"] < t:
+        raise RequestError(400, f"position {kw['position']} out of range for {t} tokens")
+    known = set(model.block_names) | {"attn", "mlp", "layer", "linear", "nonlinear"}
+    for what in ("must_use", "avoid"):
+        for b in kw[what]:
+            if b not in known and not (b.isdigit() and 1 <= int(b) <= model.n_blocks):
+                raise RequestError(400, f"unknown block {b!r}; blocks are {model.block_names[0]} … {model.block_names[-1]} or a kind (attn, mlp)")
+    kw["must_use"] = tuple(int(b) if b.isdigit() else b for b in kw["must_use"])
+    kw["avoid"] = tuple(int(b) if b.isdigit() else b for b in kw["avoid"])
+    if kw["token"] is not None:
+        kw["token_id"] = _single_token(model, kw["token"])
+    flt = PathFilter(must_use=kw["must_use"], avoid=kw["avoid"], min_len=kw["min_len"], max_len=kw["max_len"],
+                     degrees=tuple(kw["degrees"]) if kw["degrees"] is not None else None)
+    try:
+        n = exp_jet_expansion(model, kw["order"], split_degrees=kw["split_degrees"]).count(flt)
+    except JetexError as e:
+        raise RequestError(400, str(e)) from None
+    if n == 0:
+        raise RequestError(400, "no path matches these filters")
+    if n > lim.max_paths:
+        raise RequestError(400, f"{n} paths match; the limit is {lim.max_paths}: narrow the filters (max_len, use, avoid)")
+    kw["filter"] = flt
+    kw["n_paths"] = n
+    return kw
+
+
+def run_paths(model: ResidualModel, **kw: Any) -> dict[str, Any]:
+    """The top paths for a token at a position (as ``jetex paths --json``)."""
+    pe = exp_jet_expansion(model, kw["order"], split_degrees=kw["split_degrees"])
+    ids = model.tokenize(kw["text"])
+    tok_id = kw.get("token_id")
+    with torch.no_grad():
+        ranked = pe.rank(ids, list(pe.paths(kw["filter"])), token=tok_id, position=kw["position"], top=kw["top"])
+        if tok_id is None:
+            tok_id = int(model.decode(model.stream(ids)[-1])[0, kw["position"]].argmax())
+    return {
+        "model": model.name,
+        "order": kw["order"],
+        "split_degrees": kw["split_degrees"],
+        "degrees": kw["degrees"],
+        "position": kw["position"],
+        "tokens": model.token_strings(ids[0]),
+        "target": {"id": tok_id, "token": model.token_strings([tok_id])[0]},
+        "n_paths": kw["n_paths"],
+        "paths": [{"path": r.name, "logit": r.logit, "top_token": model.token_strings([r.top_token])[0]} for r in ranked],
+    }
+
+
+# ---- attribution -------------------------------------------------------------------------
+
+
+def attribute_params(p: Params, model: ResidualModel) -> dict[str, Any]:
+    lim = p.limits
+    kw: dict[str, Any] = {
+        "text": p.text(),
+        "method": p.choice("method", METHODS, "normxlogit"),
+        "target": p.string("target", None),
+        "target_id": p.integer("target_id", None, 0, model.vocab_size - 1),
+        "layer": p.integer("layer", None, -(model.n_blocks + 1), model.n_blocks),
+        "order": p.integer("order", 1, 0, lim.max_order),
+        "steps": p.integer("steps", None, 1, lim.max_steps),
+        "faithfulness": p.boolean("faithfulness", False),
+        "candidates": p.integer("candidates", 5, 0, lim.max_top),
+    }
+    if kw["target"] is not None and kw["target_id"] is not None:
+        raise RequestError(400, "give either 'target' or 'target_id', not both")
+    if kw["target"] == "":
+        kw["target"] = None
+    if kw["layer"] is not None and kw["method"] not in LAYERWISE_METHODS:
+        raise RequestError(400, f"method {kw['method']!r} takes no layer; layer-wise methods are: {', '.join(LAYERWISE_METHODS)}")
+    if kw["method"] == "jetxlogit" and kw["layer"] is None:
+        raise RequestError(400, f"method 'jetxlogit' needs a layer in 0..{model.n_blocks}")
+    if kw["steps"] is not None and kw["method"] != "integrated_gradients":
+        raise RequestError(400, "'steps' applies to integrated_gradients only")
+    if kw["method"] in GRADIENT_METHODS:
+        from jetex.attribution.gradient import import_captum
+
+        try:
+            import_captum(kw["method"])
+        except JetexError as e:
+            raise RequestError(400, str(e)) from None
+    tokenize(model, kw["text"], lim)
+    return kw
+
+
+def run_attribute(model: ResidualModel, **kw: Any) -> dict[str, Any]:
+    """The attribution (``attribution``: as ``jetex attribute --json``), the model's top
+    candidates for the target, and the faithfulness curve on request."""
+    opts: dict[str, Any] = {}
+    if kw["steps"] is not None:
+        opts["n_steps"] = kw["steps"]
+    target = kw["target_id"] if kw["target_id"] is not None else kw["target"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            attr = attribute(model, kw["text"], target=target, method=kw["method"], layer=kw["layer"], order=kw["order"], **opts)
+        except JetexError as e:
+            raise RequestError(400, str(e)) from None
+    out: dict[str, Any] = {"model": model.name, "attribution": attr.to_dict(),
+                           "warnings": [str(w.message) for w in caught if issubclass(w.category, UserWarning)]}
+    if kw["candidates"]:
+        check_cancelled()
+        with torch.no_grad():
+            logits = model(model.tokenize(kw["text"]))[0, -1].float()
+        probs = torch.softmax(logits, -1)
+        pv, pi = probs.topk(min(kw["candidates"], probs.shape[-1]))
+        out["candidates"] = [{"id": int(i), "token": s, "prob": float(v)} for i, s, v in zip(pi.tolist(), model.token_strings(pi), pv.tolist())]
+    if kw["faithfulness"]:
+        check_cancelled()
+        out["faithfulness"] = faithfulness(model, attr).to_dict()
+    return out
+
+
+__all__ = [
+    "COLOUR_SCALES",
+    "model_info",
+    "predict_params",
+    "run_predict",
+    "lens_params",
+    "run_lens",
+    "paths_params",
+    "run_paths",
+    "attribute_params",
+    "run_attribute",
+]

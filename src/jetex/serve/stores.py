@@ -1,0 +1,188 @@
+"""The n-gram stores the explorer serves: named on the command line, opened read-only.
+
+The browser picks a store by its *name* (the file's stem, made unique), never by a path.
+Every query runs under the store's lock (one DuckDB connection is not shared by two
+threads at once). Nothing here writes: the files are opened with ``read_only=True``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from jetex.apps.diff import diff_bigrams
+from jetex.apps.tables import table_from_store
+from jetex.errors import JetexError
+from jetex.ngrams.store import NgramStore
+from jetex.serve.limits import RequestError
+
+#: scores an n-gram listing may be ranked by
+SCORES = NgramStore.RANKABLE
+
+
+class ServedStore:
+    """One read-only n-gram database and what the pages need to know about it."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self.lock = threading.Lock()
+        try:
+            self.store = NgramStore(path, read_only=True)
+        except JetexError as e:
+            raise JetexError(f"cannot serve store {path}: {e}") from None
+        self.meta = dict(self.store.meta)
+        self._tables: dict[str, Any] = {}
+
+    def runs(self) -> list[dict[str, Any]]:
+        with self.lock:
+            runs = self.store.runs(status="done")
+        latest: dict[str, dict] = {}
+        for r in runs:
+            latest[r["path"]] = r
+        return [
+            {k: r[k] for k in ("run_id", "kind", "path", "description", "order", "top_k", "exclude_self", "n_inputs")}
+            for r in latest.values()
+        ]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.meta.get("model_name"),
+            "model_fingerprint": self.meta.get("model_fingerprint"),
+            "tokenizer_fingerprint": self.meta.get("tokenizer_fingerprint"),
+            "vocab_size": int(self.meta.get("vocab_size", 0) or 0),
+            "runs": self.runs(),
+        }
+
+    def run_of(self, path: str | None) -> dict[str, Any]:
+        runs = self.runs()
+        if not runs:
+            raise RequestError(404, f"store {self.name!r} has no finished run")
+        if path is None:
+            return runs[0]
+        for r in runs:
+            if r["path"] == path:
+                return r
+        raise RequestError(404, f"store {self.name!r} has no finished run of path {path!r}; it has: {', '.join(r['path'] for r in runs)}")
+
+    def token_ids(self, token: str) -> list[tuple[int, str]]:
+        with self.lock:
+            if token.startswith("#") and token[1:].isdigit():
+                tid = int(token[1:])
+                V = int(self.meta.get("vocab_size", 0) or 0)
+                if not 0 <= tid < V:
+                    raise RequestError(400, f"token id {tid} out of range 0..{V - 1}")
+                return [(tid, self.store.token(tid))]
+            found = self.store.find_tokens(token)
+        if not found:
+            raise RequestError(404, f"token {token!r} is not in the vocabulary of store {self.name!r}; give its exact string (e.g. ' the') or #ID")
+        return found
+
+    def listing(self, path: str | None, score: str, n: int, token: str | None, side: str) -> dict[str, Any]:
+        """The top-``n`` rows of a path's run by ``score``; with ``token``, only rows where it is
+        the input (``side="input"``) or the output (``side="output"``)."""
+        run = self.run_of(path)
+        if score == "attn_prob" and run["kind"] != "trigram":
+            raise RequestError(400, "score 'attn_prob' exists for trigram (attention head) runs only")
+        ids = self.token_ids(token) if token is not None else [(None, None)]
+        rows: list[dict] = []
+        with self.lock:
+            for tid, _ in ids:
+                kw = {"input_id": tid} if side == "input" else {"output_id": tid}
+                rows += self.store.ranked(run["run_id"], score, n=n, **kw)
+        rows.sort(key=lambda r: -(r[score] if r[score] is not None else float("-inf")))
+        rows = rows[:n]
+        for i, r in enumerate(rows, 1):
+            r["position"] = i
+        cols = ["position", "context", "input", "output", "prob", "logprob", "logit", "attn_prob", "rank"]
+        if run["kind"] != "trigram":
+            cols = [c for c in cols if c not in ("context", "attn_prob")]
+        return {
+            "store": self.name,
+            "model": self.meta.get("model_name"),
+            "run": run,
+            "score": score,
+            "token": token,
+            "side": side,
+            "columns": cols,
+            "rows": [{c: r.get(c) for c in cols + ["input_id", "output_id", "context_id"]} for r in rows],
+        }
+
+    def table(self, path: str) -> Any:
+        """The stored top-K table of a bigram path (cached: the store is read-only)."""
+        with self.lock:
+            if path not in self._tables:
+                try:
+                    self._tables[path] = table_from_store(self.path, path)
+                except JetexError as e:
+                    raise RequestError(404, f"store {self.name!r}: {e}") from None
+            return self._tables[path]
+
+    def close(self) -> None:
+        with self.lock:
+            self.store.close()
+
+
+class StoreRegistry:
+    """The stores given on the command line, by unique name."""
+
+    def __init__(self, paths: list[str | Path]) -> None:
+        self.stores: dict[str, ServedStore] = {}
+        for p in paths:
+            path = Path(p)
+            name = path.stem
+            i = 2
+            while name in self.stores:
+                name = f"{path.stem}-{i}"
+                i += 1
+            self.stores[name] = ServedStore(name, path)
+
+    def get(self, name: str | None) -> ServedStore:
+        if not self.stores:
+            raise RequestError(404, "no n-gram store is served; start the server with --store FILE")
+        if name is None:
+            return next(iter(self.stores.values()))
+        if name not in self.stores:
+            raise RequestError(404, f"unknown store {name!r}; served stores: {', '.join(self.stores)}")
+        return self.stores[name]
+
+    def check_model(self, store: ServedStore, model_fp: str, model_name: str) -> None:
+        if store.meta.get("model_fingerprint") != model_fp:
+            raise RequestError(
+                409,
+                f"store {store.name!r} holds n-grams of model {store.meta.get('model_name')!r}, not of {model_name!r} "
+                "(fingerprints differ)",
+            )
+
+    def diff(self, a: ServedStore, b: ServedStore, path: str, top: int, step: int) -> dict[str, Any]:
+        if a.meta.get("tokenizer_fingerprint") != b.meta.get("tokenizer_fingerprint"):
+            raise RequestError(409, f"stores {a.name!r} and {b.name!r} have different tokenizers: their bigrams cannot be compared")
+        try:
+            res = diff_bigrams(a.table(path), b.table(path), path, top=top, step=step)
+        except JetexError as e:
+            raise RequestError(400, str(e)) from None
+        return {"store_a": a.name, "store_b": b.name} | res.to_dict()
+
+    def close(self) -> None:
+        for s in self.stores.values():
+            s.close()
+
+
+def to_csv(listing: dict[str, Any]) -> str:
+    """The rows of a listing as CSV (the page's export of its current view)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    cols = listing["columns"]
+    w.writerow(cols)
+    for r in listing["rows"]:
+        w.writerow(["" if r.get(c) is None else r.get(c) for c in cols])
+    return buf.getvalue()
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
