@@ -44,7 +44,11 @@ def register(group: click.Group) -> None:
                     raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
                 limits = replace(limits, **{name: v})
         loopback = is_loopback(host)
-        sock = bind(host, port)  # refuse a taken port before loading the models
+        from jetex.ngrams.store import NgramStore
+
+        for path in stores:  # refuse an unreadable store before loading the models
+            NgramStore(path, read_only=True).close()
+        sock = bind(host, port)  # and a taken port
         if not loopback:
             click.echo(
                 f"warning: listening on {host}, not on loopback: anyone who can reach this address can use the "
