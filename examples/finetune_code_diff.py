@@ -1,49 +1,50 @@
-"""A real fine-tuning effect read through jet bigrams (paper Sec. 5.3, Table 5), offline.
+"""Whole-model fine-tuning on Python code vs a prose control, read through jet bigram diffs
+(paper Sec. 5.3, Table 5), with a criterion fixed before the runs.
 
 The paper diffs the jet bigrams of Llama-2-7B and CodeLlama and finds coding bigrams
-(``**kwargs``, ``getters``) among those that rise. This script reproduces the experiment in
-miniature on a laptop-class CPU:
+(``**kwargs``, getters) among those that rise. This script runs a controlled miniature:
 
-1. **Model**: SmolLM2-135M-Instruct (``jetex.load('smollm2-135m')``).
-2. **Code corpus every machine has**: the Python standard library's own ``.py`` files
-   (``sysconfig.get_paths()['stdlib']``; tests, site-packages and idlelib skipped, files
-   over 40 kB skipped), shuffled with a fixed seed, tokenized and cut into sequences of
-   ``SEQ`` tokens; ``N_TRAIN`` sequences for training and ``N_HELD`` held out.
-3. **Brief fine-tuning of a parameter subset**: only the MLPs of the last two layers
-   (``mlp.28``, ``mlp.29``) and the final norm γ_{L+1} are trained (AdamW); everything below
-   them is frozen, so the residual stream entering ``mlp.28`` is computed ONCE per sequence
-   and cached, and each training step runs only mlp.28 → attn.29 → mlp.29 → υ. This is exact
-   fine-tuning of that subset (the frozen part's output does not change), which keeps the
-   run to minutes on 2 cores. The fine-tuned weights go to ``--out`` (default
-   ``/tmp/jetex-finetune-code``), never into the repository.
-4. **Diff**: :func:`jetex.apps.diff.diff_bigrams` of the base and the fine-tuned model on the
-   ``mlp:29`` path (η → MLP_29 → υ, the path the fine-tuning acts on most directly) and on
-   ``direct`` (η → υ; only the final norm changed on it). The same as::
+1. **Model**: SmolLM2-135M-Instruct (``jetex.load('smollm2-135m')``), ALL parameters trained
+   (tied embedding/unembedding included), through the Hugging Face module's own forward pass.
+2. **Data every machine has**: code = the Python standard library's ``.py`` files
+   (:func:`jetex.apps.corpus.stdlib_sources`, files over 40 kB skipped, shuffled with a fixed
+   seed; the first 10 % of the files are held out); prose = the sentences of the standard
+   library's docstrings (:func:`jetex.apps.corpus.sentences`, ``>>>`` examples dropped; the
+   first 10 % of the docstrings held out). Both are cut into ``--seq`` token sequences; the
+   code run and the prose **control run** see the same number of sequences, the same batch
+   size, learning rate, number of steps and batch order.
+3. **Training**: AdamW (constant lr, gradient clipping at 1.0), ``--steps`` steps of
+   ``--batch`` sequences. Each run checkpoints every ``--ckpt-every`` steps to
+   ``--out/<run>/`` (weights and optimizer moments as safetensors, the step count and losses
+   as JSON; no pickle) and resumes from there when restarted. ``--device cuda`` runs on a GPU.
+   Held-out code and prose losses are measured before and after.
+4. **Diff** (``--analyse``): base vs code-tuned and base vs prose-tuned, on the bigram path
+   ``direct`` (η → υ: the embedding, the final norm and the tied unembedding, all trained
+   here) — and ``--paths`` to add e.g. ``mlp:29``. Input rows: the ``--rows`` most frequent
+   tokens of the two training corpora (half from each; outputs over the whole vocabulary);
+   self-transitions excluded. Two non-saturating scores (docs/ngram_scores.md):
+   the centred logit  c(b|a) = z(b|a) − mean_b' z(b'|a)  and the PMI against the path's mean
+   output distribution  log P(b|a) − log mean_{a'∈rows} P(b|a'). A pair's gain is its score
+   in the tuned model minus its score in the base model.
+5. **Pre-registered criterion** (docs/applications.md, written before the runs): a pair is
+   code-related when both tokens are code tokens (:func:`make_code_token`). Primary:
+   the number of code-related pairs among the 50 largest PMI gains on ``direct``, code run vs
+   control run; the effect is *detected* when the code run has more and a one-sided Fisher
+   exact test on the 2×2 table gives p < 0.05. Secondary: the same for the 1,000 largest
+   gains and for the centred logit.
 
-       jetex diff smollm2-135m /tmp/jetex-finetune-code/smollm2-code --path mlp:29 --html diff.html
-
-5. **Is it code?** A bigram counts as code-related when both its tokens are code tokens:
-   Python keywords and builtins, ``self``/``cls``/``args``/``kwargs``/common identifiers of
-   the corpus's top-200 identifiers, operators, brackets and indentation (see
-   :func:`code_token`). Reported: the share of code bigrams in each top-1000, among the
-   bigrams that entered / left, and among the largest probability increases / decreases,
-   plus a code "knowledge index" (:func:`jetex.apps.index.knowledge_index` with the code
-   tokens as keywords) before and after.
-
-Results go to ``examples/figures/finetune_code_diff.md`` (+ the HTML diff of ``mlp:29``),
-whatever they show.
+Results go to ``examples/figures/finetune_code_diff.md`` and ``.json``.
 
 Usage::
 
-    .venv/bin/python examples/finetune_code_diff.py                       # as committed
-    .venv/bin/python examples/finetune_code_diff.py --paths mlp:29 direct      # also the direct path (slow)
-    .venv/bin/python examples/finetune_code_diff.py --skip-training       # re-diff only
+    python examples/finetune_code_diff.py --run code  &   # the two trainings (resumable)
+    python examples/finetune_code_diff.py --run prose &
+    python examples/finetune_code_diff.py --analyse       # diffs + criterion
 
-Measured for the committed results (2026-12-01, default options, 2 threads, the 2-core machine
-shared with other jobs, load average 4–5): caching the frozen features 267 s, training 426 s,
-diff on ``mlp:29`` 452 s; **1184 s (19.7 min) in total**, inside the 30-minute budget. The
-``direct`` diff (``--paths mlp:29 direct``) is not in the default run: it took 2630 s in an
-earlier run on a more heavily loaded machine.
+    python examples/finetune_code_diff.py --device cuda --steps 600 --batch 16 --seq 256   # a GPU run
+
+Runtime on the 2-core machine of this project: see docs/applications.md (the measured cost
+per step decides what fits; the numbers there come from the committed run).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ import argparse
 import builtins
 import json
 import keyword
+import math
+import os
 import random
 import re
 import time
@@ -60,17 +63,15 @@ from pathlib import Path
 
 import torch
 
-SEQ = 128
-N_TRAIN = 96
-N_HELD = 16
-TRAIN_LAYERS = (28, 29)
 HERE = Path(__file__).resolve().parent
+MODEL = "smollm2-135m"
 
 _OPS = {"(", ")", "[", "]", "{", "}", ":", "):", "()", "=", "==", "!=", "+=", "-=", "->", ".", ",", "*", "**", "@",
         "#", "%", "<", ">", "<=", ">=", "+", "-", "/", "//", "'", '"', '"""', "'''", "_", "__", "\\", "|", "&", "~"}
 
 
-def code_corpus(seed: int = 0, max_bytes: int = 40_000) -> list[str]:
+# --------------------------------------------------------------------------- data
+def code_texts(seed: int = 0, max_bytes: int = 40_000) -> list[str]:
     """Texts of the standard library's .py files (shuffled with ``seed``)."""
     from jetex.apps.corpus import stdlib_sources
 
@@ -85,16 +86,173 @@ def code_corpus(seed: int = 0, max_bytes: int = 40_000) -> list[str]:
     return out
 
 
-def sequences(tokenizer, texts: list[str], n: int) -> torch.Tensor:
-    """``n`` sequences of ``SEQ`` tokens cut from consecutive files ``[n, SEQ]``."""
-    ids: list[int] = []
-    for t in texts:
-        ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
-        if len(ids) >= n * SEQ:
+def prose_texts(seed: int = 0) -> list[str]:
+    """Prose paragraphs: the sentences of each standard-library docstring, joined (shuffled)."""
+    from jetex.apps.corpus import _docstrings_of, sentences, stdlib_sources
+
+    docs = []
+    for p in stdlib_sources():
+        try:
+            docs.extend(_docstrings_of(p.read_text(encoding="utf-8")))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+    out = [" ".join(sentences(d)) for d in docs]
+    out = [t for t in out if t]
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def split_sequences(tokenizer, texts: list[str], n: int, seq: int, n_held: int = 16, held_frac: float = 0.1
+                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(train ``[n, seq]``, held-out ``[n_held, seq]``, n_held): the first ``held_frac`` of the
+    texts give the held-out sequences, the rest the training ones."""
+    k = max(1, int(len(texts) * held_frac))
+
+    def cut(ts: list[str], m: int) -> torch.Tensor:
+        ids: list[int] = []
+        for t in ts:
+            ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
+            ids.append(tokenizer.eos_token_id)
+            if len(ids) >= m * seq:
+                break
+        m = min(m, len(ids) // seq)
+        return torch.tensor(ids[: m * seq], dtype=torch.long).reshape(m, seq)
+
+    held = cut(texts[:k], n_held)
+    train = cut(texts[k:], n)
+    if train.shape[0] < n:
+        raise SystemExit(f"the corpus gives only {train.shape[0]} training sequences of {seq} tokens, {n} asked")
+    return train, held, held.shape[0]
+
+
+def data(tokenizer, run: str, n: int, seq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train ids of ``run``, held-out code ids, held-out prose ids)."""
+    ctr, cheld, _ = split_sequences(tokenizer, code_texts(), n, seq)
+    ptr, pheld, _ = split_sequences(tokenizer, prose_texts(), n, seq)
+    return (ctr if run == "code" else ptr), cheld, pheld
+
+
+# --------------------------------------------------------------------------- training
+def held_loss(hf, ids: torch.Tensor, device: str, batch: int = 8) -> float:
+    """Mean next-token cross-entropy of the model on ``ids`` ``[n, T]`` (nats/token)."""
+    tot, cnt = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, ids.shape[0], batch):
+            x = ids[s : s + batch].to(device)
+            out = hf(input_ids=x, labels=x)
+            k = x.numel() - x.shape[0]
+            tot += float(out.loss) * k
+            cnt += k
+    return tot / cnt
+
+
+def _save_atomic_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(folder: Path, hf, opt, state: dict) -> None:
+    """Weights (HF folder), AdamW moments (safetensors) and ``state`` (JSON); the JSON is
+    written last, so a checkpoint counts only when complete."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(folder / "model")
+    names = {id(p): n for n, p in hf.named_parameters()}
+    moments = {}
+    for p, st in opt.state.items():
+        n = names[id(p)]
+        moments[f"{n}::exp_avg"] = st["exp_avg"].detach().cpu().contiguous()
+        moments[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().cpu().contiguous()
+    save_file(moments, str(folder / "optim.tmp"))
+    os.replace(folder / "optim.tmp", folder / "optim.safetensors")
+    _save_atomic_json(folder / "state.json", state)
+
+
+def load_checkpoint(folder: Path, hf, opt, device: str) -> dict | None:
+    from safetensors.torch import load_file
+
+    if not (folder / "state.json").is_file():
+        return None
+    state = json.loads((folder / "state.json").read_text())
+    from transformers import AutoModelForCausalLM
+
+    sd = AutoModelForCausalLM.from_pretrained(folder / "model", torch_dtype=torch.float32).state_dict()
+    hf.load_state_dict(sd, strict=False)
+    moments = load_file(str(folder / "optim.safetensors"))
+    for n, p in hf.named_parameters():
+        if f"{n}::exp_avg" in moments:
+            opt.state[p] = {"step": torch.tensor(float(state["step"])),
+                            "exp_avg": moments[f"{n}::exp_avg"].to(device),
+                            "exp_avg_sq": moments[f"{n}::exp_avg_sq"].to(device)}
+    return state
+
+
+def train(args) -> None:
+    import jetex
+
+    torch.manual_seed(0)
+    m = jetex.load(MODEL)
+    hf = m.hf.to(args.device).float()
+    tok = m.tokenizer
+    train_ids, held_code, held_prose = data(tok, args.run, args.n_train, args.seq)
+    folder = args.out / args.run
+    for p in hf.parameters():
+        p.requires_grad_(True)
+    n_params = sum(p.numel() for p in hf.parameters())
+    opt = torch.optim.AdamW(hf.parameters(), lr=args.lr, weight_decay=0.0)
+    state = load_checkpoint(folder, hf, opt, args.device)
+    if state is None:
+        hf.eval()
+        t = time.perf_counter()
+        state = {"run": args.run, "step": 0, "losses": [], "step_seconds": [],
+                 "held_code_before": held_loss(hf, held_code, args.device),
+                 "held_prose_before": held_loss(hf, held_prose, args.device),
+                 "eval_seconds": time.perf_counter() - t,
+                 "config": {"steps": args.steps, "batch": args.batch, "seq": args.seq, "lr": args.lr,
+                            "n_train": args.n_train, "n_held_code": held_code.shape[0],
+                            "n_held_prose": held_prose.shape[0], "trained_params": n_params,
+                            "device": args.device, "threads": torch.get_num_threads()}}
+        print(f"[{args.run}] base held-out loss: code {state['held_code_before']:.4f}, "
+              f"prose {state['held_prose_before']:.4f} ({state['eval_seconds']:.0f} s)", flush=True)
+    else:
+        print(f"[{args.run}] resumed at step {state['step']}", flush=True)
+    order = torch.randperm(args.n_train, generator=torch.Generator().manual_seed(1))  # same order both runs
+    hf.train()
+    deadline = None if args.stop_at is None else time.time() + args.stop_at
+    while state["step"] < args.steps:
+        s = state["step"]
+        idx = order[torch.arange(s * args.batch, (s + 1) * args.batch) % args.n_train]
+        x = train_ids[idx].to(args.device)
+        t = time.perf_counter()
+        loss = hf(input_ids=x, labels=x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+        opt.step()
+        state["step"] = s + 1
+        state["losses"].append(float(loss.detach()))
+        state["step_seconds"].append(time.perf_counter() - t)
+        print(f"[{args.run}] step {s + 1}/{args.steps} loss {state['losses'][-1]:.4f} "
+              f"({state['step_seconds'][-1]:.1f} s)", flush=True)
+        last = state["step"] == args.steps or (deadline is not None and time.time() > deadline)
+        if state["step"] % args.ckpt_every == 0 or last:
+            save_checkpoint(folder, hf, opt, state)
+        if last:
             break
-    return torch.tensor(ids[: n * SEQ], dtype=torch.long).reshape(n, SEQ)
+    hf.eval()
+    if "held_code_after" not in state or state.get("after_step") != state["step"]:
+        state["held_code_after"] = held_loss(hf, held_code, args.device)
+        state["held_prose_after"] = held_loss(hf, held_prose, args.device)
+        state["after_step"] = state["step"]
+        _save_atomic_json(folder / "state.json", state)
+    print(f"[{args.run}] step {state['step']}: held-out code loss {state['held_code_before']:.4f} → "
+          f"{state['held_code_after']:.4f}, prose {state['held_prose_before']:.4f} → {state['held_prose_after']:.4f}; "
+          f"training {sum(state['step_seconds']):.0f} s", flush=True)
 
 
+# --------------------------------------------------------------------------- code tokens
 def common_identifiers(texts: list[str], n: int = 200) -> set[str]:
     c: Counter[str] = Counter()
     for t in texts[:300]:
@@ -103,10 +261,11 @@ def common_identifiers(texts: list[str], n: int = 200) -> set[str]:
 
 
 def make_code_token(idents: set[str]):
+    """A predicate on token texts: Python keywords, builtins, ``self``/``cls``/``args``/``kwargs``,
+    the code corpus's 200 most common identifiers, operators, brackets, indentation."""
     words = set(keyword.kwlist) | set(dir(builtins)) | {"self", "cls", "args", "kwargs", "def", "init"} | idents
 
     def code_token(s: str) -> bool:
-        """Is this token text code-like? (keyword, builtin, common identifier, operator, indentation)"""
         t = s.strip()
         if s and not t and (" " in s or "\n" in s or "\t" in s):
             return True  # indentation / newlines
@@ -117,193 +276,182 @@ def make_code_token(idents: set[str]):
     return code_token
 
 
-def train(args) -> dict:
-    """Fine-tune mlp.28, mlp.29 and the final norm of SmolLM2 on cached stdlib-code features."""
+# --------------------------------------------------------------------------- analysis
+def fisher_one_sided(k1: int, n1: int, k2: int, n2: int) -> float:
+    """P(X >= k1) for X hypergeometric: k1 of n1 vs k2 of n2 (one-sided Fisher exact test)."""
+    K, N = k1 + k2, n1 + n2
+
+    def pmf(x: int) -> float:
+        return math.comb(K, x) * math.comb(N - K, n1 - x) / math.comb(N, n1)
+
+    return float(sum(pmf(x) for x in range(k1, min(K, n1) + 1)))
+
+
+def path_scores(model, path: str, rows: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centred logit ``[r, V]``, PMI ``[r, V]``) of ``path`` on input ``rows``; self-pairs −inf.
+
+    centred: z(b|a) − mean_b z(b|a); PMI: log P(b|a) − log mean_{a' in rows} P(b|a') with P the
+    self-excluded softmax.
+    """
+    from jetex.ngrams.paths import parse_path
+
+    p = parse_path(model, path)[0]
+    cen, lps = [], []
+    with torch.no_grad():
+        for s in range(0, rows.numel(), batch):
+            ids = rows[s : s + batch]
+            z = p.logits(model, ids.to(model.device), 0).float().cpu()
+            c = z - z.mean(-1, keepdim=True)
+            r = torch.arange(len(ids))
+            z[r, ids] = float("-inf")
+            c[r, ids] = float("-inf")
+            cen.append(c)
+            lps.append(torch.log_softmax(z, -1))
+    lp = torch.cat(lps)
+    log_mean = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
+    return torch.cat(cen), lp - log_mean
+
+
+def top_gains(base: torch.Tensor, tuned: torch.Tensor, rows: torch.Tensor, n: int) -> list[tuple[int, int, float]]:
+    """The ``n`` pairs (a, b, gain) with the largest tuned − base score (self-pairs excluded)."""
+    g = tuned - base
+    g[torch.isnan(g)] = float("-inf")
+    v, i = torch.topk(g.flatten(), n)
+    V = g.shape[1]
+    return [(int(rows[k // V]), int(k % V), float(x)) for x, k in zip(v, i.tolist())]
+
+
+def analyse(args) -> None:
     import jetex
 
-    t0 = time.perf_counter()
-    m = jetex.load("smollm2-135m")
-    texts = code_corpus()
-    data = sequences(m.tokenizer, texts, N_TRAIN + N_HELD)
-    train_ids, held_ids = data[:N_TRAIN], data[N_TRAIN:]
-    l0 = m.block_index(f"mlp.{TRAIN_LAYERS[0]}")  # 1-based: blocks l0..L are run in training
-    frozen, tail = list(m.blocks)[: l0 - 1], list(m.blocks)[l0 - 1 :]
-    with torch.no_grad():
-        feats = []
-        for s in range(0, data.shape[0], 8):
-            h = m.embed(data[s : s + 8])
-            for blk in frozen:
-                h = h + blk(h)
-            feats.append(h)
-        cache = torch.cat(feats)  # the stream h_{l0-1} entering mlp.28: [n, SEQ, d]
-    t_cache = time.perf_counter() - t0
-    params = [p for n in TRAIN_LAYERS for p in m.blocks[m.block_index(f"mlp.{n}") - 1].parameters()]
-    params += list(m._final_norm.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    n_params = sum(p.numel() for p in params)
-
-    def loss_of(h: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        for blk in tail:
-            h = h + blk(h)
-        logits = m.decode(h)
-        return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
-
-    def held_loss() -> float:
-        with torch.no_grad():
-            return float(sum(loss_of(cache[N_TRAIN + i : N_TRAIN + i + 8], held_ids[i : i + 8]) for i in range(0, N_HELD, 8)) / (N_HELD // 8))
-
-    before = held_loss()
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(0)
-    losses = []
-    t1 = time.perf_counter()
-    for step in range(args.steps):
-        idx = torch.randint(0, N_TRAIN, (args.batch,), generator=gen)
-        loss = loss_of(cache[idx], train_ids[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if step % 10 == 0 or step == args.steps - 1:
-            print(f"step {step:3d}  train loss {losses[-1]:.3f}  ({time.perf_counter() - t1:.0f} s)", flush=True)
-    t_train = time.perf_counter() - t1
-    after = held_loss()
-    for p in params:
-        p.requires_grad_(False)
-    out = args.out / "smollm2-code"
-    m.hf.save_pretrained(out)
-    m.tokenizer.save_pretrained(out)
-    info = {
-        "train_sequences": N_TRAIN, "held_sequences": N_HELD, "seq_len": SEQ, "steps": args.steps, "batch": args.batch,
-        "lr": args.lr, "trained": [f"mlp.{n}" for n in TRAIN_LAYERS] + ["final norm"], "trained_params": n_params,
-        "held_loss_before": before, "held_loss_after": after, "first_losses": losses[:5], "last_losses": losses[-5:],
-        "cache_seconds": t_cache, "train_seconds": t_train, "threads": torch.get_num_threads(), "folder": str(out),
-    }
-    (args.out / "finetune.json").write_text(json.dumps(info, indent=2))
-    print(f"held-out code loss {before:.3f} → {after:.3f}; cache {t_cache:.0f} s, training {t_train:.0f} s; saved {out}")
-    return info
+    base = jetex.load(MODEL)
+    tok = base.tokenizer
+    states, tuned = {}, {}
+    for run in ("code", "prose"):
+        st = json.loads((args.out / run / "state.json").read_text())
+        states[run] = st
+        tuned[run] = jetex.load(str(args.out / run / "model"))
+        assert tuned[run].tokenizer_fingerprint() == base.tokenizer_fingerprint() if tuned[run].tokenizer is not None else True
+    if states["code"]["step"] != states["prose"]["step"]:
+        print(f"warning: the runs stopped at different steps ({states['code']['step']} vs {states['prose']['step']})")
+    ctexts = code_texts()
+    code_token = make_code_token(common_identifiers(ctexts))
+    V = base.vocab_size
+    strings = base.token_strings(list(range(V)))
+    is_code = torch.tensor([code_token(s) for s in strings])
+    # input rows: the most frequent tokens of the two training corpora, half from each
+    counts = []
+    for texts in (ctexts, prose_texts()):
+        c = torch.zeros(V, dtype=torch.long)
+        n = 0
+        for t in texts[int(len(texts) * 0.1):]:
+            ids = tok(t, add_special_tokens=False)["input_ids"]
+            c += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=V)
+            n += len(ids)
+            if n > args.n_train * args.seq:
+                break
+        counts.append(c)
+    chosen: list[int] = []
+    for c in counts:
+        for i in torch.argsort(c, descending=True, stable=True).tolist():
+            if len(chosen) >= args.rows // 2 * (1 + len(counts).__index__() - 1) and c is counts[0]:
+                break
+            if i not in chosen and c[i] > 0:
+                chosen.append(i)
+            if c is counts[0] and len(chosen) >= args.rows // 2:
+                break
+            if c is counts[1] and len(chosen) >= args.rows:
+                break
+    rows = torch.tensor(sorted(chosen))
+    report: dict = {"rows": len(chosen), "code_tokens": int(is_code.sum()), "vocab": V, "runs": {}, "paths": {}}
+    for run, st in states.items():
+        report["runs"][run] = {k: st.get(k) for k in ("step", "held_code_before", "held_code_after",
+                                                          "held_prose_before", "held_prose_after")}
+        report["runs"][run]["train_seconds"] = sum(st["step_seconds"])
+        report["runs"][run]["config"] = st["config"]
+    for path in args.paths:
+        t0 = time.perf_counter()
+        b_c, b_p = path_scores(base, path, rows)
+        out = {}
+        for run in ("code", "prose"):
+            t_c, t_p = path_scores(tuned[run], path, rows)
+            for score, (b, t) in {"pmi": (b_p, t_p), "centred": (b_c, t_c)}.items():
+                top = top_gains(b, t, rows, 1000)
+                codes = [bool(is_code[a] and is_code[b_]) for a, b_, _ in top]
+                out.setdefault(score, {})[run] = {
+                    "top50_code": sum(codes[:50]), "top1000_code": sum(codes),
+                    "top": [(strings[a], strings[b_], g) for a, b_, g in top[:50]],
+                }
+        for score, d in out.items():
+            for n, key in ((50, "top50_code"), (1000, "top1000_code")):
+                d[f"fisher_p_top{n}"] = fisher_one_sided(d["code"][key], n, d["prose"][key], n)
+        out["seconds"] = time.perf_counter() - t0
+        report["paths"][path] = out
+        print(f"{path}: PMI top-50 code pairs {out['pmi']['code']['top50_code']} (code run) vs "
+              f"{out['pmi']['prose']['top50_code']} (control), p = {out['pmi']['fisher_p_top50']:.3g}; "
+              f"centred {out['centred']['code']['top50_code']} vs {out['centred']['prose']['top50_code']}; "
+              f"{out['seconds']:.0f} s", flush=True)
+    args.figures.mkdir(parents=True, exist_ok=True)
+    _save_atomic_json(args.figures / "finetune_code_diff.json", report)
+    write_markdown(report, args.figures / "finetune_code_diff.md")
 
 
 def _md(s: str) -> str:
     return repr(s)[1:-1].replace("|", "\\|").replace("`", "'")
 
 
-def analyse(args, info: dict) -> None:
-    import jetex
-    from jetex.apps.diff import diff_bigrams
-    from jetex.apps.index import knowledge_index
-    from jetex.viz.apps import save_diff_html
-
-    base = jetex.load("smollm2-135m")
-    tuned = jetex.load(info["folder"])
-    assert base.tokenizer_fingerprint() == tuned.tokenizer_fingerprint()
-    code_token = make_code_token(common_identifiers(code_corpus()))
-
-    def is_code(a: str, b: str) -> bool:
-        return code_token(a) and code_token(b)
-
-    V = base.vocab_size
-    code_ids = [i for i, s in enumerate(base.token_strings(list(range(V)))) if code_token(s)]
-    lines = [
-        "# Fine-tuning SmolLM2 on Python code, read through jet bigrams (examples/finetune_code_diff.py)",
-        "",
-        f"Fine-tuned: {', '.join(info['trained'])} ({info['trained_params']:,} parameters) of SmolLM2-135M-Instruct, "
-        f"{info['steps']} AdamW steps (lr {info['lr']}, batch {info['batch']}×{info['seq_len']} tokens) on "
-        f"{info['train_sequences']} sequences of the Python standard library's .py files; frozen layers' features cached. "
-        f"Held-out code loss (the full model's next-token cross-entropy on {info['held_sequences']} held-out sequences): "
-        f"**{info['held_loss_before']:.3f} → {info['held_loss_after']:.3f}**. Wall time: caching {info['cache_seconds']:.0f} s, "
-        f"training {info['train_seconds']:.0f} s ({info['threads']} threads, shared 2-core machine).",
-        "",
-        f"Code tokens (keywords, builtins, the corpus's 200 most common identifiers, operators, brackets, indentation): "
-        f"{len(code_ids)} of {V}. A bigram is code-related when both tokens are code tokens.",
-        "",
-    ]
-    summary = {}
-    for path in args.paths:
-        t0 = time.perf_counter()
-        res = diff_bigrams(base, tuned, path, top=1000, k=128, step=50, n_changes=50, n_moves=50)
-        secs = time.perf_counter() - t0
-        if path == args.paths[0]:
-            save_diff_html(res, args.figures / f"finetune_code_diff_{path.replace(':', '')}.html", highlight=is_code)
-
-        def share(rows) -> str:
-            rows = list(rows)
-            if not rows:
-                return "— (0)"
-            n = sum(1 for r in rows if is_code(*r))
-            return f"{n}/{len(rows)} ({100 * n / len(rows):.0f}%)"
-
-        top_a = [(res.strings[a], res.strings[b]) for a, b, _ in res.top_a]
-        top_b = [(res.strings[a], res.strings[b]) for a, b, _ in res.top_b]
-        ent = [(d.a_text, d.b_text) for d in res.entered]
-        left = [(d.a_text, d.b_text) for d in res.left]
-        inc = [(d.a_text, d.b_text) for d in res.increases]
-        dec = [(d.a_text, d.b_text) for d in res.decreases]
-        t1 = time.perf_counter()
-        kw = sorted({s.strip() for s in base.token_strings(code_ids) if s.strip()})
-        ia = knowledge_index(base, kw, path=path, n_baseline=1)
-        ib = knowledge_index(tuned, kw, path=path, n_baseline=1)
-        secs_idx = time.perf_counter() - t1
-        summary[path] = {"seconds": secs, "identical": res.identical}
-        lines += [
-            f"## Path `{path}` (diff computed in {secs:.0f} s; code index in {secs_idx:.0f} s)",
-            "",
-            "| | base | fine-tuned |",
-            "|---|---:|---:|",
-            f"| code bigrams in the top 1000 | {share(top_a)} | {share(top_b)} |",
-            f"| code index: mean Σ P(code b | code a) over {ia.n_tokens} code tokens | {ia.index:.4f} | {ib.index:.4f} |",
-            "",
-            f"- bigrams that entered the top 1000: {len(ent)}, of which code-related {share(ent)}; that left: {len(left)}, code {share(left)}",
-            f"- the 50 largest probability increases (over all V² pairs): code {share(inc)}; the 50 largest decreases: code {share(dec)}",
-            "",
-            "Side by side, every 50th rank of the top 1000 (Table 5 style; **bold** = code-related):",
-            "",
-            "| rank | base | P | fine-tuned | P |",
-            "|---:|---|---:|---|---:|",
-        ]
-        for r, x, y in res.side_by_side:
-            def cell(e):
-                if e is None:
-                    return " | "
-                t = f"`{_md(e[0])}`→`{_md(e[1])}`"
-                return (f"**{t}**" if is_code(e[0], e[1]) else t) + f" | {e[2]:.3f}"
-            lines.append(f"| {r} | {cell(x)} | {cell(y)} |")
-        lines += ["", "Largest probability increases:", "", "| bigram | P base | P fine-tuned | rank base → fine-tuned |",
-                  "|---|---:|---:|---|"]
-        for d in res.increases[:12]:
-            t = f"`{_md(d.a_text)}`→`{_md(d.b_text)}`"
-            ra = str(d.rank_a) if d.rank_a_exact else f"≥{d.rank_a}"
-            rb = str(d.rank_b) if d.rank_b_exact else f"≥{d.rank_b}"
-            lines.append(f"| {'**' + t + '**' if is_code(d.a_text, d.b_text) else t} | {d.p_a:.4f} | {d.p_b:.4f} | {ra} → {rb} |")
-        lines += ["", "Entered the top 1000 (first 12):", ""]
-        lines += [", ".join(f"`{_md(a)}`→`{_md(b)}`" for a, b in ent[:12]) or "none", ""]
-        print(f"{path}: code share top-1000 {share(top_a)} → {share(top_b)}; entered {share(ent)}; "
-              f"increases {share(inc)}; code index {ia.index:.4f} → {ib.index:.4f} ({secs:.0f} s)")
-    out = args.figures / "finetune_code_diff.md"
-    out.write_text("\n".join(lines) + "\n")
-    print("wrote", out)
+def write_markdown(rep: dict, path: Path) -> None:
+    L = ["# Whole-model fine-tuning of SmolLM2 on code vs prose, read through jet bigram diffs", "",
+         "(written by examples/finetune_code_diff.py --analyse)", ""]
+    L += ["| run | steps | held-out code loss | held-out prose loss | training s |", "|---|---:|---|---|---:|"]
+    for run, r in rep["runs"].items():
+        L.append(f"| {run} | {r['step']} | {r['held_code_before']:.4f} → {r['held_code_after']:.4f} | "
+                 f"{r['held_prose_before']:.4f} → {r['held_prose_after']:.4f} | {r['train_seconds']:.0f} |")
+    L += ["", f"Input rows: {rep['rows']}; code tokens: {rep['code_tokens']} of {rep['vocab']}.", ""]
+    for p, out in rep["paths"].items():
+        L += [f"## `{p}` ({out['seconds']:.0f} s)", "",
+              "| score | code pairs in top-50 gains: code run / control | one-sided Fisher p | top-1000: code / control | p |",
+              "|---|---|---:|---|---:|"]
+        for score in ("pmi", "centred"):
+            d = out[score]
+            L.append(f"| {score} | {d['code']['top50_code']} / {d['prose']['top50_code']} | {d['fisher_p_top50']:.3g} | "
+                     f"{d['code']['top1000_code']} / {d['prose']['top1000_code']} | {d['fisher_p_top1000']:.3g} |")
+        for score in ("pmi", "centred"):
+            for run in ("code", "prose"):
+                L += ["", f"Largest {score} gains, {run} run (first 20):", "",
+                      ", ".join(f"`{_md(a)}`→`{_md(b)}` {g:+.2f}" for a, b, g in out[score][run]["top"][:20])]
+        L.append("")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(L) + "\n")
+    os.replace(tmp, path)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", choices=["code", "prose"], help="train this run (resumes from its checkpoint)")
+    ap.add_argument("--analyse", action="store_true", help="diff base vs both runs and apply the criterion")
     ap.add_argument("--out", type=Path, default=Path("/tmp/jetex-finetune-code"))
     ap.add_argument("--figures", type=Path, default=HERE / "figures")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--paths", nargs="+", default=["mlp:29"],
-                    help="bigram paths to diff (add `direct` for the encoder-decoder path: about 2x the time of mlp:29)")
-    ap.add_argument("--skip-training", action="store_true", help="reuse the fine-tuned model in --out")
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--n-train", type=int, default=512, help="training sequences per corpus")
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--ckpt-every", type=int, default=5)
+    ap.add_argument("--stop-at", type=float, default=None, help="stop (and checkpoint) after this many seconds")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rows", type=int, default=4096, help="input tokens of the diff (half code, half prose)")
+    ap.add_argument("--paths", nargs="+", default=["direct"])
     args = ap.parse_args()
-    t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    args.figures.mkdir(parents=True, exist_ok=True)
-    info = json.loads((args.out / "finetune.json").read_text()) if args.skip_training else train(args)
-    analyse(args, info)
-    print(f"total {time.perf_counter() - t_start:.0f} s (limit for the issue: 30 min)")
+    t0 = time.perf_counter()
+    if args.run:
+        train(args)
+    if args.analyse:
+        analyse(args)
+    print(f"total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":
