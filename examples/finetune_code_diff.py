@@ -102,7 +102,7 @@ def prose_texts(seed: int = 0) -> list[str]:
     return out
 
 
-def split_sequences(tokenizer, texts: list[str], n: int, seq: int, n_held: int = 16, held_frac: float = 0.1
+def split_sequences(tokenizer, texts: list[str], n: int, seq: int, n_held: int = 8, held_frac: float = 0.1
                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(train ``[n, seq]``, held-out ``[n_held, seq]``, n_held): the first ``held_frac`` of the
     texts give the held-out sequences, the rest the training ones."""
