@@ -10,6 +10,7 @@ import torch
 from apps_tiny import full_logprobs, tiny
 from jetex.apps.roles import (
     ablated,
+    component_roles,
     head_roles,
     label_role,
     last_logits,
@@ -70,33 +71,54 @@ def test_head_ablation_changes_logits(model_a):
     assert torch.equal(last_logits(model_a, ctx), base)
 
 
+def _corpus(path, n=120, seed=0):
+    import random
+
+    from _tiny import WORDS
+
+    rng = random.Random(seed)
+    words = [w for w in WORDS if w.isalpha()]
+    path.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(rng.randint(8, 16))) for _ in range(n)))
+    return str(path)
+
+
 def test_mlp_roles_report(model_a):
-    roles = mlp_roles(model_a, [0, 1], sentences=SENTENCES, n_top=5, n_ablate=3)
+    roles = mlp_roles(model_a, [0, 1], n_top=5)
     assert [r.component for r in roles] == ["mlp.0", "mlp.1"]
     for r in roles:
-        assert r.kind == "mlp" and len(r.top) == 5 and r.role
-        ab = r.ablation
-        assert ab is not None and ab.n_contexts > 0 and ab.control in ("mlp.0", "mlp.1") and ab.control != r.component
-        assert ab.delta_logit != 0.0 and math.isfinite(ab.delta_logit)
+        assert r.kind == "mlp" and len(r.top) == 5 and r.role and r.ablation is None
     with pytest.raises(InputError, match="out of range"):
         mlp_roles(model_a, [7])
 
 
-def test_head_roles_report(model_a):
-    roles = head_roles(model_a, 0, heads=[0, 2], n_top=4, n_ablate=2)
-    assert [r.component for r in roles] == ["attn.0.h0", "attn.0.h2"]
+def test_component_roles_with_ablation(model_a, tmp_path):
+    roles = component_roles(model_a, [1], head_layer=0, heads=[0, 2], n_top=4, corpus=_corpus(tmp_path / "c.txt"),
+                            ablation=dict(n_controls=2, n_boot=200))
+    assert [r.component for r in roles] == ["mlp.1", "attn.0.h0", "attn.0.h2"]
     for r in roles:
-        assert len(r.top) == 4 and r.ablation is not None and r.ablation.n_contexts == 2
-        assert r.ablation.delta_logit != 0.0
+        ab = r.ablation
+        assert ab is not None and ab.component == r.component and ab.n_contexts >= 30
+        assert len(ab.controls) == (1 if r.kind == "mlp" else 2)  # a 2-layer model has one other MLP
+        assert r.component not in ab.controls and ab.mode == "mean"
+        assert ab.effect.ci_low <= ab.effect.effect <= ab.effect.ci_high
+        assert r.to_dict()["ablation"]["verdict"] == ab.verdict
+    with pytest.raises(InputError, match="contexts containing its top n-grams"):
+        component_roles(model_a, [1], corpus=_corpus(tmp_path / "small.txt", n=2))
+
+
+def test_head_roles_report(model_a):
+    roles = head_roles(model_a, 0, heads=[0, 2], n_top=4)
+    assert [r.component for r in roles] == ["attn.0.h0", "attn.0.h2"]
+    assert all(len(r.top) == 4 for r in roles)
     with pytest.raises(InputError, match="out of range"):
         head_roles(model_a, 0, heads=[9])
 
 
-def test_gpt2_mlp_and_head_ablation():
+def test_gpt2_mlp_and_head_ablation(tmp_path):
     g = tiny("gpt2", name="g")
-    roles = mlp_roles(g, [0], n_top=3, n_ablate=2)
-    assert roles[0].ablation is not None and roles[0].ablation.delta_logit != 0.0
-    assert head_roles(g, 0, heads=[0], n_top=2, n_ablate=1)[0].ablation.delta_logit != 0.0
+    roles = component_roles(g, [0], head_layer=0, heads=[0], n_top=2, corpus=_corpus(tmp_path / "c.txt"),
+                            ablation=dict(n_controls=1, n_boot=100))
+    assert all(r.ablation is not None and r.ablation.effect.delta != 0.0 for r in roles)
 
 
 def test_label_role_heuristic():

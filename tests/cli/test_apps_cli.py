@@ -118,12 +118,28 @@ def test_dynamics(ckpts, tmp_path, capsys):
         assert msg in _err(capsys)
 
 
-def test_roles(ckpts, capsys):
+def test_roles(ckpts, capsys, tmp_path):
+    import random
+
+    from _tiny import WORDS
+
     m = ckpts["step-10"]
-    assert main(["roles", "--model", m, "--layers", "0,1", "--top", "3", "--corpus", "none", "--heads", "--json"]) == 0
+    rng = random.Random(0)
+    words = [w for w in WORDS if w.isalpha()]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(120)))
+    assert main(["roles", "--model", m, "--layers", "0,1", "--top", "3", "--corpus", str(corpus), "--heads",
+                 "--controls", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["component"] for r in out][:2] == ["mlp.0", "mlp.1"] and len(out) == 2 + 4
-    assert all(r["ablation"]["n_contexts"] > 0 for r in out)
+    assert all(r["ablation"]["n_contexts"] >= 30 and r["ablation"]["mode"] == "mean" for r in out)
+    assert main(["roles", "--model", m, "--layers", "1", "--ablate-only", "--ablation", "zero", "--corpus", str(corpus)]) == 0
+    assert "zero-ablation" in capsys.readouterr().out
+    small = tmp_path / "small.txt"
+    small.write_text("the cat sat on the mat .")
+    assert main(["roles", "--model", m, "--layers", "1", "--corpus", str(small)]) != 0
+    err = _err(capsys)
+    assert "contexts containing its top n-grams" in err and len(err.strip().splitlines()) == 1
     assert main(["roles", "--model", m, "--layers", "1", "--no-ablate"]) == 0
     assert "mlp.1" in capsys.readouterr().out
     assert main(["roles", "--model", m, "--layers", "5"]) != 0

@@ -18,20 +18,14 @@ convention). Per MLP:
   outputs continue the input word), numbers or punctuation (≥ 50%), else next-word
   prediction. It is a hint for a human reader, not a classifier.
 
-**Intervention.** The MLP is ablated by a forward hook that zeroes its output (the Hugging
-Face MLP module, so the model's own forward pass is used) and, for each of the top
-``n_ablate`` "added" bigrams (a, b), the logit of b is read right after a on real contexts:
-sentences of a corpus (default: the Python standard library's docstrings,
-:mod:`jetex.apps.corpus`) that contain token a, cut after a, up to ``max_contexts`` per
-bigram, each the last ``window`` tokens with BOS in front. Where the corpus has fewer than 2
-such contexts, generated ones are used: BOS + prefix + a for a few fixed prefixes. Reported:
-mean Δlogit (ablated − intact; negative = the logit drops) and the same for log P(b), next
-to a control: ablating another MLP chosen at random (fixed seed) on the same contexts.
-
-**First-layer heads** (Table 2) use the exact skip-trigram search of
-:mod:`jetex.ngrams.trigrams` (``attn:L.H`` paths); a head is ablated by zeroing its slice of
-the input of the attention's output projection (pre-hook), and the logit of c is read after
-b in contexts [BOS, a, b].
+**Intervention** (:mod:`jetex.apps.ablation`): the component's n-grams that occur in a real
+corpus (default: the Python standard library's docstrings, :mod:`jetex.apps.corpus`), ranked
+by the component's own jet score, give ≥ ``min_contexts`` contexts; the component is
+mean-ablated (default; zero-ablation as an option) and the change of log P of the corpus's
+real next token is compared with random components of the same kind, with an effect size and
+a bootstrap interval. For MLPs the n-grams are the bigrams of the ``mlp:N`` path, for the
+heads of attention layer L the skip-trigrams (a … b → c) scored from the head's isolated OV
+output (``attn:L.H``).
 """
 
 from __future__ import annotations
@@ -47,11 +41,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from jetex.apps.ablation import AblationResult, Component, ablation_study, paragraphs, tokenize_docs
 from jetex.apps.tables import bigram_path, default_batch, mask_self, row_topk
 from jetex.errors import InputError
 from jetex.models.base import ResidualModel
 
-GENERATED_PREFIXES = ["", "The ", "In this case the ", "We can see that "]
 
 
 # --------------------------------------------------------------------------- heuristic labeller
@@ -100,26 +94,6 @@ def label_role(pairs: Sequence[tuple[str, str]], min_share: float = 0.2) -> tupl
 
 # --------------------------------------------------------------------------- results
 @dataclass
-class AblationCheck:
-    """Mean effect of zeroing a component on the logit (and log-probability) of its n-grams'
-    outputs on real contexts; ``per_ngram`` rows: (n-gram text, n contexts, Δlogit, Δlogit control)."""
-
-    component: str
-    control: str
-    n_contexts: int
-    source: str
-    delta_logit: float
-    delta_logprob: float
-    control_delta_logit: float
-    control_delta_logprob: float
-    per_ngram: list[tuple[str, int, float, float]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.n_contexts < 0:
-            raise ValueError("AblationCheck.n_contexts must be >= 0")
-
-
-@dataclass
 class ComponentRole:
     """A component's characteristic n-grams and suggested role. ``top`` / ``added`` rows:
     (a_text, b_text, P_component, P_direct, Δ log P) for MLPs; (a, b, c, score) for heads."""
@@ -130,14 +104,16 @@ class ComponentRole:
     added: list[tuple]
     role: str
     evidence: str
-    ablation: AblationCheck | None = None
+    ablation: AblationResult | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("mlp", "head"):
             raise ValueError("ComponentRole.kind must be 'mlp' or 'head'")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["ablation"] = None if self.ablation is None else self.ablation.to_dict()
+        return d
 
 
 # --------------------------------------------------------------------------- bigram statistics
@@ -281,97 +257,6 @@ def last_logits(model: ResidualModel, contexts: Sequence[Sequence[int]]) -> Floa
     return torch.cat(out)
 
 
-def _bos(model: ResidualModel) -> list[int]:
-    bos = getattr(model.tokenizer, "bos_token_id", None) if model.tokenizer is not None else None
-    return [] if bos is None else [int(bos)]
-
-
-def corpus_contexts(
-    model: ResidualModel, sentences: Sequence[str], token: int, max_contexts: int = 8, window: int = 32
-) -> list[list[int]]:
-    """Contexts of real text ending with ``token``: BOS + the last ``window`` − 1 tokens up to
-    each occurrence of ``token`` in ``sentences`` (at most ``max_contexts``, one per sentence)."""
-    out: list[list[int]] = []
-    bos = _bos(model)
-    tok = model.tokenizer
-    for s in sentences:
-        ids = tok(s, add_special_tokens=False)["input_ids"]
-        if token in ids:
-            i = ids.index(token)
-            out.append(bos + ids[max(0, i + 1 - (window - len(bos))) : i + 1])
-            if len(out) >= max_contexts:
-                break
-    return out
-
-
-def generated_contexts(model: ResidualModel, token: int) -> list[list[int]]:
-    """BOS + prefix + ``token`` for the fixed :data:`GENERATED_PREFIXES`."""
-    bos = _bos(model)
-    out = []
-    for pre in GENERATED_PREFIXES:
-        ids = model.tokenizer(pre, add_special_tokens=False)["input_ids"] if pre and model.tokenizer is not None else []
-        out.append(bos + list(ids) + [int(token)])
-    return out
-
-
-def ablation_check(
-    model: ResidualModel,
-    component: str,
-    module: nn.Module,
-    control: str,
-    control_module: nn.Module,
-    ngrams: Sequence[tuple[list[list[int]], int, str]],
-    source: str,
-    head: int | None = None,
-    control_head: int | None = None,
-    head_dim: int | None = None,
-) -> AblationCheck:
-    """Δ logit / Δ log P of each n-gram's output on its contexts when ``module`` (or one of its
-    heads) is ablated, and the same with the control. ``ngrams``: (contexts, output id, label)."""
-    contexts = [c for cs, _, _ in ngrams for c in cs]
-    targets = torch.tensor([t for cs, t, _ in ngrams for _ in cs], dtype=torch.long)
-    if not contexts:
-        return AblationCheck(component, control, 0, source, 0.0, 0.0, 0.0, 0.0, [])
-    rows = torch.arange(len(contexts))
-    base = last_logits(model, contexts)
-    with ablated(module, head, head_dim):
-        abl = last_logits(model, contexts)
-    with ablated(control_module, control_head, head_dim):
-        ctl = last_logits(model, contexts)
-
-    def pick(lg: Tensor) -> tuple[Tensor, Tensor]:
-        return lg[rows, targets], torch.log_softmax(lg, -1)[rows, targets]
-
-    (bl, bp), (al, ap), (cl, cp) = pick(base), pick(abl), pick(ctl)
-    per, s = [], 0
-    for cs, _, label in ngrams:
-        n = len(cs)
-        if n:
-            per.append((label, n, float((al - bl)[s : s + n].mean()), float((cl - bl)[s : s + n].mean())))
-        s += n
-    return AblationCheck(
-        component=component,
-        control=control,
-        n_contexts=len(contexts),
-        source=source,
-        delta_logit=float((al - bl).mean()),
-        delta_logprob=float((ap - bp).mean()),
-        control_delta_logit=float((cl - bl).mean()),
-        control_delta_logprob=float((cp - bp).mean()),
-        per_ngram=per,
-    )
-
-
-def _contexts_for(
-    model: ResidualModel, sentences: Sequence[str] | None, token: int, max_contexts: int, window: int
-) -> tuple[list[list[int]], str]:
-    if sentences:
-        cs = corpus_contexts(model, sentences, token, max_contexts, window)
-        if len(cs) >= 2:
-            return cs, "corpus"
-    return generated_contexts(model, token), "generated"
-
-
 # --------------------------------------------------------------------------- MLP roles
 def mlp_roles(
     model: ResidualModel,
@@ -381,37 +266,21 @@ def mlp_roles(
     n_top: int = 20,
     n_label: int = 50,
     min_prob: float = 0.05,
-    n_ablate: int = 5,
-    sentences: Sequence[str] | None = None,
-    max_contexts: int = 8,
-    window: int = 32,
-    seed: int = 0,
-    ablate: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[ComponentRole]:
-    """Characteristic bigrams, a suggested role and the ablation check of each MLP in ``layers``
-    (default: all). ``sentences``: real text for the contexts (None: generated contexts)."""
-    from jetex.ngrams.paths import mlp_blocks
-
-    all_layers = sorted(mlp_blocks(model))
-    if not all_layers:
-        raise InputError(f"model {model.name} has no MLP blocks")
+    """Characteristic bigrams and a suggested role of each MLP in ``layers`` (default: all);
+    the ablation is attached by :func:`component_roles`."""
+    all_layers = _mlp_layers(model, layers)
     layers = all_layers if layers is None else list(layers)
-    for n in layers:
-        if n not in all_layers:
-            raise InputError(f"MLP layer {n} out of range; this model's MLP layers are {all_layers[0]}..{all_layers[-1]}")
-    if ablate and len(all_layers) < 2:
-        raise InputError("the ablation check needs a second MLP as control; this model has one")
     V = model.vocab_size
     if limit_vocab is not None and (isinstance(limit_vocab, bool) or not isinstance(limit_vocab, int) or limit_vocab < 2):
         raise InputError(f"limit_vocab must be an integer >= 2, got {limit_vocab!r}")
     n_in = V if limit_vocab is None else min(V, limit_vocab)
     direct = _direct_stats(model, torch.arange(n_in), default_batch(V))
-    rng = random.Random(seed)
     out = []
     for n in layers:
         if progress:
-            progress(f"mlp.{n}")
+            progress(f"mlp.{n}: characteristic bigrams")
         top, added_long = mlp_bigrams(model, n, direct=direct, limit_vocab=limit_vocab, n_top=max(n_top, n_label),
                                       min_prob=min_prob)
         ids = sorted({x for t in top + added_long for x in t[:2]})
@@ -422,19 +291,21 @@ def mlp_roles(
             a, b, lm, ld = t
             return (st[a], st[b], math.exp(lm), math.exp(ld), lm - ld)
 
-        check = None
-        if ablate:
-            ctl = rng.choice([m for m in all_layers if m != n])
-            ngrams, sources = [], set()
-            for a, b, _, _ in added_long[:n_ablate]:
-                cs, src = _contexts_for(model, sentences, a, max_contexts, window)
-                sources.add(src)
-                ngrams.append((cs, b, f"{st[a]!r} → {st[b]!r}"))
-            check = ablation_check(model, f"mlp.{n}", mlp_module(model, n), f"mlp.{ctl}", mlp_module(model, ctl),
-                                   ngrams, "+".join(sorted(sources)))
         out.append(ComponentRole(f"mlp.{n}", "mlp", [row(t) for t in top[:n_top]], [row(t) for t in added_long[:n_top]],
-                                 role, evidence, check))
+                                 role, evidence, None))
     return out
+
+
+def _mlp_layers(model: ResidualModel, layers: Sequence[int] | None) -> list[int]:
+    from jetex.ngrams.paths import mlp_blocks
+
+    all_layers = sorted(mlp_blocks(model))
+    if not all_layers:
+        raise InputError(f"model {model.name} has no MLP blocks")
+    for n in layers or []:
+        if n not in all_layers:
+            raise InputError(f"MLP layer {n} out of range; this model's MLP layers are {all_layers[0]}..{all_layers[-1]}")
+    return all_layers
 
 
 # --------------------------------------------------------------------------- head roles
@@ -456,6 +327,17 @@ def _o_proj(model: ResidualModel, layer: int) -> tuple[nn.Module, int]:
     raise InputError(f"cannot find the output projection of attention layer {layer} to ablate a head")
 
 
+def _head_list(model: ResidualModel, layer: int, heads: Sequence[int] | None) -> list[int]:
+    from jetex.ngrams.paths import parse_path
+
+    H = len(parse_path(model, f"attn:{layer}"))
+    heads = list(range(H)) if heads is None else list(heads)
+    for h in heads:
+        if not 0 <= h < H:
+            raise InputError(f"head {h} out of range; layer {layer} has heads 0..{H - 1}")
+    return heads
+
+
 def head_roles(
     model: ResidualModel,
     layer: int = 0,
@@ -463,49 +345,63 @@ def head_roles(
     *,
     limit_vocab: int | None = None,
     n_top: int = 10,
-    n_ablate: int = 5,
-    seed: int = 0,
-    ablate: bool = True,
 ) -> list[ComponentRole]:
-    """Top skip-trigrams (a … b → c), a suggested role and the head-ablation check of each head
-    of attention layer ``layer`` (exact factored search of :mod:`jetex.ngrams.trigrams`)."""
+    """Top skip-trigrams (a … b → c) and a suggested role of each head of attention layer
+    ``layer`` (exact factored search of :mod:`jetex.ngrams.trigrams`); the ablation is
+    attached by :func:`component_roles`."""
     from jetex.ngrams.paths import parse_path
     from jetex.ngrams.trigrams import top_trigrams
 
     paths = parse_path(model, f"attn:{layer}")
-    H = len(paths)
-    heads = list(range(H)) if heads is None else list(heads)
-    for h in heads:
-        if not 0 <= h < H:
-            raise InputError(f"head {h} out of range; layer {layer} has heads 0..{H - 1}")
-    o_proj, dh = _o_proj(model, layer) if ablate else (None, None)
-    rng = random.Random(seed)
     out = []
-    for h in heads:
+    for h in _head_list(model, layer, heads):
         t = top_trigrams(model, paths[h], top_k=n_top, limit_vocab=limit_vocab)  # type: ignore[arg-type]
         rows = t.rows(model)
         top = [(r["context"], r["input"], r["output"], r["score"]) for r in rows]
         role, evidence = label_role([(r["context"], r["output"]) for r in rows])
-        check = None
-        if ablate and H > 1:
-            ctl = rng.choice([x for x in range(H) if x != h])
-            bos = _bos(model)
-            ngrams = [([bos + [r["context_id"], r["input_id"]]], r["output_id"], f"{r['context']!r} … {r['input']!r} → {r['output']!r}")
-                      for r in rows[:n_ablate]]
-            check = ablation_check(model, f"attn.{layer}.h{h}", o_proj, f"attn.{layer}.h{ctl}", o_proj, ngrams,
-                                   "generated [BOS, a, b]", head=h, control_head=ctl, head_dim=dh)
-        out.append(ComponentRole(f"attn.{layer}.h{h}", "head", top, [], role, evidence, check))
+        out.append(ComponentRole(f"attn.{layer}.h{h}", "head", top, [], role, evidence, None))
     return out
 
 
-def corpus_sentences(spec: str | None) -> list[str] | None:
-    """Sentences of a corpus spec (a file or ``stdlib-docs``) for ablation contexts; None → None."""
-    if spec is None:
-        return None
-    from jetex.apps.corpus import read_corpus, sentences
+# --------------------------------------------------------------------------- together
+def corpus_docs(model: ResidualModel, spec: str) -> list:
+    """Token ids of the paragraphs of a corpus spec (a UTF-8 file or ``stdlib-docs``)."""
+    from jetex.apps.corpus import read_corpus
 
-    out = sentences(read_corpus(spec))
-    if not out:
-        raise InputError(f"the corpus {spec} has no sentence of 4 words or more")
-    return out
+    docs = tokenize_docs(model, paragraphs(read_corpus(spec)))
+    if not docs:
+        raise InputError(f"the corpus {spec} has no paragraph of 2 tokens or more")
+    return docs
 
+
+def component_roles(
+    model: ResidualModel,
+    layers: Sequence[int] | None = None,
+    *,
+    head_layer: int | None = None,
+    heads: Sequence[int] | None = None,
+    limit_vocab: int | None = None,
+    n_top: int = 10,
+    corpus: str | None = "stdlib-docs",
+    ablation: dict[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[ComponentRole]:
+    """Roles of the MLPs in ``layers`` (``[]``: none) and of the heads of ``head_layer`` (None:
+    none), each with the ablation of :func:`jetex.apps.ablation.ablation_study` on ``corpus``
+    (None: no ablation; ``ablation``: its keyword options). The contexts of every component
+    are found before any role is computed, so too small a corpus fails at once."""
+    mlps = _mlp_layers(model, layers) if layers is None else list(layers)
+    _mlp_layers(model, mlps)
+    hl = [] if head_layer is None else _head_list(model, head_layer, heads)
+    comps = [Component("mlp", n) for n in mlps] + [Component("head", head_layer, h) for h in hl]  # type: ignore[arg-type]
+    results: dict[str, AblationResult] = {}
+    if corpus is not None and comps:
+        docs = corpus_docs(model, corpus)
+        for r in ablation_study(model, comps, docs, corpus_name=corpus, progress=progress, **(ablation or {})):
+            results[r.component] = r
+    roles = mlp_roles(model, mlps, limit_vocab=limit_vocab, n_top=n_top, progress=progress) if mlps else []
+    if head_layer is not None and hl:
+        roles += head_roles(model, head_layer, hl, limit_vocab=limit_vocab, n_top=n_top)
+    for r in roles:
+        r.ablation = results.get(r.component)
+    return roles

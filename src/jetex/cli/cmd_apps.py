@@ -165,19 +165,38 @@ def _print_roles(roles) -> None:
     from rich.table import Table
 
     con = Console()
-    t = Table(title="component roles from jet n-grams (role: heuristic label) and the ablation check")
-    for c in ("component", "suggested role", "characteristic n-grams", "Δlogit ablated", "Δlogit control", "contexts"):
-        t.add_column(c, justify="right" if c.startswith("Δ") or c == "contexts" else "left")
+    t = Table(title="component roles from jet n-grams (role: heuristic label)")
+    for c in ("component", "suggested role", "characteristic n-grams"):
+        t.add_column(c)
     for r in roles:
         if r.kind == "mlp":
             grams = ", ".join(f"{_show(a, 10)}→{_show(b, 10)}" for a, b, *_ in r.added[:4])
         else:
             grams = ", ".join(f"{_show(a, 8)}…{_show(b, 8)}→{_show(c, 8)}" for a, b, c, _ in r.top[:3])
-        ab = r.ablation
-        t.add_row(r.component, r.role, grams,
-                  "—" if ab is None or not ab.n_contexts else f"{ab.delta_logit:+.3f}",
-                  "—" if ab is None or not ab.n_contexts else f"{ab.control_delta_logit:+.3f} ({ab.control})",
-                  "—" if ab is None else f"{ab.n_contexts} {ab.source}")
+        t.add_row(r.component, r.role, grams)
+    con.print(t)
+    abl = [r.ablation for r in roles if r.ablation is not None]
+    if abl:
+        _print_ablations(abl, con)
+
+
+def _print_ablations(results, con=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = con or Console()
+    x = results[0]
+    t = Table(title=f"{x.mode}-ablation on corpus contexts of each component's n-grams ({x.corpus}; "
+                    f"Δ = change of log P(real next token); E = Δ − Δ of random components of the same kind, "
+                    f"{int(100 * x.effect.level)}% bootstrap interval)")
+    for c in ("component", "contexts", "patterns (best)", "Δ", "Δ controls", "E [interval]", "d", "rank p", "verdict"):
+        t.add_column(c, justify="left" if c in ("component", "patterns (best)", "verdict") else "right")
+    for r in results:
+        e = r.effect
+        pats = ", ".join(f"{_show(a, 8)}→{_show(c, 8)}" for a, c, *_ in r.patterns[:3])
+        t.add_row(r.component, f"{r.n_contexts} ({r.n_patterns} n-grams)", pats, f"{e.delta:+.3f}",
+                  f"{e.control_delta:+.3f} ({len(r.controls)})", f"{e.effect:+.3f} [{e.ci_low:+.3f}, {e.ci_high:+.3f}]",
+                  f"{e.cohen_d:+.2f}", f"{e.p_rank:.2f}", r.verdict)
     con.print(t)
 
 
@@ -358,31 +377,66 @@ def register(group: click.Group) -> None:
 
     @group.command("roles")
     @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model name, folder or .gguf file.")
-    @click.option("--layers", default=None, help="MLP layers, e.g. 0,5,10 or 0-3 (default: all).")
-    @click.option("--limit-vocab", type=int, default=None, help="Only input tokens with ids below N (faster).")
-    @click.option("--top", type=int, default=10, show_default=True, help="Bigrams listed per component.")
+    @click.option("--layers", default=None, help="MLP layers, e.g. 0,5,10 or 0-3 (default: all; 'none': no MLP).")
+    @click.option("--limit-vocab", type=int, default=None, help="Only input tokens with ids below N for the n-gram tables (faster).")
+    @click.option("--top", type=int, default=10, show_default=True, help="N-grams listed per component.")
     @click.option("--heads", is_flag=True, help="Also the heads of one attention layer, from jet skip-trigrams.")
     @click.option("--head-layer", type=int, default=0, show_default=True, help="Attention layer for --heads.")
+    @click.option("--head-list", default=None, help="Only these heads of --head-layer, e.g. 0,1,2.")
     @click.option("--corpus", default="stdlib-docs", show_default=True,
-                  help="Text for ablation contexts (file or 'stdlib-docs'; 'none': generated contexts).")
-    @click.option("--no-ablate", is_flag=True, help="Skip the ablation check.")
+                  help="Text for the ablation contexts (UTF-8 file or 'stdlib-docs').")
+    @click.option("--ablation", "mode", type=click.Choice(["mean", "zero"]), default="mean", show_default=True,
+                  help="Replace the component's output by its corpus mean, or by zero.")
+    @click.option("--score", type=click.Choice(["pmi", "centred", "logprob"]), default="pmi", show_default=True,
+                  help="Score ranking each component's corpus n-grams.")
+    @click.option("--controls", type=int, default=6, show_default=True, help="Random components of the same kind ablated as control.")
+    @click.option("--min-contexts", type=int, default=30, show_default=True, help="Fewer contexts in the corpus: an error.")
+    @click.option("--max-contexts", type=int, default=48, show_default=True, help="Contexts per component.")
+    @click.option("--rows", type=int, default=2048, show_default=True, help="The corpus's most frequent tokens scored as inputs a.")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--no-ablate", is_flag=True, help="Skip the ablation.")
+    @click.option("--ablate-only", is_flag=True, help="Only the ablation (no n-gram tables, no role labels).")
     @json_option
-    def roles_cmd(model, layers, limit_vocab, top, heads, head_layer, corpus, no_ablate, as_json):
-        """Roles of MLPs (jet bigrams) and first-layer heads (jet trigrams), with the ablation check."""
-        from jetex.apps.roles import corpus_sentences, head_roles, mlp_roles
+    def roles_cmd(model, layers, limit_vocab, top, heads, head_layer, head_list, corpus, mode, score, controls,
+                  min_contexts, max_contexts, rows, seed, no_ablate, ablate_only, as_json):
+        """Roles of MLPs (jet bigrams) and first-layer heads (jet skip-trigrams), with an ablation
+        against random components on real-corpus contexts (mean-ablation, effect size with interval)."""
+        from jetex.apps.roles import component_roles
         from jetex.models.load import load
 
         if top < 1:
             raise InputError("--top must be >= 1")
+        if no_ablate and ablate_only:
+            raise InputError("--no-ablate and --ablate-only exclude each other")
+        if min_contexts < 2 or max_contexts < min_contexts:
+            raise InputError("need 2 <= --min-contexts <= --max-contexts")
+        if controls < 1 or rows < 2:
+            raise InputError("--controls must be >= 1 and --rows >= 2")
         m = load(model)
-        sents = None if no_ablate or corpus == "none" else corpus_sentences(corpus)
+        mlps = [] if layers is not None and layers.strip() == "none" else _ints(layers, "layer")
+        hl = _ints(head_list, "head") if head_list else None
         progress = (lambda s: click.echo(f"jetex: {s}", err=True)) if sys.stderr.isatty() else None
-        with _timed("MLP roles"):
-            roles = mlp_roles(m, _ints(layers, "layer"), limit_vocab=limit_vocab, n_top=top, sentences=sents,
-                              ablate=not no_ablate, progress=progress)
-        if heads:
-            with _timed(f"head roles of attention layer {head_layer}"):
-                roles += head_roles(m, head_layer, limit_vocab=limit_vocab, n_top=top, ablate=not no_ablate)
+        opts = dict(mode=mode, score=score, rows=rows, n_controls=controls, min_contexts=min_contexts,
+                    max_contexts=max_contexts, seed=seed)
+        if ablate_only:
+            from jetex.apps.ablation import Component, ablation_study, all_components
+            from jetex.apps.roles import corpus_docs
+
+            comps = [Component("mlp", n) for n in (mlps if mlps is not None else
+                                                   [c.layer for c in all_components(m, "mlp")])]
+            if heads:
+                hs = hl if hl is not None else [c.head for c in all_components(m, "head") if c.layer == head_layer]
+                comps += [Component("head", head_layer, h) for h in hs]
+            with _timed("ablations"):
+                res = ablation_study(m, comps, corpus_docs(m, corpus), corpus_name=corpus, progress=progress, **opts)
+            if as_json:
+                emit_json([r.to_dict() for r in res])
+            else:
+                _print_ablations(res)
+            return
+        with _timed("roles"):
+            roles = component_roles(m, mlps, head_layer=head_layer if heads else None, heads=hl, limit_vocab=limit_vocab,
+                                    n_top=top, corpus=None if no_ablate else corpus, ablation=opts, progress=progress)
         if as_json:
             emit_json([r.to_dict() for r in roles])
         else:
