@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from jetex.cli import remote
 from jetex.cli.common import common_options, emit_json
 from jetex.errors import InputError, JetexError
 
@@ -73,7 +74,8 @@ def _ratios(text: str | None) -> tuple[float, ...] | None:
 @click.option("--progress", is_flag=True, help="Report evaluation progress on stderr.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write a self-contained HTML page of the attribution.")
 @common_options
-def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline, seed, eval_file, methods, limit, ratios, progress, html_out, model, as_json):
+@remote.server_option
+def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline, seed, eval_file, methods, limit, ratios, progress, html_out, model, as_json, server):
     """Attribute the next-token prediction after TEXT to its input tokens."""
     from jetex.attribution import METHODS, MethodSpec, attribute, evaluate_faithfulness, load_prompts
 
@@ -86,6 +88,8 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         kw["baseline"] = baseline
 
     if eval_file is not None:
+        if remote.url_of(server) is not None:
+            raise InputError("--eval runs on the local model: drop --server")
         if html_out is not None:
             raise InputError("--html renders a single attribution; it does not apply to --eval")
         if text is not None:
@@ -138,6 +142,14 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         if method != "random":
             raise InputError("--seed applies to the random method only")
         kw["seed"] = seed
+    url = remote.url_of(server)
+    if url is not None:
+        if html_out is not None or baseline is not None or seed is not None:
+            raise InputError("--html, --baseline and --seed need the local model: drop --server")
+        ctx = click.get_current_context()
+        given = ctx.get_parameter_source("model") not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+        return remote.attribute(url, text=text, target=target, target_id=target_id, method=method, layer=layer, order=order,
+                                steps=steps, model=model, model_given=given, as_json=as_json)
     _need_captum([method])
     m = _load(model)
     with warnings.catch_warnings(record=True) as caught:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from jetex.cli import remote
 from jetex.cli.common import common_options, emit_json
 from jetex.errors import InputError
 
@@ -87,7 +88,8 @@ def register(group: click.Group) -> None:
     @click.option("--top", type=int, default=10, show_default=True, help="Top tokens kept per cell.")
     @click.option("--out", "out", default=None, help="Write the lens to FILE.png, FILE.html or FILE.json.")
     @common_options
-    def lens_cmd(text, kind, order, layers, centres, optimize, top, out, model, as_json):
+    @remote.server_option
+    def lens_cmd(text, kind, order, layers, centres, optimize, top, out, model, as_json, server):
         """Read the model's computation through an iterative or joint jet lens."""
         from jetex.lenses import iterative_lens, joint_lens
 
@@ -99,6 +101,10 @@ def register(group: click.Group) -> None:
             raise InputError("--layers applies to the iterative lens only; the joint lens takes --centres (blocks, layers or a number)")
         if kind == "iterative" and _given("centres"):
             raise InputError("--centres applies to the joint lens only (--kind joint); the iterative lens takes --layers")
+        url = remote.url_of(server)
+        if url is not None:
+            return remote.lens(url, text=text, kind=kind, order=order, layers=layers, centres=centres, centres_given=_given("centres"),
+                               optimize=optimize, top=top, out=out, model=model, model_given=_given("model"), as_json=as_json)
         m = _load(model)
         if kind == "iterative":
             res = iterative_lens(m, text, order=order, layers=_parse_ints(layers, "layer"), top_k=top)
@@ -140,7 +146,8 @@ def register(group: click.Group) -> None:
         help="With --split-degrees: Taylor degrees a path may take at each block and at the decoder, e.g. 0 or 0,1 (default: all).",
     )
     @common_options
-    def paths_cmd(text, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, model, as_json):
+    @remote.server_option
+    def paths_cmd(text, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, model, as_json, server):
         """Rank input-to-output jet paths (Algorithm 2) by their contribution to the predicted token."""
         from jetex.expand import PathFilter, exp_jet_expansion
         from jetex.expand.algorithm import check_order
@@ -153,6 +160,11 @@ def register(group: click.Group) -> None:
         if split_degrees and order == 0:
             raise InputError("--split-degrees needs --order >= 1 (an order-0 jet has a single degree)")
         degs = _parse_ints(degrees, "degree") if degrees is not None else None  # None: every degree ("all")
+        url = remote.url_of(server)
+        if url is not None:
+            return remote.paths(url, text=text, order=order, must_use=must_use, avoid=avoid, max_len=max_len, min_len=min_len,
+                                token=token, position=position, top=top, split_degrees=split_degrees, degrees=degrees,
+                                model=model, model_given=_given("model"), as_json=as_json)
         m = _load(model)
         ids = m.tokenize(text)
         t = ids.shape[-1]

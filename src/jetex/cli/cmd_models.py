@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from jetex.cli import remote
 from jetex.cli.common import common_options, emit_json
 from jetex.errors import InputError
 
@@ -140,12 +141,20 @@ def register(group: click.Group) -> None:
         help="Residual blocks: attn.i/mlp.i sub-layers, or whole layers.",
     )
     @common_options
-    def predict_cmd(text: str, top: int, granularity: str, model: str, as_json: bool) -> None:
+    @remote.server_option
+    def predict_cmd(text: str, top: int, granularity: str, model: str, as_json: bool, server: str | None) -> None:
         """Show the model's top next tokens after TEXT (computed through the residual view)."""
         if not text.strip():
             raise InputError("empty text: give at least one non-blank character")
         if top < 1:
             raise InputError(f"--top must be a positive integer, got {top}")
+        url = remote.url_of(server)
+        if url is not None:
+            if granularity != "sublayer":
+                raise InputError("--granularity is the server's choice: drop it with --server")
+            ctx = click.get_current_context()
+            given = ctx.get_parameter_source("model") not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+            return remote.predict(url, text=text, top=top, model=model, model_given=given, as_json=as_json, printer=_print_predict)
         from jetex.models.load import load
 
         m = load(model, granularity=granularity)

@@ -89,6 +89,27 @@ def run_predict(model: ResidualModel, text: str, top: int) -> dict[str, Any]:
 # ---- lens --------------------------------------------------------------------------------
 
 
+def _layer_list(p: Params, n_layers: int) -> list[int] | None:
+    """The iterative lens's layers: a JSON list of ints or a spec like ``0,5,10`` / ``0-29`` (-1 = embedding)."""
+    raw = p._get("layers", None)
+    if isinstance(raw, str):
+        out: list[int] = []
+        for part in (x.strip() for x in raw.split(",")):
+            if not part:
+                continue
+            try:
+                if "-" in part[1:]:
+                    a, b = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                    out.extend(range(int(a), int(b) + 1))
+                else:
+                    out.append(int(part))
+            except ValueError:
+                raise RequestError(400, f"bad layers {raw!r}: use e.g. 0,5,10 or 0-29 (-1 = embedding)") from None
+        raw = out or None
+        p.data["layers"] = raw
+    return p.ints("layers", -1, n_layers - 1)
+
+
 def lens_params(p: Params, model: ResidualModel) -> dict[str, Any]:
     lim = p.limits
     n_layers = len({b.layer for b in model.blocks})
@@ -99,7 +120,7 @@ def lens_params(p: Params, model: ResidualModel) -> dict[str, Any]:
         "top": p.integer("top", 10, 1, lim.max_top),
         "probabilities": p.boolean("probabilities", True),
     }
-    layers = p.ints("layers", -1, n_layers - 1)
+    layers = _layer_list(p, n_layers)
     centres_raw = p._get("centres", None)
     optimize = p.boolean("optimize", False)
     if kw["kind"] == "iterative":

@@ -1,0 +1,69 @@
+"""``--server URL``: predict / lens / paths / attribute answered by a running server print what
+the local commands print (``--json`` and tables), and the client imports no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TEXT = "the cat sat on the mat ."
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def _run(capsys, argv):
+    from jetex.cli.main import main
+
+    capsys.readouterr()
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("args", [
+    ["lens", TEXT],
+    ["lens", TEXT, "--order", "0", "--layers", "0-1", "--top", "3"],
+    ["lens", TEXT, "--kind", "joint", "--centres", "blocks", "--optimize", "--order", "2"],
+    ["paths", TEXT, "--max-len", "1", "--position", "2", "--top", "4"],
+    ["predict", TEXT, "--top", "3"],
+    ["attribute", TEXT, "--method", "logat"],
+], ids=["lens", "lens-layers", "joint", "paths", "predict", "attribute"])
+def test_server_answers_print_like_the_local_command(explorer, serve_files, capsys, monkeypatch, args):
+    monkeypatch.setenv("COLUMNS", "200")
+    for extra in (["--json"], []):
+        rc, local, err = _run(capsys, args + extra + ["-m", serve_files["a_dir"]])
+        assert rc == 0, err
+        rc, remote, err = _run(capsys, args + extra + ["-m", "tiny", "--server", explorer.url])
+        assert rc == 0, err
+        if extra and args[0] == "attribute":  # the model field echoes --model
+            local, remote = json.loads(local), json.loads(remote)
+            assert local.pop("model") == serve_files["a_dir"] and remote.pop("model") == "tiny"
+        assert remote == local
+
+
+def test_server_errors_are_one_line(explorer, capsys, monkeypatch):
+    rc, _, err = _run(capsys, ["lens", "", "--server", explorer.url])
+    assert rc == 2 and err.strip().splitlines() == [f"error: server {explorer.url}: empty text: give at least one non-blank character"]
+    rc, _, err = _run(capsys, ["lens", TEXT, "-m", "nope", "--server", explorer.url])
+    assert rc == 2 and "unknown model 'nope'" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = _run(capsys, ["lens", TEXT, "--server", "http://127.0.0.1:9"])
+    assert rc == 2 and "cannot reach the jetex server at http://127.0.0.1:9" in err
+    monkeypatch.setenv("JETEX_SERVER", "ftp://x")
+    rc, _, err = _run(capsys, ["predict", TEXT])
+    assert rc == 2 and "must be an http:// URL" in err
+    monkeypatch.setenv("JETEX_SERVER", explorer.url)
+    rc, out, err = _run(capsys, ["predict", TEXT, "-m", "tiny", "--json"])
+    assert rc == 0 and json.loads(out)["top"], err  # the environment variable names the server
+
+
+def test_client_imports_no_torch(explorer):
+    code = ("import sys; from jetex.cli.main import main; rc = main(['lens', 'the cat', '-m', 'tiny', '--json', '--server', "
+            f"{explorer.url!r}]); print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=SRC))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "NO-TORCH 0"
