@@ -92,7 +92,7 @@ def make_store(tmp: Path, vocab: int) -> str:
     db = tmp / "smollm2_direct.duckdb"
     t0 = time.perf_counter()
     extract_ngrams(jetex.load("smollm2-135m"), ["direct"], db=db, top_k=10, exclude_self=True, global_top=100,
-                   limit_vocab=vocab, progress=False, fidelity_sample=None)
+                   limit_vocab=vocab, progress=False, fidelity_sample=0, precision_sample=0)
     print(f"store: direct path, first {vocab} input tokens, {time.perf_counter() - t0:.1f} s")
     return str(db)
 

@@ -36,7 +36,7 @@ def serve_files(tiny_llama_dir, tmp_path_factory):
     out = {"a_dir": tiny_llama_dir}
     for key, m in (("store_a", a), ("store_b", b)):
         db = root / f"{key}.duckdb"
-        extract_ngrams(m, ["direct"], db=db, top_k=8, exclude_self=True, global_top=40, progress=False, fidelity_sample=None)
+        extract_ngrams(m, ["direct"], db=db, top_k=8, exclude_self=True, global_top=40, progress=False, fidelity_sample=0)
         out[key] = str(db)
     return out
 
