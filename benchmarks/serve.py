@@ -22,7 +22,8 @@ What is measured:
 5. **concurrency**: 20 clients send the lens request at once; every answer must equal the
    serial answer (same cells); p50 / p95 of their latencies.
 6. **memory**: the server's resident set (``VmRSS`` of the subprocess) before and after 200
-   more lens requests of varied texts; growth in percent.
+   more order-1 lens requests of varied short texts (4–6 tokens, so that the run stays short
+   on a loaded machine); growth in percent.
 7. both real models: each page's endpoint answers 200 on every served model (``--models``).
 
 The machine is shared (2 cores, many jobs): absolute seconds are only roughly comparable
@@ -50,11 +51,11 @@ from jetex.serve.client import call  # noqa: E402  (torch-free)
 
 TEXT16 = "The quick brown fox jumps over the lazy dog because it wanted to see the"
 TEXTS = [
-    "The capital of France is Paris and the capital of Italy is",
-    "In 1492 Columbus sailed the ocean blue and discovered",
-    "def fibonacci(n): return n if n < 2 else",
-    "She opened the door, looked outside, and saw that the",
-    "Water boils at one hundred degrees Celsius at sea",
+    "The capital of France is",
+    "In 1492 Columbus sailed",
+    "def fib(n): return",
+    "She opened the door and",
+    "Water boils at",
 ]
 
 
@@ -65,8 +66,8 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(models: list[str], stores: list[str]) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "jetex.cli.main", "serve", "--port", "0"]
+def start_server(models: list[str], stores: list[str], threads: int) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "jetex.cli.main", "serve", "--port", "0", "--threads", str(threads)]
     for m in models:
         cmd += ["-m", m]
     for s in stores:
@@ -193,7 +194,9 @@ def cli_runs(url: str, text: str, n: int = 3) -> tuple[list[float], bool, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m,gemma3-270m", help="served models (the first is measured)")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("JETEX_BENCH_THREADS", "1")),
+                    help="torch threads of the server and of the reference (default 1: the machine is shared)")
     ap.add_argument("--store-vocab", type=int, default=3000)
     ap.add_argument("--memory-requests", type=int, default=200)
     ap.add_argument("--concurrent", type=int, default=20)
@@ -204,7 +207,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="jetex-serve-bench-"))
     report: dict = {"models": models}
     store = make_store(tmp, args.store_vocab)
-    proc, url = start_server(models, [store])
+    import torch
+
+    torch.set_num_threads(args.threads)
+    proc, url = start_server(models, [store], args.threads)
     try:
         # 2. warm lens, server time vs the library call in this process
         for _ in range(3):
@@ -268,7 +274,7 @@ def main() -> None:
         # 6. memory over N requests
         before = rss_kib(proc.pid)
         for i in range(args.memory_requests):
-            t = TEXTS[i % len(TEXTS)] + " " + " ".join(["again"] * (i % 7))
+            t = TEXTS[i % len(TEXTS)] + " again" * (i % 3)
             call(url, "/api/lens", lens_body(t))
         after = rss_kib(proc.pid)
         report["memory"] = {"requests": args.memory_requests, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,

@@ -22,7 +22,8 @@ def register(group: click.Group) -> None:
     @click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
     @click.option("--max-tokens", type=int, default=None, help="Longest text in tokens (default 256).")
     @click.option("--max-queue", type=int, default=None, help="Computations waiting or running per model before 429 (default 32).")
-    def serve_cmd(models, stores, host, port, max_tokens, max_queue) -> None:
+    @click.option("--threads", type=int, default=None, help="torch threads per computation (default: torch's choice).")
+    def serve_cmd(models, stores, host, port, max_tokens, max_queue, threads) -> None:
         """Serve the explorer: the models stay loaded, pages and a JSON API answer on HOST:PORT."""
         from dataclasses import replace
 
@@ -55,6 +56,12 @@ def register(group: click.Group) -> None:
                 "models on this machine (there is no authentication)",
                 err=True,
             )
+        if threads is not None:
+            if threads < 1:
+                raise InputError(f"--threads must be >= 1, got {threads}")
+            import torch
+
+            torch.set_num_threads(threads)
         loaded = {}
         for spec in models:
             if spec in loaded:
