@@ -30,6 +30,7 @@ of the last position, to take the argmax.)
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ from torch import Tensor
 
 from jetex.errors import InputError, JetexError
 from jetex.models.base import ResidualModel
+from jetex.models.batch import as_batch, is_batch
+from jetex.results import Result, ResultList
 
 #: Methods that need no gradient (one forward pass).
 FORWARD_METHODS = ("normxlogit", "logat", "norm", "jetxlogit", "random")
@@ -53,8 +56,8 @@ class GradientUnavailableError(JetexError):
     """A gradient method was asked of a model whose computation cannot be differentiated."""
 
 
-@dataclass(frozen=True)
-class Attribution:
+@dataclass(frozen=True, repr=False)
+class Attribution(Result):
     """Scores of the input tokens for one prediction (the target at the last position).
 
     ``tokens[i]`` / ``token_ids[i]`` is input token i, ``scores[i]`` its score ``[t]``
@@ -74,6 +77,8 @@ class Attribution:
     options: dict[str, Any] = field(default_factory=dict)
     bos: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
+
+    _renderer_module = "jetex.viz.attribution"
 
     def __post_init__(self) -> None:
         if self.token_ids.ndim != 1 or self.scores.ndim != 1:
@@ -99,9 +104,34 @@ class Attribution:
         s = self.scores.tolist()
         return sorted(range(start, len(s)), key=lambda i: (-s[i], i))
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the attribution."""
+    def _summary(self) -> str:
+        text = "".join(self.tokens)
+        text = text if len(text) <= 40 else text[:39] + "…"
+        return f"method={self.method!r}, target={self.target!r}, tokens={len(self.tokens)}, text={text!r}" + (
+            f", options={self.options}" if self.options else ""
+        )
+
+    def _columns(self) -> dict[str, list]:
+        """One row per input token: ``position``, ``token``, ``token_id``, ``score``, ``rank``
+        (1 = most supporting; null for BOS), ``bos``, ``method``, ``target``, ``target_id``."""
+        rank = {pos: r for r, pos in enumerate(self.ranking(), 1)}
+        n = len(self.tokens)
         return {
+            "position": list(range(n)),
+            "token": list(self.tokens),
+            "token_id": [int(i) for i in self.token_ids.tolist()],
+            "score": [float(s) for s in self.scores.tolist()],
+            "rank": [rank.get(i) for i in range(n)],
+            "bos": [bool(self.bos and i == 0) for i in range(n)],
+            "method": [self.method] * n,
+            "target": [self.target] * n,
+            "target_id": [int(self.target_id)] * n,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of the attribution (plus ``type``/``format``/``fields``, every field
+        exactly, for :meth:`from_dict`)."""
+        return Result.to_dict(self) | {
             "method": self.method,
             "options": dict(self.options),
             "target_id": self.target_id,
@@ -292,13 +322,15 @@ def _norms(hs: dict[int, Tensor], l: int, norm_of: str) -> Tensor:
 
 def attribute(
     model: ResidualModel,
-    text_or_ids: str | Tensor | list[int],
-    target: int | str | None = None,
+    text_or_ids: str | Tensor | Sequence,
+    target: int | str | Sequence | None = None,
     method: str = "normxlogit",
     layer: int | None = None,
     order: int = 1,
+    *,
+    attention_mask: Tensor | Sequence | None = None,
     **kw: Any,
-) -> Attribution:
+) -> Attribution | ResultList:
     """Attribute the model's prediction at the last position to the input tokens.
 
     ``text_or_ids``: a text (tokenised with BOS where the tokenizer uses one) or token ids
@@ -309,8 +341,20 @@ def attribute(
     "layer"), ``seed`` (``random``), and for the gradient methods ``baseline``,
     ``n_steps``, ``internal_batch_size`` (see :mod:`jetex.attribution.gradient`).
 
-    Returns an :class:`Attribution` with one score per input token.
+    Returns an :class:`Attribution` with one score per input token. A batch (a list of
+    texts or of id sequences, or ids ``[b, t]`` with an optional ``attention_mask``, see
+    :mod:`jetex.models.batch`) returns a :class:`~jetex.results.ResultList` of one
+    Attribution per item, each equal to the item attributed alone (the prediction at the
+    item's own last token); ``target`` is then one target for all or a list, one per item.
     """
+    if is_batch(text_or_ids, attention_mask):
+        batch = as_batch(text_or_ids, lambda x: as_input_ids(model, x), attention_mask)
+        targets = list(target) if isinstance(target, (list, tuple)) else [target] * len(batch)
+        if len(targets) != len(batch):
+            raise InputError(f"{len(targets)} targets for a batch of {len(batch)}: give one target, or one per item")
+        return ResultList(
+            attribute(model, item, t, method, layer, order, **dict(kw)) for item, t in zip(batch.items, targets)
+        )
     if not isinstance(method, str) or method not in METHODS:
         raise InputError(f"unknown attribution method {method!r}; choose one of: {', '.join(METHODS)}")
     text = text_or_ids if isinstance(text_or_ids, str) else None

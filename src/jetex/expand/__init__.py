@@ -7,7 +7,7 @@ from jetex.expand.algorithm import (
     jet_expand,
     logit_lens_expansion,
 )
-from jetex.expand.paths import Path, PathExpansion, PathFilter, PathValues, RankedPath, exp_jet_expansion
+from jetex.expand.paths import Path, PathExpansion, PathFilter, PathRanking, PathValues, RankedPath, exp_jet_expansion
 from jetex.expand.terms import Contribution, Embedding, EvalContext, Given, Segment, Stream, Term
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "PathExpansion",
     "PathFilter",
     "PathValues",
+    "PathRanking",
     "RankedPath",
     "Segment",
     "Stream",

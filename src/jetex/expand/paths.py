@@ -42,6 +42,8 @@ from jetex.errors import InputError
 from jetex.expand.algorithm import Expansion, check_order, jet_expand
 from jetex.expand.terms import DEC, Contribution, Embedding, EvalContext
 from jetex.models.base import ResidualModel
+from jetex.models.batch import as_batch, is_batch
+from jetex.results import Result, ResultList
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,75 @@ class RankedPath:
     path: Path
     logit: float
     top_token: int
+
+
+@dataclass(repr=False)
+class PathRanking(Result):
+    """Paths ranked by their contribution to one token's logit at one position of one input.
+
+    A sequence of :class:`RankedPath` (``len``, iteration, indexing; best first), with the
+    setting: ``model_name``, ``order``, ``split_degrees``, ``tokens`` / ``input_ids`` ``[t]``
+    (the input), ``position`` (0-based), ``target_id`` / ``target`` (the ranked token),
+    ``n_ranked`` (how many paths were evaluated) and ``top_tokens`` (each ranked path's own
+    top-1 token string).
+
+    Table columns: ``rank`` (1 = largest logit), ``path`` (its name, ``emb → attn.0 → dec``),
+    ``blocks`` (comma-separated block names it goes through), ``length``, ``logit`` (its
+    logit of the target), ``top_token_id``, ``top_token``, ``target``, ``target_id``, ``position``.
+    """
+
+    _renderer_module = "jetex.viz.tables"
+
+    model_name: str
+    order: int
+    split_degrees: bool
+    tokens: list[str]
+    input_ids: Int[Tensor, "t"]
+    position: int
+    target_id: int
+    target: str
+    n_ranked: int
+    paths: list[RankedPath]
+    top_tokens: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.top_tokens) != len(self.paths):
+            raise ValueError("PathRanking: one top token per ranked path")
+        if self.input_ids.ndim != 1 or self.input_ids.shape[0] != len(self.tokens):
+            raise ValueError("PathRanking: input_ids must be [t], one per token")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self) -> Iterator[RankedPath]:
+        return iter(self.paths)
+
+    def __getitem__(self, i: int) -> RankedPath:
+        return self.paths[i]
+
+    def _summary(self) -> str:
+        text = "".join(self.tokens)
+        text = text if len(text) <= 40 else text[:39] + "…"
+        best = f", best={self.paths[0].name!r} ({self.paths[0].logit:+.3g})" if self.paths else ""
+        return (
+            f"target={self.target!r}, position={self.position}, order={self.order}, "
+            f"paths={len(self.paths)} of {self.n_ranked}{best}, model={self.model_name!r}, text={text!r}"
+        )
+
+    def _columns(self) -> dict[str, list]:
+        names = [r.name.split(" → ")[1:-1] for r in self.paths]
+        return {
+            "rank": list(range(1, len(self.paths) + 1)),
+            "path": [r.name for r in self.paths],
+            "blocks": [",".join(n) for n in names],
+            "length": [len(r.path) for r in self.paths],
+            "logit": [float(r.logit) for r in self.paths],
+            "top_token_id": [int(r.top_token) for r in self.paths],
+            "top_token": list(self.top_tokens),
+            "target": [self.target] * len(self.paths),
+            "target_id": [int(self.target_id)] * len(self.paths),
+            "position": [int(self.position)] * len(self.paths),
+        }
 
 
 class PathExpansion:
@@ -321,14 +392,37 @@ class PathExpansion:
     @torch.no_grad()
     def rank(
         self,
-        input_ids: Int[Tensor, "1 t"],
+        input_ids: Int[Tensor, "*b t"] | str | Sequence,
         paths: Sequence[Path],
-        token: int | None = None,
+        token: int | Sequence[int | None] | None = None,
         position: int = -1,
         top: int = 10,
         batch_size: int = 256,
-    ) -> list[RankedPath]:
-        """Rank ``paths`` by their logit contribution to ``token`` (default: the model's prediction) at ``position``."""
+        *,
+        attention_mask: Tensor | Sequence | None = None,
+    ) -> PathRanking | ResultList:
+        """Rank ``paths`` by their logit contribution to ``token`` (default: the model's
+        prediction) at ``position``; the ``top`` best, as a :class:`PathRanking`.
+
+        A batch (a list of texts or id sequences, or ids ``[b, t]`` with an optional
+        ``attention_mask``, see :mod:`jetex.models.batch`) gives a
+        :class:`~jetex.results.ResultList` of one ranking per item, each equal to the item
+        ranked alone (``position`` counts within the item: −1 is its last token; ``token``
+        one for all, or a list with one per item).
+        """
+        if is_batch(input_ids, attention_mask):
+            batch = as_batch(input_ids, self._item_ids, attention_mask)
+            tokens = list(token) if isinstance(token, (list, tuple)) else [token] * len(batch)
+            if len(tokens) != len(batch):
+                raise InputError(f"{len(tokens)} tokens for a batch of {len(batch)}: give one token, or one per item")
+            paths = list(paths)
+            return ResultList(self.rank(x[None], paths, tk, position, top, batch_size) for x, tk in zip(batch.ids, tokens))
+        if isinstance(input_ids, str):
+            input_ids = self.model.tokenize(input_ids)
+        ids = torch.as_tensor(input_ids)
+        t = int(ids.shape[-1])
+        if not -t <= position < t:
+            raise InputError(f"position {position} out of range for {t} tokens")
         ctx = EvalContext(self.model, input_ids)
         if token is None:
             token = int(self.model.decode(ctx.h[self.L])[..., position, :].reshape(-1, self.model.vocab_size)[0].argmax())
@@ -341,7 +435,32 @@ class PathExpansion:
             for p, n, row in zip(chunk, vals.names, lg):
                 ranked.append(RankedPath(n, p, float(row[token]), int(row.argmax())))
         ranked.sort(key=lambda r: -r.logit)
-        return ranked[:top]
+        ranked = ranked[:top]
+        flat = ids.reshape(-1, t)[0].cpu()
+        return PathRanking(
+            model_name=self.model.name,
+            order=self.order,
+            split_degrees=self.split_degrees,
+            tokens=self.model.token_strings(flat),
+            input_ids=flat,
+            position=position % t,
+            target_id=int(token),
+            target=self.model.token_strings([int(token)])[0],
+            n_ranked=len(paths),
+            paths=ranked,
+            top_tokens=self.model.token_strings([r.top_token for r in ranked]) if ranked else [],
+        )
+
+    def _item_ids(self, x) -> Int[Tensor, "t"]:
+        """Ids ``[t]`` of one batch item (a text is tokenised with BOS)."""
+        if isinstance(x, str):
+            return self.model.tokenize(x)[0]
+        ids = torch.as_tensor(x)
+        if ids.ndim != 1 or ids.numel() == 0 or ids.is_floating_point() or ids.dtype == torch.bool:
+            raise InputError("each item must be a text or non-empty integer token ids [t]")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.model.vocab_size:
+            raise InputError(f"token ids must lie in 0..{self.model.vocab_size - 1}")
+        return ids.long().to(self.model.device)
 
     def materialize(self) -> Expansion:
         """Build Algorithm 2 explicitly with ``jet_expand`` (only for small L: 2^L terms, or

@@ -29,12 +29,19 @@ from jetex.errors import InputError
 from jetex.expand.algorithm import check_order
 from jetex.lenses.weights import optimal_weights
 from jetex.models.base import ResidualModel
+from jetex.models.batch import Batch, as_batch, is_batch
+from jetex.results import Result, ResultList
 
 LensKind = Literal["iterative", "joint"]
 
 
-@dataclass
-class LensResult:
+def _short_text(tokens: Sequence[str], width: int = 40) -> str:
+    text = "".join(tokens)
+    return repr(text if len(text) <= width else text[: width - 1] + "…")
+
+
+@dataclass(repr=False)
+class LensResult(Result):
     """What a lens shows for one input sequence (batch of one).
 
     R rows (streams for the iterative lens, centres for the joint lens), t positions, K top tokens:
@@ -47,7 +54,17 @@ class LensResult:
     - ``weights``: ``[R, t]`` the jet weights (joint lens only);
     - ``remainder_norm``: ``[R, t]`` (iterative: per row) or ``[1, t]`` (joint) norms of the
       logit-space remainder U δ.
+
+    Methods (:class:`~jetex.results.Result`): ``plot()``, ``to_html()``, ``save()``/``load()``,
+    ``to_dict()``/``from_dict()``, ``to_dataframe()``/``to_parquet()``. The table has one row
+    per (lens row, position, rank) with columns ``kind``, ``order``, ``row`` (row name, e.g.
+    ``mlp.3``), ``row_index``, ``position``, ``input_token``, ``input_id``, ``rank`` (1 = top),
+    ``token``, ``token_id``, ``logit``, ``cosine`` (the row's logits vs the model's at that
+    position), ``weight`` (joint lens; null for the iterative lens), ``model_token`` (the
+    model's own top-1 at that position).
     """
+
+    _renderer_module = "jetex.viz.lens"
 
     kind: LensKind
     order: int
@@ -92,8 +109,43 @@ class LensResult:
         """Cosine per row averaged over positions ``[R]``."""
         return self.cosine.mean(-1)
 
+    def _summary(self) -> str:
+        return (
+            f"kind={self.kind!r}, order={self.order}, model={self.model_name!r}, rows={len(self.row_names)}, "
+            f"positions={len(self.tokens)}, top_k={int(self.top_ids.shape[-1])}"
+            + (", optimized=True" if self.optimized else "")
+            + f", text={_short_text(self.tokens)}"
+        )
+
+    def _columns(self) -> dict[str, list]:
+        R, t, K = self.top_ids.shape
+        cols: dict[str, list] = {k: [] for k in ("kind", "order", "row", "row_index", "position", "input_token", "input_id",
+                                                  "rank", "token", "token_id", "logit", "cosine", "weight", "model_token")}
+        ids, logits, cos = self.top_ids.tolist(), self.top_logits.tolist(), self.cosine.tolist()
+        w = self.weights.tolist() if self.weights is not None else None
+        in_ids = self.input_ids.reshape(-1).tolist()
+        for r in range(R):
+            for i in range(t):
+                for j in range(K):
+                    cols["kind"].append(self.kind)
+                    cols["order"].append(self.order)
+                    cols["row"].append(self.row_names[r])
+                    cols["row_index"].append(r)
+                    cols["position"].append(i)
+                    cols["input_token"].append(self.tokens[i])
+                    cols["input_id"].append(int(in_ids[i]))
+                    cols["rank"].append(j + 1)
+                    cols["token"].append(self.vocab[r][i][j] if self.vocab else None)
+                    cols["token_id"].append(int(ids[r][i][j]))
+                    cols["logit"].append(float(logits[r][i][j]))
+                    cols["cosine"].append(float(cos[r][i]))
+                    cols["weight"].append(None if w is None else float(w[r][i]))
+                    cols["model_token"].append(self.model_vocab[i] if self.model_vocab else None)
+        return cols
+
     def to_dict(self) -> dict:
-        """JSON-ready summary (top-k tokens and logits per cell, cosines, weights)."""
+        """JSON-ready summary (top-k tokens and logits per cell, cosines, weights), plus
+        ``type``/``format``/``fields`` (every field exactly, for :meth:`from_dict`)."""
         out = {
             "kind": self.kind,
             "order": self.order,
@@ -116,7 +168,7 @@ class LensResult:
         if self.kind == "joint":
             out["expansion_top"] = self.expansion_vocab
             out["expansion_cosine"] = [round(float(x), 4) for x in self.expansion_cosine]  # type: ignore[union-attr]
-        return out
+        return out | Result.to_dict(self)
 
 
 def _ids(model: ResidualModel, text_or_ids: str | Tensor) -> Int[Tensor, "1 t"]:
@@ -197,24 +249,47 @@ def _rows(model: ResidualModel, ids: Tensor, names: list[str], logits: Tensor, m
     )
 
 
+def _batch(model: ResidualModel, inputs, attention_mask) -> tuple[Batch, Tensor]:
+    """A batch's items and their stream ``[L+1, b, T, d]`` from one right-padded forward pass."""
+    batch = as_batch(inputs, lambda x: _ids(model, x)[0], attention_mask)
+    ids, mask = batch.padded()
+    return batch, model.stream(ids, mask)
+
+
 @torch.no_grad()
 def iterative_lens(
     model: ResidualModel,
-    text_or_ids: str | Tensor,
+    text_or_ids: str | Tensor | Sequence,
     order: int = 1,
     layers: Sequence[int] | None = None,
     *,
     top_k: int = 10,
-) -> LensResult:
+    attention_mask: Tensor | Sequence | None = None,
+) -> LensResult | ResultList:
     """The iterative jet lens: one decoder expansion per chosen layer, centre h_l, weight 1.
 
     ``layers``: transformer layers (0-based; -1 = the embedding h_0), default all of them
     plus the embedding. k = 0 gives the logit lens.
+
+    ``text_or_ids``: one sequence (a text, ids ``[t]`` or ``[1, t]``) → a :class:`LensResult`;
+    a batch (a list of texts or of id sequences, or ids ``[b, t]`` with an optional
+    ``attention_mask``, see :mod:`jetex.models.batch`) → a :class:`~jetex.results.ResultList`
+    of one LensResult per item, each the item's own result (one batched forward pass).
     """
     k = check_order(order)
-    ids = _ids(model, text_or_ids)
     streams, names = layer_streams(model, layers)
-    h = model.stream(ids)  # [L+1, 1, t, d]
+    if is_batch(text_or_ids, attention_mask):
+        batch, h = _batch(model, text_or_ids, attention_mask)
+        return ResultList(
+            _iterative(model, x[None], h[:, i : i + 1, : x.shape[-1]], streams, names, k, top_k) for i, x in enumerate(batch.ids)
+        )
+    ids = _ids(model, text_or_ids)
+    return _iterative(model, ids, model.stream(ids), streams, names, k, top_k)
+
+
+def _iterative(
+    model: ResidualModel, ids: Tensor, h: Float[Tensor, "l1 1 t d"], streams: list[int], names: list[str], k: int, top_k: int
+) -> LensResult:
     logits = iterative_lens_logits(model, h, streams, k)[:, 0]  # [R, t, V]
     model_logits = model.decode(h[-1])[0]  # [t, V]
     rem = (model_logits.unsqueeze(0) - logits).norm(dim=-1)
@@ -316,22 +391,35 @@ def joint_lens_logits(
 @torch.no_grad()
 def joint_lens(
     model: ResidualModel,
-    text_or_ids: str | Tensor,
+    text_or_ids: str | Tensor | Sequence,
     order: int = 1,
     centres: str | int | Sequence[int] = "blocks",
     *,
     optimize: bool = False,
     top_k: int = 10,
-) -> LensResult:
+    attention_mask: Tensor | Sequence | None = None,
+) -> LensResult | ResultList:
     """The joint jet lens: decoder expansion around the embedding and the block contributions.
 
     Row i holds the term U w_i J^k γ_{L+1}(x_i)(h_L); with ``optimize=True`` the weights
     minimise the logit-space remainder exactly per position (Remark 3), else w_i = 1/n.
+    One sequence → a :class:`LensResult`; a batch → a :class:`~jetex.results.ResultList`
+    (as :func:`iterative_lens`).
     """
     k = check_order(order)
-    ids = _ids(model, text_or_ids)
     segs, names = joint_centres(model, centres)
-    h = model.stream(ids)[:, 0]  # [L+1, t, d]
+    if is_batch(text_or_ids, attention_mask):
+        batch, h = _batch(model, text_or_ids, attention_mask)
+        return ResultList(
+            _joint(model, x[None], h[:, i, : x.shape[-1]], segs, names, k, optimize, top_k) for i, x in enumerate(batch.ids)
+        )
+    ids = _ids(model, text_or_ids)
+    return _joint(model, ids, model.stream(ids)[:, 0], segs, names, k, optimize, top_k)
+
+
+def _joint(
+    model: ResidualModel, ids: Tensor, h: Float[Tensor, "l1 t d"], segs: list, names: list[str], k: int, optimize: bool, top_k: int
+) -> LensResult:
     logits, W, model_logits = joint_lens_logits(model, h, segs, k, optimize)
     exp_logits = logits.sum(0)
     rem = (model_logits - exp_logits).norm(dim=-1)
@@ -350,15 +438,20 @@ def joint_lens(
     )
 
 
-@dataclass
-class CosineCurve:
+@dataclass(repr=False)
+class CosineCurve(Result):
     """Mean cosine similarity (over sentences and positions) between lens and model logits.
 
     ``cosine [n_orders, R]`` for rows ``row_names`` (streams h_l for the iterative lens, centres
     for the joint lens) and jet orders ``orders``; ``n_sentences``. Joint lens only:
     ``expansion_cosine [n_orders]``, the mean cosine between the expansion's prediction
     Σ_i U e_i and the model's logits (the quantity the paper averages over sentences).
+
+    Table columns: ``kind``, ``order``, ``row``, ``row_index``, ``cosine`` (one row per order
+    and lens row), ``expansion_cosine`` (joint lens; null otherwise).
     """
+
+    _renderer_module = "jetex.viz.lens"
 
     kind: LensKind
     orders: list[int]
@@ -374,6 +467,24 @@ class CosineCurve:
             raise ValueError("CosineCurve: cosine must be [n_orders, R]")
         if self.kind == "joint" and (self.expansion_cosine is None or tuple(self.expansion_cosine.shape) != (len(self.orders),)):
             raise ValueError("CosineCurve: a joint-lens curve carries expansion_cosine [n_orders]")
+
+    def _summary(self) -> str:
+        return (
+            f"kind={self.kind!r}, orders={self.orders}, model={self.model_name!r}, rows={len(self.row_names)}, "
+            f"sentences={self.n_sentences}" + (", optimized=True" if self.optimized else "")
+        )
+
+    def _columns(self) -> dict[str, list]:
+        cols: dict[str, list] = {k: [] for k in ("kind", "order", "row", "row_index", "cosine", "expansion_cosine")}
+        for oi, k in enumerate(self.orders):
+            for r, name in enumerate(self.row_names):
+                cols["kind"].append(self.kind)
+                cols["order"].append(k)
+                cols["row"].append(name)
+                cols["row_index"].append(r)
+                cols["cosine"].append(float(self.cosine[oi, r]))
+                cols["expansion_cosine"].append(None if self.expansion_cosine is None else float(self.expansion_cosine[oi]))
+        return cols
 
 
 @torch.no_grad()

@@ -31,6 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from jetex.errors import InputError
+from jetex.models.batch import as_batch, pack
 
 BlockKind = Literal["attn", "mlp", "layer", "linear", "nonlinear"]
 
@@ -203,8 +204,22 @@ class ResidualModel(nn.Module):
         shown = ", ".join(names[:4] + (["…"] if len(names) > 6 else []) + names[-2:] if len(names) > 6 else names)
         raise InputError(f"unknown block {name_or_index!r}; blocks are: {shown}")
 
-    def stream(self, input_ids: Int[Tensor, "*b t"]) -> Float[Tensor, "l1 *b t d"]:
-        """The residual stream h_0..h_L, stacked: ``[L+1, *b, t, d]``."""
+    def stream(self, input_ids: Int[Tensor, "*b t"], attention_mask: Tensor | Any = None) -> Float[Tensor, "l1 *b t d"]:
+        """The residual stream h_0..h_L, stacked: ``[L+1, *b, t, d]``.
+
+        ``attention_mask`` ``[b, t]`` (1 = token, 0 = padding; left or right padding, see
+        :mod:`jetex.models.batch`): every row is run with its tokens at positions 0..t_i−1,
+        as it would be alone, and put back where it was; padding positions are 0.
+        """
+        if attention_mask is not None:
+            if input_ids.ndim != 2:
+                raise InputError(f"with an attention_mask the token ids must be [b, t], got shape {tuple(input_ids.shape)}")
+            packed, spans = pack(input_ids, attention_mask)
+            hs = self.stream(packed)
+            out = torch.zeros_like(hs)
+            for i, (s, e) in enumerate(spans):
+                out[:, i, s:e] = hs[:, i, : e - s]
+            return out
         h = self.embed(input_ids)
         hs = [h]
         for blk in self.blocks:
@@ -227,6 +242,17 @@ class ResidualModel(nn.Module):
         """Per-head weights of attention block γ_l (1-based)."""
         raise InputError(f"block {self.block(l).name} has no attention heads")
 
+    def __repr__(self) -> str:
+        """One line: class, name, blocks (first and last names), d, V — never the module tree
+        (``print(model.hf)`` shows the Hugging Face modules)."""
+        names = self.block_names
+        shown = ", ".join(names) if len(names) <= 4 else f"{names[0]}, {names[1]}, …, {names[-1]}"
+        try:
+            dims = f", d={self.d_model}, V={self.vocab_size}"
+        except (NotImplementedError, AttributeError):  # pragma: no cover - a view without U yet
+            dims = ""
+        return f"{type(self).__name__}(name={self.name!r}, L={len(names)} blocks [{shown}]{dims})"
+
     # ---- text ------------------------------------------------------------------
     def tokenize(self, text: str, *, add_bos: bool = True) -> Int[Tensor, "1 t"]:
         """Token ids ``[1, t]`` of ``text`` (with BOS where the tokenizer uses one)."""
@@ -241,6 +267,15 @@ class ResidualModel(nn.Module):
         if self.max_length is not None and len(ids) > self.max_length:
             raise InputError(f"text is {len(ids)} tokens long; the context window of {self.name} is {self.max_length}")
         return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+    def tokenize_batch(self, texts: list[str], *, add_bos: bool = True) -> tuple[Int[Tensor, "b t"], Int[Tensor, "b t"]]:
+        """Token ids ``[b, T]`` of ``texts``, right-padded, and the attention mask ``[b, T]``
+        (1 = token, 0 = padding); each row as :meth:`tokenize` gives it."""
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise InputError("tokenize_batch takes a list of texts")
+        batch = as_batch(list(texts), lambda x: self.tokenize(x, add_bos=add_bos)[0])
+        ids, mask = batch.padded(pad_id=getattr(self.tokenizer, "pad_token_id", None) or 0)
+        return ids, mask.long()
 
     def token_strings(self, ids: Tensor | list[int]) -> list[str]:
         """Readable strings of token ids (one per id)."""

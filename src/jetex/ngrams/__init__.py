@@ -14,6 +14,7 @@ from jetex.ngrams.extract import RunSummary, extract_ngrams
 from jetex.ngrams.fidelity import Fidelity, path_fidelity
 from jetex.ngrams.paths import BigramPath, TrigramPath, available_paths, parse_path, parse_paths
 from jetex.ngrams.store import NgramStore
+from jetex.ngrams.table import NgramTable, ngram_table
 from jetex.ngrams.trigrams import (
     TrigramTable,
     head_summaries,
@@ -28,6 +29,8 @@ __all__ = [
     "Fidelity",
     "GlobalCandidates",
     "NgramStore",
+    "NgramTable",
+    "ngram_table",
     "RunSummary",
     "TrigramPath",
     "TrigramTable",

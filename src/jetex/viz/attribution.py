@@ -11,14 +11,17 @@ computes nothing beyond colours.
 from __future__ import annotations
 
 import html
+import io
 import json
 from typing import Any
 
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from jetex.attribution.core import Attribution
+from jetex.results import register_renderer, write_atomic
 
 _RED = (214, 39, 40)
 _BLUE = (31, 119, 180)
@@ -139,6 +142,28 @@ def to_html(attr: Attribution, *, title: str | None = None) -> str:
     )
 
 
+def plot_attribution(attr: Attribution, path: Any = None) -> Figure:
+    """One bar per input token (its score; red supports the target, blue opposes it, colour
+    scale as in the HTML); a PNG is written when ``path`` is given."""
+    n = len(attr)
+    fig = Figure(figsize=(max(4.0, 0.45 * n + 1.5), 3.4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    scale = colour_scale(attr)
+    scores = attr.scores.tolist()
+    ax.bar(range(n), scores, color=[tuple(c / 255 for c in score_colour(s, scale)) for s in scores], edgecolor="0.3", linewidth=0.5)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(n))
+    ax.set_xticklabels([display_token(t)[:12] for t in attr.tokens], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("score")
+    ax.set_title(_describe(attr), fontsize=9)
+    fig.subplots_adjust(bottom=0.3, top=0.88)
+    if path is not None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        write_atomic(path, buf.getvalue())
+    return fig
+
+
 def report_table(report: Any) -> Table:
     """A rich table of a :class:`~jetex.attribution.faithfulness.FaithfulnessReport`."""
     table = Table(title=f"faithfulness over {len(report.prompts)} prompts (ratios {', '.join(f'{r:g}' for r in report.ratios)})")
@@ -151,4 +176,7 @@ def report_table(report: Any) -> Table:
     return table
 
 
-__all__ = ["colour_scale", "display_token", "render_terminal", "report_table", "score_colour", "to_html", "to_json", "to_rich_text"]
+__all__ = ["colour_scale", "display_token", "plot_attribution", "render_terminal", "report_table", "score_colour", "to_html", "to_json", "to_rich_text"]
+
+
+register_renderer(Attribution, plot=plot_attribution, html=to_html)

@@ -43,6 +43,7 @@ from matplotlib.transforms import offset_copy
 
 from jetex.errors import InputError
 from jetex.lenses.lens import CosineCurve, LensResult
+from jetex.results import register_renderer
 
 # Diverging colormap for logits and cosines (centred at 0), sequential for weights.
 LOGIT_CMAP = "RdBu_r"
@@ -677,6 +678,9 @@ def _write_atomic(path: PathLike, data: bytes) -> Path:
             os.unlink(tmp)
     return p
 
+
+register_renderer(LensResult, plot=plot_lens, html=lambda result, **kw: lens_html(result))
+register_renderer(CosineCurve, plot=plot_cosine_curve)
 
 __all__ = [
     "figure_token",
