@@ -46,7 +46,7 @@ def _print_lens(res) -> None:
     from rich.table import Table
 
     console = Console()
-    title = f"{res.kind} jet lens, order {res.order}" + (" (optimised weights)" if res.optimized else "") + f" — {res.model_name}"
+    title = (f"{res.kind} lens" if res.kind in ("logit", "tuned", "jacobian") else f"{res.kind} jet lens, order {res.order}") + (" (optimised weights)" if res.optimized else "") + f" — {res.model_name}"
     table = Table(title=title, show_lines=False, header_style="bold")
     table.add_column("row", style="bold")
     shown = list(range(len(res.tokens)))
@@ -75,7 +75,13 @@ def _print_lens(res) -> None:
 def register(group: click.Group) -> None:
     @group.command("lens")
     @click.argument("text")
-    @click.option("--kind", type=click.Choice(["iterative", "joint"]), default="iterative", show_default=True)
+    @click.option(
+        "--kind",
+        type=click.Choice(["iterative", "joint", "logit", "tuned", "jacobian"]),
+        default="iterative",
+        show_default=True,
+        help="Jet lenses (iterative, joint), the logit lens, or a fitted tuned / Jacobian lens (--lens FILE).",
+    )
     @click.option("--order", "-k", type=int, default=1, show_default=True, help="Jet order k (0 = logit lens).")
     @click.option("--layers", default=None, help="Iterative lens: transformer layers, e.g. 0,5,10 or 0-29 (-1 = embedding).")
     @click.option(
@@ -87,10 +93,11 @@ def register(group: click.Group) -> None:
     @click.option("--optimize", is_flag=True, help="Joint lens: optimise weights per position (exact, Remark 3).")
     @click.option("--top", type=int, default=10, show_default=True, help="Top tokens kept per cell.")
     @click.option("--out", "out", default=None, help="Write the lens to FILE.png, FILE.html or FILE.json.")
+    @click.option("--lens", "lens_file", default=None, help="Tuned / Jacobian lens: the fitted lens file (`jetex lens-fit`).")
     @common_options
     @remote.server_option
-    def lens_cmd(text, kind, order, layers, centres, optimize, top, out, model, as_json, server):
-        """Read the model's computation through an iterative or joint jet lens."""
+    def lens_cmd(text, kind, order, layers, centres, optimize, top, out, lens_file, model, as_json, server):
+        """Read the model's computation through a jet lens, the logit lens, or a fitted tuned / Jacobian lens."""
         from jetex.lenses import iterative_lens, joint_lens
 
         if top < 1:
@@ -101,12 +108,25 @@ def register(group: click.Group) -> None:
             raise InputError("--layers applies to the iterative lens only; the joint lens takes --centres (blocks, layers or a number)")
         if kind == "iterative" and _given("centres"):
             raise InputError("--centres applies to the joint lens only (--kind joint); the iterative lens takes --layers")
+        if kind in ("tuned", "jacobian") and lens_file is None:
+            raise InputError(f"--kind {kind} needs --lens FILE (fit one with `jetex lens-fit --kind {kind}`)")
+        if lens_file is not None and kind not in ("tuned", "jacobian"):
+            raise InputError("--lens applies to --kind tuned or --kind jacobian")
+        if kind in ("logit", "tuned", "jacobian") and (_given("order") or optimize):
+            raise InputError(f"--order and --optimize apply to the jet lenses, not to the {kind} lens")
         url = remote.url_of(server)
         if url is not None:
+            if kind not in ("iterative", "joint"):
+                raise InputError(f"--server serves the jet lenses (iterative, joint); run the {kind} lens locally")
             return remote.lens(url, text=text, kind=kind, order=order, layers=layers, centres=centres, centres_given=_given("centres"),
                                optimize=optimize, top=top, out=out, model=model, model_given=_given("model"), as_json=as_json)
         m = _load(model)
-        if kind == "iterative":
+        if kind in ("logit", "tuned", "jacobian"):
+            from jetex.lenses.zoo import load_fitted, zoo_lens
+
+            fitted = load_fitted(kind, lens_file, m) if lens_file else None
+            res = zoo_lens(m, text, kind, lens=fitted, layers=_parse_ints(layers, "layer"), top_k=top)
+        elif kind == "iterative":
             res = iterative_lens(m, text, order=order, layers=_parse_ints(layers, "layer"), top_k=top)
         else:
             cen: str | int = int(centres) if centres.isdigit() else centres

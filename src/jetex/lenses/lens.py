@@ -32,7 +32,7 @@ from jetex.models.base import ResidualModel
 from jetex.models.batch import Batch, as_batch, is_batch
 from jetex.results import Result, ResultList
 
-LensKind = Literal["iterative", "joint"]
+LensKind = Literal["iterative", "joint", "logit", "tuned", "jacobian"]
 
 
 def _short_text(tokens: Sequence[str], width: int = 40) -> str:

@@ -130,6 +130,9 @@ def _expansion_tokens(result: LensResult) -> list[str]:
 
 def lens_title(result: LensResult) -> str:
     """One line naming the model, the lens kind, the order and the weights."""
+    if result.kind in ("logit", "tuned", "jacobian"):
+        what = {"logit": "logit lens", "tuned": "tuned lens (affine translators)", "jacobian": "Jacobian lens (J-lens)"}[result.kind]
+        return f"{result.model_name} · {what}"
     if result.kind == "iterative":
         what = "logit lens (iterative jet lens, k = 0)" if result.order == 0 else f"iterative jet lens, order k = {result.order}"
         return f"{result.model_name} · {what}"
