@@ -186,7 +186,7 @@ def cli_runs(url: str, text: str, n: int = 3) -> tuple[list[float], bool, str]:
         if r.returncode != 0:
             raise RuntimeError(f"jetex lens --server failed: {r.stderr.strip().splitlines()[-1:]}")
         if i == 0:
-            torch_loaded = any(line.rstrip().endswith("| torch") for line in r.stderr.splitlines())
+            torch_loaded = any(line.split("|")[-1].strip() == "torch" for line in r.stderr.splitlines() if "|" in line)
             out = r.stdout
     return walls[1:] if n > 1 else walls, torch_loaded, out
 

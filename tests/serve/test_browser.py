@@ -103,7 +103,14 @@ def test_lens_page_grid_cell_and_refusals(browser, explorer):
     assert [c.text for c in model_row] == [_vis(t) for t in ref.model_vocab]
     assert float(grid.get_attribute("data-render-ms")) > 0 and float(grid.get_attribute("data-server-s")) > 0
 
-    # click a cell: its top-k tokens with probabilities
+    # the default colour scale is the logit: no probabilities asked for; the probability scale
+    # asks the server for them (a new request), then a click shows a cell's top-k with them
+    from selenium.webdriver.support.ui import Select
+
+    stamp = grid.get_attribute("data-render-ms")
+    Select(browser.find_element("id", "lens-scale")).select_by_value("probability")
+    grid = _wait(lambda: _new_grid(browser, stamp), what="grid with probabilities")
+    cells = grid.find_elements("css selector", "td.cell[data-r='2']")
     cells[3].click()
     panel = _wait(lambda: browser.find_element("id", "cell-topk"), what="cell panel")
     rows = panel.find_elements("css selector", "tr")[1:]
@@ -114,13 +121,13 @@ def test_lens_page_grid_cell_and_refusals(browser, explorer):
     assert shown.endswith("%") and abs(float(shown[:-1]) - 100 * p0) <= 0.06
     assert "cosine" in browser.find_element("id", "cell-info").text
 
-    # another colour scale recolours the grid without a new request
+    # another scale with the same data recolours the grid without a new request
     before = cells[3].value_of_css_property("background-color")
-    from selenium.webdriver.support.ui import Select
-
-    Select(browser.find_element("id", "lens-scale")).select_by_value("logit")
+    stamp = grid.get_attribute("data-server-s")
+    Select(browser.find_element("id", "lens-scale")).select_by_value("rank")
     recoloured = browser.find_elements("css selector", "#lens-grid td.cell[data-r='2']")[3].value_of_css_property("background-color")
-    assert recoloured != before
+    assert recoloured != before and browser.find_element("id", "lens-grid").get_attribute("data-server-s") == stamp
+    Select(browser.find_element("id", "lens-scale")).select_by_value("logit")
 
     # the joint lens adds the expansion's row
     stamp = grid.get_attribute("data-render-ms")
@@ -202,10 +209,14 @@ def test_pages_paths_attribution_ngrams_and_abort(browser, explorer):
     _wait(lambda: browser.find_element("id", "page-lens").is_displayed(), what="lens page after back")
     ex = explorer.app.state.explorer
     cancelled0 = ex.counters.cancelled
-    Select(browser.find_element("id", "model")).select_by_value("slow")
-    browser.find_element("id", "lens-run").click()
-    _wait(lambda: ex.counters.running.get("slow") == "lens", what="slow lens running")
-    Select(browser.find_element("id", "model")).select_by_value("tiny")
-    browser.find_element("id", "lens-run").click()  # aborts the page's previous request
-    _wait(lambda: ex.counters.cancelled == cancelled0 + 1, timeout=20, what="the abandoned computation to stop")
+    explorer.slow_hooks.delay = 1.0  # a lens of several seconds on the slow model
+    try:
+        Select(browser.find_element("id", "model")).select_by_value("slow")
+        browser.find_element("id", "lens-run").click()
+        _wait(lambda: ex.counters.running.get("slow") == "lens", what="slow lens running")
+        Select(browser.find_element("id", "model")).select_by_value("tiny")
+        browser.find_element("id", "lens-run").click()  # aborts the page's previous request
+        _wait(lambda: ex.counters.cancelled == cancelled0 + 1, timeout=20, what="the abandoned computation to stop")
+    finally:
+        explorer.slow_hooks.delay = 0.15
     _wait(lambda: browser.find_element("id", "lens-status").text.startswith("iterative"), what="the new lens")

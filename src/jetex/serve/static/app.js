@@ -107,7 +107,7 @@
         var info = { logit: c.logits[0], lp: V ? V.logprobs[r][i][0] : null, rank: V ? V.model_token_rank[r][i] : 1 };
         var col = colourFor(V ? scale : 'logit', info, maxAbs);
         td.style.background = rgb(col); td.style.color = ink(col);
-        if (V && V.model_token_rank[r][i] === 1) td.classList.add('agree');
+        if (V ? V.model_token_rank[r][i] === 1 : c.top[0] === R.model_top[i]) td.classList.add('agree');
         tr.appendChild(td);
       });
       tr.appendChild(el('td', fmt(R.mean_cosine[r]), 'side'));
@@ -208,9 +208,16 @@
     document.querySelectorAll('.joint-only').forEach(function (x) { x.hidden = !joint; });
   }
   $('lens-kind').addEventListener('change', syncLensForm);
-  $('lens-scale').addEventListener('change', function () { if (LENS) renderLens(LENS, performance.now()); });
+  // the logit scale needs only the lens; probability, log-probability and rank need the
+  // server's extra pass over the rows' full logits (asked for only then)
+  function needsView() { return $('lens-scale').value !== 'logit'; }
+  $('lens-scale').addEventListener('change', function () {
+    if (!LENS) return;
+    if (needsView() && !LENS.view) runLens(); else renderLens(LENS, performance.now());
+  });
   function runLens() {
-    var body = { model: model(), text: text(), kind: $('lens-kind').value, order: intOrNull($('lens-order').value), top: intOrNull($('lens-top').value) };
+    var body = { model: model(), text: text(), kind: $('lens-kind').value, order: intOrNull($('lens-order').value),
+      top: intOrNull($('lens-top').value), probabilities: needsView() };
     if (body.kind === 'joint') { body.centres = $('lens-centres').value; body.optimize = $('lens-optimize').checked; }
     var t0 = performance.now();
     $('lens-status').textContent = 'computing…';
