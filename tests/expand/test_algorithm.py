@@ -177,8 +177,36 @@ def test_rank_orders_by_target_logit():
     ranked = pe.rank(z, list(pe.paths()), token=3, top=8)
     logits = [r.logit for r in ranked]
     assert logits == sorted(logits, reverse=True)
-    vals = pe.evaluate(z, [r.path for r in ranked], position=-1)
+    vals = pe.evaluate(z, [r.path for r in ranked], position=-1, weighted=False)
     assert torch.allclose(vals.logits[:, 0, 3].float(), torch.tensor(logits).float(), atol=1e-5)
+    # on Algorithm 2's weighted scale the same ranking machinery gives the Eq. 11 summands
+    ranked_w = pe.rank(z, list(pe.paths()), token=3, top=8, weighted=True)
+    vals_w = pe.evaluate(z, [r.path for r in ranked_w], position=-1)
+    assert torch.allclose(vals_w.logits[:, 0, 3].float(), torch.tensor([r.logit for r in ranked_w]).float(), atol=1e-5)
+    assert all(r.weighted for r in ranked_w) and not any(r.weighted for r in ranked)
+    q = model(z)[0, -1].detach()
+    assert ranked[0].token == 3 and abs(ranked[0].share - ranked[0].logit / float(q[3])) < 1e-6
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_unweighted_path_is_the_paths_own_jet_composition(order):
+    """Unweighted path emb → block.2 → dec = U J^k γ_{L+1}(J^k γ_2(η)(h_1))(h_L): every Algorithm-2
+    weight set to 1 (k = 0: the bigram-style path U γ_{L+1}(γ_2(η))); weighted differs by the weights."""
+    from jetex.jets import jet
+
+    model = ToyResidualNet(depth=3, d=6, vocab_size=7, hidden=8)
+    z = torch.randint(0, model.vocab_size, (1, 5), generator=torch.Generator().manual_seed(2))
+    h = model.stream(z)
+    pe = exp_jet_expansion(model, order)
+    p = pe.path("block.2")
+    x = jet(model.blocks[1], h[0], h[1], order)
+    expected = model.unembed(jet(model.final_norm, x, h[-1], order))
+    got = pe.evaluate(z, [p], weighted=False).logits[0]
+    assert torch.allclose(got, expected, atol=1e-10)
+    weighted = pe.evaluate(z, [p]).logits[0]
+    assert not torch.allclose(weighted, expected, atol=1e-3)
+    r = pe.rank(z, [p], token=0, top=1)[0]
+    assert r.token_str == model.token_strings([0])[0] and r.top_str == model.token_strings([r.top_token])[0]
 
 
 def test_centre_gap_warning_and_bad_input():

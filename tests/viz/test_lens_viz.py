@@ -135,11 +135,18 @@ def test_plot_lens_joint_png(toy4, tmp_path):
         plot_lens(res, p)
         w, h = png_size(p.read_bytes())
         assert w > 400 and h > 200
-    # the joint figure has three extra bottom rows and a weight column: taller and wider
+    # the joint figure has three extra bottom rows and a weight column: taller, and wider than an
+    # iterative figure without its two split-along-q columns (cos⊥q, q share), which add width
+    import dataclasses
+
     it = tmp_path / "it.png"
-    plot_lens(iterative_lens(toy4, IDS, order=1), it)
+    res_it = iterative_lens(toy4, IDS, order=1)
+    plot_lens(dataclasses.replace(res_it, rest_cosine=None, q_share=None), it)
     wi, hi = png_size(it.read_bytes())
     assert w > wi and h > hi
+    plot_lens(res_it, it)
+    wi2, hi2 = png_size(it.read_bytes())
+    assert wi2 > wi + 2 * 50 and hi2 == hi
 
 
 def test_plot_lens_draws_every_cell_token(toy4):

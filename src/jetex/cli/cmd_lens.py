@@ -53,23 +53,54 @@ def _print_lens(res) -> None:
     for i in shown:
         table.add_column(repr(res.tokens[i])[1:-1][:10], overflow="fold")
     table.add_column("cos", justify="right")
+    honest = res.rest_cosine is not None and res.q_share is not None
+    if honest:
+        table.add_column("cos⊥q", justify="right")
+        table.add_column("q share", justify="right")
+    trusted = res.trusted
 
-    def cell(tok: str, logit: float) -> str:
+    def cell(tok: str, logit: float, ok: bool) -> str:
         colour = "red" if logit > 0 else "blue"
-        return f"[{colour}]{repr(tok)[1:-1][:10]}[/{colour}]"
+        text = repr(tok)[1:-1][:10]
+        if not ok:
+            return f"[dim {colour} strike]{text}[/dim {colour} strike]†"
+        return f"[{colour}]{text}[/{colour}]"
 
     for r, name in enumerate(res.row_names):
         row = [name]
         for i in shown:
             tok = res.vocab[r][i][0]
-            row.append(cell(tok, float(res.top_logits[r, i, 0])))
+            row.append(cell(tok, float(res.top_logits[r, i, 0]), trusted is None or bool(trusted[r, i])))
         row.append(f"{float(res.cosine[r].mean()):+.3f}")
+        if honest:
+            row.append(f"{float(res.rest_cosine[r].mean()):+.3f}")
+            row.append(f"{float(res.q_share[r].mean()):.2f}")
         table.add_row(*row)
     table.add_section()
-    table.add_row("model", *[repr(t)[1:-1][:10] for t in res.model_vocab], "")
+    pad = [""] * (2 if honest else 0)
+    table.add_row("model", *[repr(t)[1:-1][:10] for t in res.model_vocab], "", *pad)
     if res.kind == "joint":
         table.add_row("expansion", *[repr(t)[1:-1][:10] for t in res.expansion_vocab], f"{float(res.expansion_cosine.mean()):+.3f}")
     console.print(table)
+    notes = []
+    if trusted is not None and not bool(trusted.all()):
+        notes.append(f"†: untrusted cell ({int((~trusted).sum())} of {trusted.numel()}; see docs/trust.md)")
+    if honest:
+        notes.append("cos⊥q: cosine with q of each row minus its part along the model's own logits q; q share: part of the row that is q")
+    for n in notes:
+        console.print(n, style="dim", highlight=False)
+
+
+def _lens_warning(res) -> str | None:
+    """One line when the lens's main readout is dominated by divergence, remainder or cancellation."""
+    d = res.diagnostics
+    if d is None:
+        return None
+    if res.kind == "iterative":
+        hint = "try a lower --order (0 or 1) and read the rows near the output (distance < 1)"
+        return d.warning("cells", hint)
+    hint = "try a lower --order or fewer, larger centres (--centres layers, or a number)"
+    return d.warning("cells", hint)
 
 
 def register(group: click.Group) -> None:
@@ -135,6 +166,9 @@ def register(group: click.Group) -> None:
             from jetex.viz.lens import save_lens
 
             save_lens(res, out)
+        warn = _lens_warning(res)
+        if warn:
+            click.echo(f"warning: {warn}", err=True)
         if as_json:
             emit_json(res.to_dict() | ({"out": out} if out else {}))
         else:
@@ -165,10 +199,18 @@ def register(group: click.Group) -> None:
         default=None,
         help="With --split-degrees: Taylor degrees a path may take at each block and at the decoder, e.g. 0 or 0,1 (default: all).",
     )
+    @click.option(
+        "--weighted",
+        is_flag=True,
+        help="Rank by Algorithm 2's weighted terms (the summands of Eq. 11, ~2^-L each) instead of the unweighted paths.",
+    )
     @common_options
     @remote.server_option
-    def paths_cmd(text, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, model, as_json, server):
-        """Rank input-to-output jet paths (Algorithm 2) by their contribution to the predicted token."""
+    def paths_cmd(text, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, weighted, model, as_json, server):
+        """Rank input-to-output jet paths (Algorithm 2) by their logit for the predicted token.
+
+        The scale is the unweighted path (its own jets composed, every 1/|ξ| weight set to 1);
+        --weighted ranks Algorithm 2's terms, which all shrink like 2^-L. docs/trust.md."""
         from jetex.expand import PathFilter, exp_jet_expansion
         from jetex.expand.algorithm import check_order
 
@@ -181,6 +223,8 @@ def register(group: click.Group) -> None:
             raise InputError("--split-degrees needs --order >= 1 (an order-0 jet has a single degree)")
         degs = _parse_ints(degrees, "degree") if degrees is not None else None  # None: every degree ("all")
         url = remote.url_of(server)
+        if url is not None and weighted:
+            raise InputError("--weighted is not available with --server; run the command locally")
         if url is not None:
             return remote.paths(url, text=text, order=order, must_use=must_use, avoid=avoid, max_len=max_len, min_len=min_len,
                                 token=token, position=position, top=top, split_degrees=split_degrees, degrees=degrees,
@@ -214,11 +258,17 @@ def register(group: click.Group) -> None:
                     f"--token {token!r} is {len(enc)} tokens ({pieces}); give a single token, e.g. {m.token_strings(enc[:1])[0]!r}"
                 )
             tok_id = enc[0]
-        ranked = pe.rank(ids, list(pe.paths(flt)), token=tok_id, position=position, top=top)
-        target = tok_id if tok_id is not None else None
-        if target is None:
-            target = int(m.decode(m.stream(ids)[-1])[0, position].argmax())
-        tgt_str = m.token_strings([target])[0]
+        ranked = pe.rank(ids, list(pe.paths(flt)), token=tok_id, position=position, top=top, weighted=weighted, progress=True)
+        target = ranked[0].token
+        tgt_str = ranked[0].token_str
+        n_bad = sum(not r.trusted for r in ranked)
+        if n_bad * 2 > len(ranked):
+            click.echo(
+                f"warning: {n_bad} of the top {len(ranked)} paths are untrusted: the order-{order} series along them diverges "
+                f"(centre→variate distance up to {max(r.distance for r in ranked):.3g} ≥ 1); try --order 0",
+                err=True,
+            )
+        scale = "weighted (Algorithm 2 terms)" if weighted else "unweighted paths"
         if as_json:
             emit_json(
                 {
@@ -226,11 +276,10 @@ def register(group: click.Group) -> None:
                     "order": order,
                     "split_degrees": split_degrees,
                     "degrees": degs,
+                    "scale": "weighted" if weighted else "unweighted",
                     "target": {"id": target, "token": tgt_str},
                     "n_paths": n,
-                    "paths": [
-                        {"path": r.name, "logit": r.logit, "top_token": m.token_strings([r.top_token])[0]} for r in ranked
-                    ],
+                    "paths": [r.to_dict() for r in ranked],
                 }
             )
             return
@@ -238,11 +287,15 @@ def register(group: click.Group) -> None:
         from rich.table import Table
 
         variant = ", split by Taylor degree" if split_degrees else ""
-        table = Table(title=f"top {len(ranked)} of {n} paths for {tgt_str!r} (order {order}{variant}) — {m.name}")
+        table = Table(title=f"top {len(ranked)} of {n} paths for {tgt_str!r} (order {order}{variant}, {scale}) — {m.name}")
         table.add_column("#", justify="right")
         table.add_column("path")
         table.add_column(f"logit[{tgt_str!r}]", justify="right")
+        table.add_column("of model's", justify="right")
         table.add_column("path's own top-1")
+        table.add_column("trusted")
         for i, r in enumerate(ranked, 1):
-            table.add_row(str(i), r.name, f"{r.logit:+.3f}", repr(m.token_strings([r.top_token])[0]))
+            table.add_row(
+                str(i), r.name, f"{r.logit:+.4g}", f"{r.share:+.1%}", repr(r.top_str), "yes" if r.trusted else f"no (distance {r.distance:.3g})"
+            )
         Console().print(table)

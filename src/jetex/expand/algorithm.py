@@ -36,6 +36,7 @@ from jetex.expand.terms import (
     Stream,
     Term,
 )
+from jetex.expand.numerics import unembed
 from jetex.models.base import ResidualModel
 
 
@@ -198,27 +199,34 @@ class ExpansionValues:
         if self.target.shape != self.remainder.shape:
             raise ValueError("ExpansionValues: target and remainder shapes differ")
 
-    def logits(self) -> Float[Tensor, "n *b t v"]:
-        """U·e for every term (decoder expansions only): ``[n, *b, t, V]``."""
-        self._need_decoder()
-        return self.terms @ self.model.unembedding_matrix.T
+    def logits(self, position: int | None = None, tokens: Tensor | None = None) -> Float[Tensor, "n *b t v"]:
+        """U·e for every term (decoder expansions only): ``[n, *b, t, V]`` (``[n, *b, V]`` at one
+        ``position``; only the vocabulary entries ``tokens`` if given).
 
-    def remainder_logits(self) -> Float[Tensor, "*b t v"]:
+        In the terms' dtype: float64 for k ≥ 1 (:mod:`jetex.expand.numerics`), so that
+        Σ logits() + remainder_logits() = q(z) holds to float64 rounding of the terms.
+        """
+        self._need_decoder()
+        return unembed(self.model, _at(self.terms, position), tokens=tokens)
+
+    def remainder_logits(self, position: int | None = None, tokens: Tensor | None = None) -> Float[Tensor, "*b t v"]:
         """U δ, plus the unembedding bias if any, so that Σ logits() + remainder_logits() = q(z)."""
         self._need_decoder()
-        out = self.remainder @ self.model.unembedding_matrix.T
-        if self.model.unembedding_bias is not None:
-            out = out + self.model.unembedding_bias
-        return out
+        return unembed(self.model, _at(self.remainder, position), bias=True, tokens=tokens)
 
-    def expansion_logits(self) -> Float[Tensor, "*b t v"]:
-        """Σ_e U e: the expansion's own prediction, without the remainder."""
+    def expansion_logits(self, position: int | None = None, tokens: Tensor | None = None) -> Float[Tensor, "*b t v"]:
+        """Σ_e U e: the expansion's own prediction, without the remainder (summed before U)."""
         self._need_decoder()
-        return self.terms.sum(0) @ self.model.unembedding_matrix.T
+        return unembed(self.model, _at(self.terms.sum(0), position), tokens=tokens)
 
     def _need_decoder(self) -> None:
         if not self.is_decoder:
             raise InputError("logits exist only for an expansion of the decoder (block l = L)")
+
+
+def _at(x: Tensor, position: int | None) -> Tensor:
+    """``x[..., position, :]`` (the token axis is the second last), or ``x`` for ``None``."""
+    return x if position is None else x[..., position, :]
 
 
 def jet_expand(

@@ -40,6 +40,8 @@ from torch import Tensor
 
 from jetex.errors import InputError
 from jetex.expand.algorithm import Expansion, check_order, jet_expand
+from jetex.expand.diagnostics import decay_from_norms, relative_distance
+from jetex.expand.numerics import accumulation_dtype, unembed
 from jetex.expand.terms import DEC, Contribution, Embedding, EvalContext
 from jetex.models.base import ResidualModel
 from jetex.models.batch import as_batch, is_batch
@@ -95,26 +97,74 @@ class PathFilter:
 
 @dataclass
 class PathValues:
-    """Logits of selected paths on one input: ``logits [P, *b, t, V]`` (or ``[P, *b, V]`` at one position)."""
+    """Logits of selected paths on one input: ``logits [P, *b, t, V]`` (or ``[P, *b, V]`` at one position).
+
+    ``weighted``: whether the paths carry Algorithm 2's weights (see :meth:`PathExpansion.evaluate`).
+    ``decay`` and ``distance`` (``logits.shape[:-1]``): the largest degree-norm ratio and the largest
+    centre→variate distance over the jets along each path (docs/trust.md; 0 for a path with no
+    series, NaN when not computed).
+    """
 
     paths: list[Path]
     names: list[str]
     logits: Tensor
     position: int | None
+    weighted: bool = True
+    decay: Tensor | None = None
+    distance: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.logits.shape[0] != len(self.paths) or len(self.names) != len(self.paths):
             raise ValueError("PathValues: one logits row and one name per path")
+        for v in (self.decay, self.distance):
+            if v is not None and tuple(v.shape) != tuple(self.logits.shape[:-1]):
+                raise ValueError("PathValues: decay and distance must be logits.shape[:-1]")
 
 
 @dataclass
 class RankedPath:
-    """A path and its contribution to a token's logit at one position."""
+    """A path and its contribution to a token's logit at one position.
+
+    ``logit``: the path's logit for the target token ``token`` (string ``token_str``) on the scale
+    it was ranked on (``weighted`` False: the unweighted path, see :meth:`PathExpansion.rank`);
+    ``share``: that logit over the model's own logit for the token; ``top_token``/``top_str``: the
+    path's own top-1 token; ``decay``/``distance``/``trusted``: the path's trust diagnostics
+    (trusted: order 0, or every jet along the path within its radius, distance < 1, with
+    non-growing degree norms).
+    """
 
     name: str
     path: Path
     logit: float
     top_token: int
+    token: int = -1
+    token_str: str = ""
+    top_str: str = ""
+    share: float = float("nan")
+    weighted: bool = False
+    decay: float = float("nan")
+    distance: float = float("nan")
+    trusted: bool = True
+
+    def __repr__(self) -> str:
+        flag = "" if self.trusted else ", untrusted"
+        return (
+            f"RankedPath({self.name!r}, logit[{self.token_str!r}]={self.logit:+.4g} ({self.share:+.1%} of the model's), "
+            f"top={self.top_str!r}{flag})"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.name,
+            "logit": self.logit,
+            "share": None if self.share != self.share else self.share,
+            "token": self.token_str,
+            "top_token": self.top_str,
+            "weighted": self.weighted,
+            "decay": None if self.decay != self.decay else self.decay,
+            "distance": None if self.distance != self.distance else self.distance,
+            "trusted": self.trusted,
+        }
 
 
 @dataclass(repr=False)
@@ -164,7 +214,7 @@ class PathRanking(Result):
     def _summary(self) -> str:
         text = "".join(self.tokens)
         text = text if len(text) <= 40 else text[:39] + "…"
-        best = f", best={self.paths[0].name!r} ({self.paths[0].logit:+.3g})" if self.paths else ""
+        best = f", best={self.paths[0].name!r} ({self.paths[0].logit:+.3g}, {self.paths[0].share:+.1%} of the model's)" if self.paths else ""
         return (
             f"target={self.target!r}, position={self.position}, order={self.order}, "
             f"paths={len(self.paths)} of {self.n_ranked}{best}, model={self.model_name!r}, text={text!r}"
@@ -178,6 +228,8 @@ class PathRanking(Result):
             "blocks": [",".join(n) for n in names],
             "length": [len(r.path) for r in self.paths],
             "logit": [float(r.logit) for r in self.paths],
+            "share": [float(r.share) for r in self.paths],
+            "trusted": [bool(r.trusted) for r in self.paths],
             "top_token_id": [int(r.top_token) for r in self.paths],
             "top_token": list(self.top_tokens),
             "target": [self.target] * len(self.paths),
@@ -301,11 +353,18 @@ class PathExpansion:
         paths: Sequence[Path],
         position: int | None = None,
         ctx: EvalContext | None = None,
+        *,
+        weighted: bool = True,
     ) -> PathValues:
         """Logits of each path on ``input_ids``; prefixes are shared and jets batched per block.
 
         ``position`` (e.g. -1) keeps only that position's logits (``[P, *b, V]``), which
-        saves the unembedding of every other position.
+        saves the unembedding of every other position. ``weighted=False`` evaluates each path
+        with every Algorithm-2 weight (jet weights 1/|ξ| and, at k = 0, identity weights) set
+        to 1: the composition of the path's own jets, which does not shrink with the number of
+        paths (those values are no longer terms of Eq. 11). For k ≥ 1 the degrees are summed
+        in float64 and weighted paths' logits returned in float64 (:mod:`jetex.expand.numerics`);
+        unweighted paths' logits are in the model's dtype.
         """
         from jetex.jets import jet_coefficients
 
@@ -313,8 +372,9 @@ class PathExpansion:
         if not paths:
             raise InputError("no paths selected")
         ctx = ctx or EvalContext(self.model, input_ids)
-        k = self.order
         values: dict[tuple, Tensor] = {(): ctx.h[0]}
+        zero = torch.zeros(ctx.h.shape[1:-1], dtype=torch.float64, device=ctx.h.device)
+        diag: dict[tuple, tuple[Tensor, Tensor]] = {(): (zero, zero)}
         # all distinct non-empty prefixes, as tuples of (block, degree)
         prefixes: set[tuple] = set()
         for p in paths:
@@ -329,38 +389,69 @@ class PathExpansion:
             if m == 1:
                 for pre in group:
                     values[pre] = ctx.gamma[0]
+                    diag[pre] = (zero, zero)
                 continue
             parents = sorted({pre[:-1] for pre in group})
-            centres = [self._skip_scale(p, m) * values[p] for p in parents]
+            centres = [self._skip_scale(p, m, weighted) * values[p] for p in parents]
             coeffs = self._jet(m, centres, ctx, jet_coefficients)
+            dec, dist = self._series_diag(m, centres, coeffs, ctx)
             idx = {p: i for i, p in enumerate(parents)}
-            w = self.weight(m)
+            w = self.weight(m) if weighted else 1.0
             for pre in group:
                 d = pre[-1][1]
-                c = coeffs[:, idx[pre[:-1]]]
+                i = idx[pre[:-1]]
+                c = coeffs[:, i]
                 values[pre] = w * (c.sum(0) if d is None else c[d])
+                pd, pr = diag[pre[:-1]]
+                diag[pre] = (torch.fmax(pd, dec[i]), torch.fmax(pr, dist[i]))
         # decoder
         finals = sorted({tuple((b, p.degree_of(i)) for i, b in enumerate(p.blocks)) for p in paths})
-        centres = [self._skip_scale(f, self.L + 1) * values[f] for f in finals]
+        centres = [self._skip_scale(f, self.L + 1, weighted) * values[f] for f in finals]
         coeffs = self._jet(self.L + 1, centres, ctx, jet_coefficients, position)
+        dec, dist = self._series_diag(self.L + 1, centres, coeffs, ctx, position)
         fidx = {f: i for i, f in enumerate(finals)}
-        w = self.weight(self.L + 1)
-        out = []
+        w = self.weight(self.L + 1) if weighted else 1.0
+        out, decays, dists = [], [], []
         for p in paths:
-            c = coeffs[:, fidx[tuple((b, p.degree_of(i)) for i, b in enumerate(p.blocks))]]
+            key = tuple((b, p.degree_of(i)) for i, b in enumerate(p.blocks))
+            i = fidx[key]
+            c = coeffs[:, i]
             out.append(w * (c.sum(0) if p.dec_degree is None else c[p.dec_degree]))
+            pd, pr = diag[key]
+            if position is not None:
+                pd, pr = pd[..., position], pr[..., position]
+            decays.append(torch.fmax(pd, dec[i]))
+            dists.append(torch.fmax(pr, dist[i]))
         stacked = torch.stack(out)
-        logits = stacked @ self.model.unembedding_matrix.T
-        return PathValues(paths, [p.name(self.model) for p in paths], logits, position)
+        # weighted paths are Eq. 11 summands: float64 logits for k >= 1; unweighted ones are read one by one
+        logits = unembed(self.model, stacked if weighted else stacked.to(self.model.dtype))
+        return PathValues(
+            paths, [p.name(self.model) for p in paths], logits, position, weighted, torch.stack(decays), torch.stack(dists)
+        )
 
-    def _skip_scale(self, prefix: tuple, m: int) -> float:
+    def _series_diag(
+        self, m: int, centres: list[Tensor], coeffs: Tensor, ctx: EvalContext, position: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Degree-norm decay and centre→variate distance ``[n, *b, t]`` (or ``[n, *b]`` at ``position``)
+        of the jets of block m (m = L+1: the decoder) around ``centres``; 0 at order 0 (no series)."""
+        decoder = m == self.L + 1
+        variate = ctx.h[self.L] if decoder else ctx.h[m - 1]
+        X = torch.stack(centres)
+        if decoder and position is not None:
+            X, variate = X[..., position, :], variate[..., position, :]
+        if self.order == 0:
+            z = torch.zeros(X.shape[:-1], dtype=torch.float64, device=X.device)
+            return z, z
+        return decay_from_norms(coeffs.norm(dim=-1)), relative_distance(X, variate.unsqueeze(0))
+
+    def _skip_scale(self, prefix: tuple, m: int, weighted: bool = True) -> float:
         """Product of the identity weights of the blocks a path skips before block m.
 
         For k ≥ 1 identity terms are the centres themselves (Eq. 9): scale 1. For k = 0 the
         identity term of block j is w_j·x (footnote 2), for every skipped block j ≥ 2
-        (skipping block 1 is the exact initial centre η).
+        (skipping block 1 is the exact initial centre η). Unweighted paths: 1.
         """
-        if self.order >= 1:
+        if self.order >= 1 or not weighted:
             return 1.0
         prev = prefix[-1][0] if prefix else 0
         scale = 1.0
@@ -373,7 +464,7 @@ class PathExpansion:
         decoder = m == self.L + 1
         fn = self.model.final_norm if decoder else self.model.blocks[m - 1]
         variate = ctx.h[self.L] if decoder else ctx.h[m - 1]
-        X = torch.stack(centres)
+        X = torch.stack(centres).to(variate.dtype)  # centres held in float64 (k >= 1) enter the jet in the model's dtype
         if decoder and position is not None:  # the final norm is position-wise
             X = X[..., position : position + 1 if position != -1 else None, :]
             variate = variate[..., position : position + 1 if position != -1 else None, :]
@@ -384,7 +475,7 @@ class PathExpansion:
             c = fn(flat_x).unsqueeze(0)
         else:
             c = jet_coefficients(fn, flat_x, flat_y, self.order)
-        c = c.reshape(c.shape[0], *X.shape)
+        c = c.reshape(c.shape[0], *X.shape).to(accumulation_dtype(c.dtype, self.order))
         if decoder and position is not None:
             c = c.squeeze(-2)
         return c
@@ -400,9 +491,21 @@ class PathExpansion:
         batch_size: int = 256,
         *,
         attention_mask: Tensor | Sequence | None = None,
+        weighted: bool = False,
+        progress: bool = False,
     ) -> PathRanking | ResultList:
-        """Rank ``paths`` by their logit contribution to ``token`` (default: the model's
-        prediction) at ``position``; the ``top`` best, as a :class:`PathRanking`.
+        """Rank ``paths`` by their logit for ``token`` (default: the model's prediction) at
+        ``position``; the ``top`` best, as a :class:`PathRanking`.
+
+        The scale is the **unweighted path** (``weighted=False``, default): the path's own jets
+        composed with every Algorithm-2 weight set to 1 (at k = 0, emb → mlp.3 → dec is the
+        paper's bigram path U γ_{L+1}(γ_mlp.3(η))). Algorithm 2's weighted term — the summand of
+        Eq. 11 — carries the product of the weights 1/|ξ_l| along the path, about 2^−L (8.7e−19 at
+        the decoder of a 60-block model), so every single path reads ~0 whatever it computes and
+        rankings on that scale are dominated by the weights; ``weighted=True`` ranks on it anyway.
+        Each :class:`RankedPath` gives token strings, the logit's share of the model's own logit
+        for the token, and trust diagnostics. ``progress``: a progress bar on stderr, shown once
+        the ranking has run for 2 s.
 
         A batch (a list of texts or id sequences, or ids ``[b, t]`` with an optional
         ``attention_mask``, see :mod:`jetex.models.batch`) gives a
@@ -410,13 +513,20 @@ class PathExpansion:
         ranked alone (``position`` counts within the item: −1 is its last token; ``token``
         one for all, or a list with one per item).
         """
+        import sys
+
+        from tqdm.auto import tqdm
+
         if is_batch(input_ids, attention_mask):
             batch = as_batch(input_ids, self._item_ids, attention_mask)
             tokens = list(token) if isinstance(token, (list, tuple)) else [token] * len(batch)
             if len(tokens) != len(batch):
                 raise InputError(f"{len(tokens)} tokens for a batch of {len(batch)}: give one token, or one per item")
             paths = list(paths)
-            return ResultList(self.rank(x[None], paths, tk, position, top, batch_size) for x, tk in zip(batch.ids, tokens))
+            return ResultList(
+                self.rank(x[None], paths, tk, position, top, batch_size, weighted=weighted, progress=progress)
+                for x, tk in zip(batch.ids, tokens)
+            )
         if isinstance(input_ids, str):
             input_ids = self.model.tokenize(input_ids)
         ids = torch.as_tensor(input_ids)
@@ -424,18 +534,41 @@ class PathExpansion:
         if not -t <= position < t:
             raise InputError(f"position {position} out of range for {t} tokens")
         ctx = EvalContext(self.model, input_ids)
+        q = self.model.decode(ctx.h[self.L])[..., position, :].reshape(-1, self.model.vocab_size)[0]
         if token is None:
-            token = int(self.model.decode(ctx.h[self.L])[..., position, :].reshape(-1, self.model.vocab_size)[0].argmax())
+            token = int(q.argmax())
+        q_tok = float(q[token])
         ranked: list[RankedPath] = []
         paths = list(paths)
-        for i in range(0, len(paths), batch_size):
-            chunk = paths[i : i + batch_size]
-            vals = self.evaluate(input_ids, chunk, position=position, ctx=ctx)
-            lg = vals.logits.reshape(len(chunk), -1, self.model.vocab_size)[:, 0]
-            for p, n, row in zip(chunk, vals.names, lg):
-                ranked.append(RankedPath(n, p, float(row[token]), int(row.argmax())))
+        strings = self.model.token_strings
+        tok_str = strings([token])[0]
+        bar = tqdm(total=len(paths), unit="path", desc="ranking paths", delay=2.0, disable=not progress, file=sys.stderr, leave=False)
+        try:
+            for i in range(0, len(paths), batch_size):
+                chunk = paths[i : i + batch_size]
+                vals = self.evaluate(input_ids, chunk, position=position, ctx=ctx, weighted=weighted)
+                lg = vals.logits.reshape(len(chunk), -1, self.model.vocab_size)[:, 0]
+                dec = vals.decay.reshape(len(chunk), -1)[:, 0]  # type: ignore[union-attr]
+                dist = vals.distance.reshape(len(chunk), -1)[:, 0]  # type: ignore[union-attr]
+                tops = lg.argmax(-1).tolist()
+                for j, (p, n) in enumerate(zip(chunk, vals.names)):
+                    v = float(lg[j, token])
+                    dj, rj = float(dec[j]), float(dist[j])
+                    ok = self.order == 0 or (math.isfinite(v) and rj < 1.0 and not dj > 1.0)
+                    ranked.append(
+                        RankedPath(
+                            n, p, v, tops[j], token=token, token_str=tok_str, top_str="",
+                            share=v / q_tok if q_tok != 0 else float("nan"), weighted=weighted,
+                            decay=dj, distance=rj, trusted=ok,
+                        )
+                    )
+                bar.update(len(chunk))
+        finally:
+            bar.close()
         ranked.sort(key=lambda r: -r.logit)
         ranked = ranked[:top]
+        for r, st in zip(ranked, strings([r.top_token for r in ranked])):
+            r.top_str = st
         flat = ids.reshape(-1, t)[0].cpu()
         return PathRanking(
             model_name=self.model.name,
@@ -448,7 +581,7 @@ class PathExpansion:
             target=self.model.token_strings([int(token)])[0],
             n_ranked=len(paths),
             paths=ranked,
-            top_tokens=self.model.token_strings([r.top_token for r in ranked]) if ranked else [],
+            top_tokens=[r.top_str for r in ranked],
         )
 
     def _item_ids(self, x) -> Int[Tensor, "t"]:

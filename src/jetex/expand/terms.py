@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from jetex.expand.numerics import accumulation_dtype
 from jetex.models.base import ResidualModel
 
 DEC = "dec"
@@ -191,6 +192,8 @@ class EvalContext:
         self.h: Float[Tensor, "l1 *b t d"] = torch.stack(hs)
         self.gamma: Float[Tensor, "l *b t d"] = torch.stack(gs) if gs else self.h[:0]
         self.cache: dict[int, Tensor] = {}
+        #: per jet term: norms of its Taylor coefficients ``[k+1, *b, t]`` (unweighted), for diagnostics
+        self.coefficient_norms: dict[int, Tensor] = {}
         self._final: Tensor | None = None
 
     @property
@@ -215,9 +218,15 @@ class EvalContext:
         return self.cache[key]
 
     def values(self, terms: Sequence[Term]) -> Tensor:
-        """Values of ``terms`` stacked: ``[n, *b, t, d]`` (jets of the same block batched)."""
+        """Values of ``terms`` stacked: ``[n, *b, t, d]`` (jets of the same block batched), in the
+        widest dtype among them (float64 once a term of order k ≥ 1 is involved, see
+        :mod:`jetex.expand.numerics`)."""
         self.evaluate(terms)
-        return torch.stack([self.value(t) for t in terms])
+        vals = [self.value(t) for t in terms]
+        dtype = vals[0].dtype
+        for v in vals[1:]:
+            dtype = torch.promote_types(dtype, v.dtype)
+        return torch.stack([v.to(dtype) for v in vals])
 
     def evaluate(self, terms: Sequence[Term]) -> None:
         """Compute and memoise ``terms`` and all they depend on, level by level.
@@ -254,24 +263,26 @@ class EvalContext:
                 self._jet_batch(group)
 
     def _jet_batch(self, group: list[JetTerm]) -> None:
-        from jetex.jets import jet, jet_coefficients
+        """One jet call for a group of jets of the same block and order.
+
+        The jets run in the model's dtype (centres held in float64 are rounded to it); the
+        Taylor coefficients are summed, and the terms kept, in
+        :func:`~jetex.expand.numerics.accumulation_dtype` (float64 for k ≥ 1).
+        """
+        from jetex.jets import jet_coefficients
 
         l, k = group[0].l, group[0].order
         decoder = l == self.L + 1
         fn = self.model.final_norm if decoder else self.model.blocks[l - 1]
         variate = self.h[self.L] if decoder else self.h[l - 1]
-        centres = torch.stack([self.value(t.centre) for t in group])  # [n, *b, t, d]
+        centres = torch.stack([self.value(t.centre).to(variate.dtype) for t in group])  # [n, *b, t, d]
         n = centres.shape[0]
         flat = centres.reshape(-1, *centres.shape[-2:])
         var = variate.unsqueeze(0).expand_as(centres).reshape(flat.shape)
-        need_degrees = any(t.degree is not None for t in group)
-        if need_degrees:
-            coeffs = jet_coefficients(fn, flat, var, k)  # [k+1, n*b, t, d]
-            coeffs = coeffs.reshape(k + 1, n, *centres.shape[1:])
-            full = coeffs.sum(0)
-        else:
-            full = jet(fn, flat, var, k).reshape(centres.shape)
-            coeffs = None
+        coeffs = jet_coefficients(fn, flat, var, k)  # [k+1, n*b, t, d]
+        coeffs = coeffs.reshape(k + 1, n, *centres.shape[1:]).to(accumulation_dtype(coeffs.dtype, k))
+        full = coeffs.sum(0)
         for i, t in enumerate(group):
-            val = full[i] if t.degree is None else coeffs[t.degree, i]  # type: ignore[index]
+            val = full[i] if t.degree is None else coeffs[t.degree, i]
             self.cache[id(t)] = _scale(t.weight, val)
+            self.coefficient_norms[id(t)] = coeffs[:, i].norm(dim=-1)  # [k+1, *b, t]

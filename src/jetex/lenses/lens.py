@@ -27,6 +27,8 @@ from torch import Tensor
 
 from jetex.errors import InputError
 from jetex.expand.algorithm import check_order
+from jetex.expand.diagnostics import Diagnostics, decay_from_norms, ratio, relative_distance
+from jetex.expand.numerics import accumulation_dtype, unembed, unit_roundoff
 from jetex.lenses.weights import optimal_weights
 from jetex.models.base import ResidualModel
 from jetex.models.batch import Batch, as_batch, is_batch
@@ -54,6 +56,13 @@ class LensResult(Result):
     - ``weights``: ``[R, t]`` the jet weights (joint lens only);
     - ``remainder_norm``: ``[R, t]`` (iterative: per row) or ``[1, t]`` (joint) norms of the
       logit-space remainder U δ.
+    - ``diagnostics``: :class:`~jetex.expand.diagnostics.Diagnostics` ``[R, t]``: how far each
+      cell can be trusted (divergence, remainder share, cancellation, rounding).
+    - iterative lens only, the row's split into the part along the model's own logits and the
+      rest (docs/trust.md): row = ``q_coef``·q̃ + rest, q̃ = U γ_{L+1}(h_L) (q without the
+      unembedding bias), where the rest is what the row takes from h_l (for an RMSNorm decoder
+      exactly a multiple of the logit lens U γ_{L+1}(h_l)); ``rest_cosine`` ``[R, t]`` the
+      cosine of the rest with q; ``q_share`` ``[R, t]`` = |q_coef|‖q̃‖ / (|q_coef|‖q̃‖ + ‖rest‖).
 
     Methods (:class:`~jetex.results.Result`): ``plot()``, ``to_html()``, ``save()``/``load()``,
     ``to_dict()``/``from_dict()``, ``to_dataframe()``/``to_parquet()``. The table has one row
@@ -86,6 +95,10 @@ class LensResult(Result):
     expansion_cosine: Tensor | None = None
     expansion_vocab: list[str] = field(default_factory=list)
     optimized: bool = False
+    diagnostics: Diagnostics | None = None
+    q_coef: Tensor | None = None
+    rest_cosine: Tensor | None = None
+    q_share: Tensor | None = None
 
     def __post_init__(self) -> None:
         R, t = len(self.row_names), len(self.tokens)
@@ -99,6 +112,21 @@ class LensResult(Result):
             raise ValueError(f"LensResult: weights must be [{R}, {t}]")
         if self.kind == "joint" and self.expansion_top_ids is None:
             raise ValueError("LensResult: a joint lens carries the expansion's prediction")
+        if self.diagnostics is not None and self.diagnostics.shape != (R, t):
+            raise ValueError(f"LensResult: diagnostics must be [{R}, {t}]")
+        for name in ("q_coef", "rest_cosine", "q_share"):
+            v = getattr(self, name)
+            if v is not None and tuple(v.shape) != (R, t):
+                raise ValueError(f"LensResult: {name} must be [{R}, {t}]")
+
+    @property
+    def trusted(self) -> Tensor | None:
+        """Boolean ``[R, t]``: cells whose readout passes the trust criteria (docs/trust.md)."""
+        return None if self.diagnostics is None else self.diagnostics.trusted
+
+    def mean_rest_cosine(self) -> Tensor | None:
+        """Iterative lens: cosine of the rest (the row without its part along q) with q, averaged over positions ``[R]``."""
+        return None if self.rest_cosine is None else self.rest_cosine.mean(-1)
 
     @property
     def top1(self) -> list[list[str]]:
@@ -120,7 +148,11 @@ class LensResult(Result):
     def _columns(self) -> dict[str, list]:
         R, t, K = self.top_ids.shape
         cols: dict[str, list] = {k: [] for k in ("kind", "order", "row", "row_index", "position", "input_token", "input_id",
-                                                  "rank", "token", "token_id", "logit", "cosine", "weight", "model_token")}
+                                                  "rank", "token", "token_id", "logit", "cosine", "weight", "model_token",
+                                                  "trusted", "rest_cosine", "q_share")}
+        tr = self.trusted.tolist() if self.diagnostics is not None else None
+        rc = self.rest_cosine.tolist() if self.rest_cosine is not None else None
+        qs = self.q_share.tolist() if self.q_share is not None else None
         ids, logits, cos = self.top_ids.tolist(), self.top_logits.tolist(), self.cosine.tolist()
         w = self.weights.tolist() if self.weights is not None else None
         in_ids = self.input_ids.reshape(-1).tolist()
@@ -141,6 +173,9 @@ class LensResult(Result):
                     cols["cosine"].append(float(cos[r][i]))
                     cols["weight"].append(None if w is None else float(w[r][i]))
                     cols["model_token"].append(self.model_vocab[i] if self.model_vocab else None)
+                    cols["trusted"].append(None if tr is None else bool(tr[r][i]))
+                    cols["rest_cosine"].append(None if rc is None else float(rc[r][i]))
+                    cols["q_share"].append(None if qs is None else float(qs[r][i]))
         return cols
 
     def to_dict(self) -> dict:
@@ -168,7 +203,26 @@ class LensResult(Result):
         if self.kind == "joint":
             out["expansion_top"] = self.expansion_vocab
             out["expansion_cosine"] = [round(float(x), 4) for x in self.expansion_cosine]  # type: ignore[union-attr]
+        if self.rest_cosine is not None and self.q_coef is not None and self.q_share is not None:
+            for r, row in enumerate(out["cells"]):
+                for i, c in enumerate(row):
+                    c["q_coef"] = _round(float(self.q_coef[r, i]))
+                    c["q_share"] = _round(float(self.q_share[r, i]))
+                    c["rest_cosine"] = _round(float(self.rest_cosine[r, i]))
+            out["mean_rest_cosine"] = [_round(float(x)) for x in self.rest_cosine.mean(-1)]
+            out["mean_q_share"] = [_round(float(x)) for x in self.q_share.mean(-1)]
+        if self.diagnostics is not None:
+            d = self.diagnostics
+            for r, row in enumerate(out["cells"]):
+                for i, c in enumerate(row):
+                    c["trusted"] = bool(d.trusted[r, i])
+            out["diagnostics"] = d.to_dict()
+            out["row_diagnostics"] = [d.row(r) for r in range(len(self.row_names))]
         return out | Result.to_dict(self)
+
+
+def _round(x: float) -> float | None:
+    return None if x != x else round(x, 4)
 
 
 def _ids(model: ResidualModel, text_or_ids: str | Tensor) -> Int[Tensor, "1 t"]:
@@ -208,21 +262,46 @@ def layer_streams(model: ResidualModel, layers: Sequence[int] | None = None) -> 
     return streams, names
 
 
-def iterative_lens_logits(
-    model: ResidualModel, h: Float[Tensor, "l1 b t d"], streams: Sequence[int], order: int
-) -> Float[Tensor, "r b t v"]:
-    """U J^k γ_{L+1}(h_l)(h_L) for each chosen l, from a precomputed stream ``h`` (``[L+1, b, t, d]``)."""
-    from jetex.jets import jet
+def _decoder_coefficients(model: ResidualModel, X: Tensor, y: Tensor, k: int) -> Tensor:
+    """Taylor coefficients ``[k+1, *X.shape]`` of γ_{L+1} around the centres X at the variate y
+    (broadcast to X), in :func:`~jetex.expand.numerics.accumulation_dtype` (float64 for k ≥ 1)."""
+    from jetex.jets import jet_coefficients
 
-    k = check_order(order)
-    L = model.n_blocks
-    X = h[list(streams)]  # [R, b, t, d]
+    flat = X.reshape(-1, *X.shape[-2:])
     if k == 0:
-        normed = model.final_norm(X.reshape(-1, *X.shape[-2:]))
+        c = model.final_norm(flat).unsqueeze(0)
     else:
-        Y = h[L].unsqueeze(0).expand_as(X)
-        normed = jet(model.final_norm, X.reshape(-1, *X.shape[-2:]), Y.reshape(-1, *X.shape[-2:]), k)
-    return model.unembed(normed.reshape(X.shape))
+        c = jet_coefficients(model.final_norm, flat, y.expand_as(X).reshape(flat.shape), k)
+    c = c.reshape(c.shape[0], *X.shape)
+    return c.to(accumulation_dtype(c.dtype, k))
+
+
+def iterative_lens_terms(
+    model: ResidualModel, h: Float[Tensor, "l1 b t d"], streams: Sequence[int], order: int
+) -> Float[Tensor, "k1 r b t d"]:
+    """Taylor coefficients of J^k γ_{L+1}(h_l)(h_L) for each chosen l: ``[k+1, R, b, t, d]``
+    (float64 for k ≥ 1); their sum over dim 0 is the iterative lens's term in final-norm space."""
+    k = check_order(order)
+    X = h[list(streams)]  # [R, b, t, d]
+    return _decoder_coefficients(model, X, h[model.n_blocks].unsqueeze(0), k)
+
+
+def iterative_lens_logits(
+    model: ResidualModel,
+    h: Float[Tensor, "l1 b t d"],
+    streams: Sequence[int],
+    order: int,
+    *,
+    dtype: torch.dtype | None = None,
+) -> Float[Tensor, "r b t v"]:
+    """U J^k γ_{L+1}(h_l)(h_L) for each chosen l, from a precomputed stream ``h`` (``[L+1, b, t, d]``).
+
+    The degrees are summed in float64 for k ≥ 1; the logits are returned in ``dtype`` (default
+    the model's: each row to the model's relative precision). Pass ``torch.float64`` for
+    logits that, with the remainder U(γ_{L+1}(h_L) − term), sum to q to float64 rounding (Eq. 11).
+    """
+    terms = iterative_lens_terms(model, h, streams, order).sum(0)
+    return unembed(model, terms.to(dtype or model.dtype), bias=True)
 
 
 def _topk(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -290,15 +369,76 @@ def iterative_lens(
 def _iterative(
     model: ResidualModel, ids: Tensor, h: Float[Tensor, "l1 1 t d"], streams: list[int], names: list[str], k: int, top_k: int
 ) -> LensResult:
-    logits = iterative_lens_logits(model, h, streams, k)[:, 0]  # [R, t, V]
-    model_logits = model.decode(h[-1])[0]  # [t, V]
-    rem = (model_logits.unsqueeze(0) - logits).norm(dim=-1)
+    core = _iterative_core(model, h, streams, k)
     return LensResult(
         kind="iterative",
         order=k,
-        remainder_norm=rem.float().cpu(),
-        **_rows(model, ids, names, logits, model_logits, top_k),
+        remainder_norm=core["rem"].float().cpu(),
+        **_rows(model, ids, names, core["logits"], core["model_logits"], top_k),
+        diagnostics=core["diag"],
+        q_coef=core["q_coef"],
+        rest_cosine=core["rest_cos"],
+        q_share=core["q_share"],
     )
+
+
+def _iterative_core(model: ResidualModel, h: Float[Tensor, "l1 1 t d"], streams: Sequence[int], k: int) -> dict:
+    """Rows' logits, the model's logits, remainder norms, diagnostics and the split along q,
+    from the stream ``h`` of one sequence."""
+    coeffs = iterative_lens_terms(model, h, streams, k)[:, :, 0]  # [k+1, R, t, d]
+    terms = coeffs.sum(0)
+    logits = unembed(model, terms.to(model.dtype), bias=True)  # [R, t, V]
+    model_logits = model.decode(h[-1])[0]  # [t, V]
+    rem = (model_logits.unsqueeze(0) - logits).double().norm(dim=-1)
+    q_norm = model_logits.double().norm(dim=-1)  # [t]
+    diag = Diagnostics(
+        order=k,
+        decay=decay_from_norms(coeffs.norm(dim=-1)).cpu(),
+        distance=relative_distance(h[list(streams), 0], h[-1, 0].unsqueeze(0)).cpu(),
+        remainder_share=ratio(rem, q_norm).cpu(),
+        cancellation=ratio(logits.double().norm(dim=-1) + rem, q_norm).cpu(),
+        unit_roundoff=unit_roundoff(model.dtype),
+    )
+    target = model.final_norm(h[-1, 0])  # [t, d]
+    q_coef, rest_cos, q_share = _along_q(model, terms, coeffs[0], target, logits, model_logits)
+    return dict(logits=logits, model_logits=model_logits, rem=rem, diag=diag, q_coef=q_coef, rest_cos=rest_cos, q_share=q_share)
+
+
+def split_along_output(
+    terms: Float[Tensor, "*r d"], lens0: Float[Tensor, "*r d"], target: Float[Tensor, "*s d"]
+) -> tuple[Float[Tensor, "*r"], Float[Tensor, "*r"]]:
+    """Coefficients (α, β) of the least-squares split term = α·target + β·lens0 + ε (last dim, float64).
+
+    For an RMSNorm decoder γ(x) = g ⊙ x / r(x) (any elementwise gain g: Gemma's 1 + w too) the
+    order-k iterative-lens term J^k γ(h_l)(h_L) lies exactly in span{γ(h_L), γ(h_l)}, so ε = 0 and
+    α = r(h_L)·S_{k−1}, β = r(h_l)·s_k, with s_j the Taylor coefficients of 1/r(h_l + t(h_L − h_l))
+    and S_{k−1} = s_0 + … + s_{k−1}; at k = 1: α = ρ = r(h_L)/r(h_l), β = 1 − ρ cos θ (eps aside).
+    Where target and lens0 are parallel (h_l = h_L) all of the term is put on the target (β = 0).
+    """
+    e, t, c = terms.double(), target.double().expand_as(terms), lens0.double()
+    tt, cc, tc = (t * t).sum(-1), (c * c).sum(-1), (t * c).sum(-1)
+    et, ec = (e * t).sum(-1), (e * c).sum(-1)
+    det = tt * cc - tc * tc
+    ok = det > 1e-12 * tt * cc
+    safe = torch.where(ok, det, torch.ones_like(det))
+    alpha = torch.where(ok, (et * cc - ec * tc) / safe, et / tt.clamp_min(1e-300))
+    beta = torch.where(ok, (ec * tt - et * tc) / safe, torch.zeros_like(det))
+    return alpha, beta
+
+
+def _along_q(
+    model: ResidualModel, terms: Tensor, lens0: Tensor, target: Tensor, logits: Tensor, model_logits: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """q_coef, rest_cosine, q_share ``[R, t]`` of the iterative lens rows (see :class:`LensResult`)."""
+    alpha, _ = split_along_output(terms, lens0, target)  # [R, t]
+    qt = model_logits.double()
+    if model.unembedding_bias is not None:
+        qt = qt - model.unembedding_bias.double()
+    rest = logits.double() - alpha[..., None] * qt.unsqueeze(0)  # [R, t, V]
+    rest_cos = F.cosine_similarity(rest, model_logits.double().unsqueeze(0), dim=-1)
+    along = alpha.abs() * qt.norm(dim=-1).unsqueeze(0)
+    share = ratio(along, along + rest.norm(dim=-1))
+    return alpha.float().cpu(), rest_cos.float().cpu(), share.float().cpu()
 
 
 def joint_centres(model: ResidualModel, centres: str | int | Sequence[int] = "blocks") -> tuple[list[tuple[int, int]], list[str]]:
@@ -353,39 +493,53 @@ def _gram(model: ResidualModel) -> Float[Tensor, "d d"]:
     return hit[1]
 
 
+def joint_lens_terms(
+    model: ResidualModel,
+    h: Float[Tensor, "l1 t d"],
+    segs: Sequence[tuple[int, int]],
+    order: int,
+    optimize: bool = False,
+) -> tuple[Float[Tensor, "k1 n t d"], Float[Tensor, "n t"], Float[Tensor, "n t d"]]:
+    """The joint lens's jets from a precomputed stream ``h`` ``[L+1, t, d]`` of one sequence.
+
+    Returns the unweighted Taylor coefficients of J^k γ_{L+1}(x_i)(h_L) ``[k+1, n, t, d]`` (float64
+    for k ≥ 1), the weights ``[n, t]`` (uniform, or optimised per position, Remark 3) and the
+    centres x_i ``[n, t, d]``. The terms are ``W[..., None] * coeffs.sum(0)``.
+    """
+    k = check_order(order)
+    X = torch.stack([h[0] if a < 0 else h[b] - h[a] for a, b in segs])  # [n, t, d]
+    n, t, d = X.shape
+    hL = h[-1]
+    coeffs = _decoder_coefficients(model, X, hL.unsqueeze(0), k)
+    J = coeffs.sum(0)
+    if optimize:
+        W = optimal_weights(J, model.final_norm(hL), _gram(model)).to(J.dtype)  # [n, t]
+    else:
+        W = torch.full((n, t), 1.0 / n, dtype=J.dtype, device=J.device)
+    return coeffs, W, X
+
+
 def joint_lens_logits(
     model: ResidualModel,
     h: Float[Tensor, "l1 t d"],
     segs: Sequence[tuple[int, int]],
     order: int,
     optimize: bool = False,
+    *,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Float[Tensor, "n t v"], Float[Tensor, "n t"], Float[Tensor, "t v"]]:
     """The joint lens's terms from a precomputed stream ``h`` ``[L+1, t, d]`` of one sequence.
 
     Centres are the segments ``segs`` of :func:`joint_centres` ((−1, 0) = the embedding).
     Returns the rows' logits U w_i J^k γ_{L+1}(x_i)(h_L) ``[n, t, V]`` (no unembedding bias:
     they are terms of the expansion), the weights ``[n, t]`` (uniform, or optimised per
-    position, Remark 3) and the model's logits ``[t, V]``.
+    position, Remark 3) and the model's logits ``[t, V]``. Logits are in ``dtype`` (default the
+    model's); at k ≥ 2 the rows can be ~1e7 and cancel, so sum them only in float64
+    (``dtype=torch.float64``), or unembed the float64 sum of :func:`joint_lens_terms`.
     """
-    from jetex.jets import jet
-
-    k = check_order(order)
-    X = torch.stack([h[0] if a < 0 else h[b] - h[a] for a, b in segs])  # [n, t, d]
-    n, t, d = X.shape
-    hL = h[-1]
-    target = model.final_norm(hL)  # [t, d]
-    if k == 0:
-        J = model.final_norm(X)
-    else:
-        J = jet(model.final_norm, X, hL.unsqueeze(0).expand_as(X), k)
-    U = model.unembedding_matrix
-    if optimize:
-        W = optimal_weights(J, target, _gram(model)).to(J.dtype)  # [n, t]
-    else:
-        W = torch.full((n, t), 1.0 / n, dtype=J.dtype, device=J.device)
-    terms = W[..., None] * J  # [n, t, d]
-    logits = model.unembed(terms) if model.unembedding_bias is None else terms @ U.T
-    return logits, W, model.decode(hL)
+    coeffs, W, _ = joint_lens_terms(model, h, segs, order, optimize)
+    terms = W[..., None] * coeffs.sum(0)
+    return unembed(model, terms.to(dtype or model.dtype)), W, model.decode(h[-1])
 
 
 @torch.no_grad()
@@ -420,22 +574,48 @@ def joint_lens(
 def _joint(
     model: ResidualModel, ids: Tensor, h: Float[Tensor, "l1 t d"], segs: list, names: list[str], k: int, optimize: bool, top_k: int
 ) -> LensResult:
-    logits, W, model_logits = joint_lens_logits(model, h, segs, k, optimize)
-    exp_logits = logits.sum(0)
-    rem = (model_logits - exp_logits).norm(dim=-1)
-    e_ids, e_logits = _topk(exp_logits, top_k)
+    core = _joint_core(model, h, segs, k, optimize)
+    e_ids, e_logits = _topk(core["exp_logits"], top_k)
     return LensResult(
         kind="joint",
         order=k,
-        remainder_norm=rem[None].float().cpu(),
-        **_rows(model, ids, names, logits, model_logits, top_k),
-        weights=W.float().cpu(),
+        remainder_norm=core["rem"][None].float().cpu(),
+        **_rows(model, ids, names, core["logits"], core["model_logits"], top_k),
+        weights=core["W"].float().cpu(),
         expansion_top_ids=e_ids.cpu(),
         expansion_top_logits=e_logits.float().cpu(),
-        expansion_cosine=F.cosine_similarity(exp_logits, model_logits, dim=-1).float().cpu(),
+        expansion_cosine=core["exp_cos"],
         expansion_vocab=[model.token_strings(cell)[0] for cell in e_ids],
         optimized=optimize,
+        diagnostics=core["diag"],
     )
+
+
+def _joint_core(model: ResidualModel, h: Float[Tensor, "l1 t d"], segs: Sequence[tuple[int, int]], k: int, optimize: bool) -> dict:
+    """Rows' logits, weights, the expansion's and the model's logits, remainder norms, diagnostics,
+    from the stream ``h`` of one sequence."""
+    coeffs, W, X = joint_lens_terms(model, h, segs, k, optimize)
+    terms = W[..., None] * coeffs.sum(0)  # [n, t, d], float64 for k >= 1
+    logits = unembed(model, terms.to(model.dtype))
+    model_logits = model.decode(h[-1])
+    total = terms.sum(0)  # summed before U, in the accumulation dtype
+    exp_logits = unembed(model, total.to(model.dtype))
+    delta = model.final_norm(h[-1]).to(total.dtype) - total  # δ in final-norm space
+    rem = unembed(model, delta.to(model.dtype), bias=True).double().norm(dim=-1)  # [t]
+    q_norm = model_logits.double().norm(dim=-1)
+    n = len(segs)
+    active = W > 0
+    nan = torch.full(W.shape, float("nan"), dtype=torch.float64, device=W.device)
+    diag = Diagnostics(
+        order=k,
+        decay=torch.where(active, decay_from_norms(coeffs.norm(dim=-1)), nan).cpu(),
+        distance=torch.where(active, relative_distance(X, h[-1].unsqueeze(0)), nan).cpu(),
+        remainder_share=ratio(rem, q_norm).expand(n, -1).cpu(),
+        cancellation=ratio(logits.double().norm(dim=-1).sum(0) + rem, q_norm).expand(n, -1).cpu(),
+        unit_roundoff=unit_roundoff(model.dtype),
+    )
+    exp_cos = F.cosine_similarity(exp_logits.double(), model_logits.double(), dim=-1).float().cpu()
+    return dict(logits=logits, W=W, model_logits=model_logits, exp_logits=exp_logits, rem=rem, diag=diag, exp_cos=exp_cos)
 
 
 @dataclass(repr=False)
@@ -446,6 +626,9 @@ class CosineCurve(Result):
     for the joint lens) and jet orders ``orders``; ``n_sentences``. Joint lens only:
     ``expansion_cosine [n_orders]``, the mean cosine between the expansion's prediction
     Σ_i U e_i and the model's logits (the quantity the paper averages over sentences).
+    Iterative lens only: ``rest_cosine [n_orders, R]``, the mean cosine with q of each row
+    without its part along q (:attr:`LensResult.rest_cosine`). ``trusted [n_orders, R]``: the
+    fraction of (sentence, position) cells that pass the trust criteria (docs/trust.md).
 
     Table columns: ``kind``, ``order``, ``row``, ``row_index``, ``cosine`` (one row per order
     and lens row), ``expansion_cosine`` (joint lens; null otherwise).
@@ -461,12 +644,19 @@ class CosineCurve(Result):
     model_name: str
     expansion_cosine: Tensor | None = None
     optimized: bool = False
+    rest_cosine: Tensor | None = None
+    trusted: Tensor | None = None
 
     def __post_init__(self) -> None:
-        if tuple(self.cosine.shape) != (len(self.orders), len(self.row_names)):
+        shape = (len(self.orders), len(self.row_names))
+        if tuple(self.cosine.shape) != shape:
             raise ValueError("CosineCurve: cosine must be [n_orders, R]")
         if self.kind == "joint" and (self.expansion_cosine is None or tuple(self.expansion_cosine.shape) != (len(self.orders),)):
             raise ValueError("CosineCurve: a joint-lens curve carries expansion_cosine [n_orders]")
+        for name in ("rest_cosine", "trusted"):
+            v = getattr(self, name)
+            if v is not None and tuple(v.shape) != shape:
+                raise ValueError(f"CosineCurve: {name} must be [n_orders, R]")
 
     def _summary(self) -> str:
         return (
@@ -475,7 +665,7 @@ class CosineCurve(Result):
         )
 
     def _columns(self) -> dict[str, list]:
-        cols: dict[str, list] = {k: [] for k in ("kind", "order", "row", "row_index", "cosine", "expansion_cosine")}
+        cols: dict[str, list] = {k: [] for k in ("kind", "order", "row", "row_index", "cosine", "expansion_cosine", "rest_cosine", "trusted")}
         for oi, k in enumerate(self.orders):
             for r, name in enumerate(self.row_names):
                 cols["kind"].append(self.kind)
@@ -484,6 +674,8 @@ class CosineCurve(Result):
                 cols["row_index"].append(r)
                 cols["cosine"].append(float(self.cosine[oi, r]))
                 cols["expansion_cosine"].append(None if self.expansion_cosine is None else float(self.expansion_cosine[oi]))
+                cols["rest_cosine"].append(None if self.rest_cosine is None else float(self.rest_cosine[oi, r]))
+                cols["trusted"].append(None if self.trusted is None else float(self.trusted[oi, r]))
         return cols
 
 
@@ -501,10 +693,11 @@ def lens_cosine_curve(
     """Lens cosine similarity to the model's logits per row and order, averaged over all
     positions of all ``texts`` (paper Fig. 3 bottom / App. lens plots).
 
-    ``kind="iterative"``: one row per chosen layer (``layers``, as :func:`iterative_lens`).
+    ``kind="iterative"``: one row per chosen layer (``layers``, as :func:`iterative_lens`), with
+    the cosine of each row's rest (without its part along q) next to the plain cosine.
     ``kind="joint"``: one row per joint-lens centre (``centres``, default ``"blocks"``, as
     :func:`joint_lens`; ``optimize`` for per-position optimal weights), plus the expansion's
-    own cosine in ``expansion_cosine``.
+    own cosine in ``expansion_cosine``. Both: the fraction of trusted cells per row and order.
     """
     if kind not in ("iterative", "joint"):
         raise InputError(f"unknown lens kind {kind!r}: use 'iterative' or 'joint'")
@@ -519,11 +712,12 @@ def lens_cosine_curve(
         raise InputError("no jet order given")
     if kind == "iterative":
         streams, names = layer_streams(model, layers)
-        R = len(streams)
     else:
         segs, names = joint_centres(model, "blocks" if centres is None else centres)
-        R = len(segs)
+    R = len(names)
     total = torch.zeros(len(orders), R, dtype=torch.float64)
+    rest_total = torch.zeros(len(orders), R, dtype=torch.float64)
+    trusted = torch.zeros(len(orders), R, dtype=torch.float64)
     exp_total = torch.zeros(len(orders), dtype=torch.float64)
     count = 0
     for text in texts:
@@ -531,13 +725,14 @@ def lens_cosine_curve(
         h = model.stream(ids)
         for oi, k in enumerate(orders):
             if kind == "iterative":
-                model_logits = model.decode(h[-1])
-                lg = iterative_lens_logits(model, h, streams, k)
-                total[oi] += F.cosine_similarity(lg, model_logits.unsqueeze(0), dim=-1).double().sum(dim=(1, 2)).cpu()
+                core = _iterative_core(model, h, streams, k)
+                rest_total[oi] += core["rest_cos"].double().sum(-1)
             else:
-                lg, _, model_logits = joint_lens_logits(model, h[:, 0], segs, k, optimize)
-                total[oi] += F.cosine_similarity(lg, model_logits.unsqueeze(0), dim=-1).double().sum(dim=1).cpu()
-                exp_total[oi] += F.cosine_similarity(lg.sum(0), model_logits, dim=-1).double().sum().cpu()
+                core = _joint_core(model, h[:, 0], segs, k, optimize)
+                exp_total[oi] += core["exp_cos"].double().sum()
+            cos = F.cosine_similarity(core["logits"], core["model_logits"].unsqueeze(0), dim=-1)
+            total[oi] += cos.double().sum(-1).cpu()
+            trusted[oi] += core["diag"].trusted.double().sum(-1)
         count += ids.shape[-1]
     return CosineCurve(
         kind,
@@ -548,4 +743,6 @@ def lens_cosine_curve(
         model.name,
         expansion_cosine=(exp_total / count).float() if kind == "joint" else None,
         optimized=optimize,
+        rest_cosine=(rest_total / count).float() if kind == "iterative" else None,
+        trusted=(trusted / count).float(),
     )

@@ -19,6 +19,14 @@ only layout and colours.
   logit lens).
 - :func:`save_lens`: write a lens as ``.png``, ``.html`` or ``.json``.
 
+Trust (docs/trust.md): cells whose readout fails the trust criteria of the result's
+diagnostics (divergent series, remainder larger than the output, cancellation, rounding)
+are hatched in grey in the PNG and struck through in the HTML (hover shows the reasons),
+and the legend says so. The iterative lens also shows, per row, the mean cosine of the
+row's rest (the row without its part along the model's own logits q) and the mean share of
+the row taken from q; the cosine curve draws the rest cosine dashed next to the plain one
+and hollow markers where most cells are untrusted.
+
 Files are written atomically: everything is rendered in memory first, then written to a
 temporary file in the target directory and renamed over the target, so a failure never
 destroys an existing file. Library code never touches pyplot's global state.
@@ -199,6 +207,20 @@ def _active(result: LensResult, r: int, i: int) -> bool:
     return result.weights is None or float(result.weights[r, i]) > _ZERO_WEIGHT
 
 
+def _untrusted(result: LensResult, r: int, i: int) -> bool:
+    """Whether cell (r, i) fails the trust criteria (False when the result has no diagnostics)."""
+    tr = getattr(result, "trusted", None)
+    return tr is not None and not bool(tr[r, i])
+
+
+def _n_untrusted(result: LensResult) -> int:
+    tr = getattr(result, "trusted", None)
+    return 0 if tr is None else int((~tr).sum())
+
+
+_UNTRUSTED_NOTE = "hatched: untrusted cell (divergent series, remainder > output, cancellation or rounding; docs/trust.md)"
+
+
 # --------------------------------------------------------------------------- PNG table
 
 
@@ -230,13 +252,14 @@ def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_cha
 
     # ---- layout in inches
     cw, ch = 0.82, (0.36 if show_w else 0.26)
-    side = [("cos", 0.55)] + ([("w̄", 0.55)] if joint else [])
+    honest = not joint and getattr(result, "rest_cosine", None) is not None and getattr(result, "q_share", None) is not None
+    side = [("cos", 0.55)] + ([("w̄", 0.55)] if joint else []) + ([("cos⊥q", 0.6), ("q share", 0.6)] if honest else [])
     label_chars = max(len(s) for s in list(result.row_names) + [e[0] for e in extra])
     left = 0.3 + 0.068 * label_chars
     main_w = t * cw
     side_w = sum(w + 0.06 for _, w in side)
     cbar_gap, cbar_w, right = 0.45, 0.16, 0.85
-    top, bottom = 1.15, 0.45
+    top, bottom = 1.3, 0.45
     W = left + main_w + 0.1 + side_w + cbar_gap + cbar_w + right
     grid_h = n_rows * ch
     H = top + grid_h + bottom
@@ -279,6 +302,13 @@ def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_cha
                 wv = float(result.weights[r, i])  # type: ignore[index]
                 ax.text(i, r + 0.26, f"w={wv:.2f}" if wv >= 0.005 else "w<0.01", ha="center", va="center",  # type: ignore[index]
                         fontsize=5.2, color=colour, parse_math=False)
+    from matplotlib.patches import Rectangle
+
+    for r in range(R):
+        for i in range(t):
+            if _active(result, r, i) and _untrusted(result, r, i):
+                ax.add_patch(Rectangle((i - 0.5, r - 0.5), 1, 1, fill=False, hatch="////", edgecolor=(0.35, 0.35, 0.35, 0.8),
+                                       linewidth=0))
     for b, (_, strings, cols) in enumerate(extra):
         for i, s in enumerate(strings):
             colour = _text_colour(cols[i]) if cols is not None else "black"
@@ -325,6 +355,16 @@ def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_cha
                 ec = sum(ecos) / len(ecos)
                 col[R + 1] = cmap(cos_norm(ec))
                 texts[R + 1] = _fmt(ec)
+        elif name == "cos⊥q":
+            rc = [float(c) for c in result.rest_cosine.mean(-1)]  # type: ignore[union-attr]
+            for r in range(R):
+                col[r] = cmap(cos_norm(rc[r]))
+                texts[r] = _fmt(rc[r])
+        elif name == "q share":
+            qs = [float(c) for c in result.q_share.mean(-1)]  # type: ignore[union-attr]
+            for r in range(R):
+                col[r] = wcmap(0.85 * min(1.0, max(0.0, qs[r])))
+                texts[r] = f"{qs[r]:.2f}"
         else:
             assert result.weights is not None
             mw = [float(v) for v in result.weights.mean(-1)]
@@ -367,7 +407,12 @@ def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_cha
             note += " (0 where w = 0); ·: weight 0 (no term)"
     else:
         note = "row: U·J^k γ_{L+1}(h_l)(h_L) for the stream after the named block; cos: cosine between the row's and the model's logits"
+        if honest:
+            note += "; cos⊥q: cosine with q of the row minus its part along q; q share: part of the row that is q itself"
     fig.text(left / W, 1 - 0.6 / H, note, fontsize=7, va="top", ha="left", color="0.3", parse_math=False)
+    if _n_untrusted(result):
+        fig.text(left / W, 1 - 0.78 / H, f"{_UNTRUSTED_NOTE}: {_n_untrusted(result)} of {R * t}", fontsize=7, va="top",
+                 ha="left", color="0.3", parse_math=False)
 
     if path is not None:
         _write_atomic(path, _png_bytes(fig))
@@ -397,6 +442,7 @@ td.cell { font-family: ui-monospace, monospace; white-space: pre; max-width: 7em
 td.cell:hover { outline: 2px solid #222; }
 td.agree { font-weight: bold; }
 td.blank { color: #bbb; background: #fbfbfb; }
+td.untrusted { text-decoration: line-through; background-image: repeating-linear-gradient(45deg, rgba(90,90,90,.35) 0 2px, transparent 2px 6px) !important; }
 td.side { font-family: ui-monospace, monospace; font-size: 11px; }
 tr.extra th, tr.extra td { background: #eee; font-style: italic; }
 tr.first-extra th, tr.first-extra td { border-top: 2px solid #222; }
@@ -427,6 +473,8 @@ _JS = """
     var meta = [];
     if (info.cos !== undefined) meta.push('cosine ' + fmt(info.cos));
     if (info.w !== undefined) meta.push('weight ' + info.w.toFixed(4));
+    if (info.rest_cos !== undefined) meta.push('cos⊥q ' + fmt(info.rest_cos) + '  q share ' + info.q_share.toFixed(3));
+    if (info.untrusted) meta.push('UNTRUSTED: ' + info.untrusted.join(', '));
     if (meta.length) tip.appendChild(el('div', meta.join('   ')));
     if (!info.top.length) tip.appendChild(el('div', 'weight 0: this centre carries no term here'));
     var t = el('table');
@@ -491,6 +539,11 @@ def lens_data(result: LensResult) -> dict:
                 c["top"], c["logits"] = [], []
             if result.weights is not None:
                 c["w"] = _finite(float(result.weights[r, i]))
+            if getattr(result, "rest_cosine", None) is not None and getattr(result, "q_share", None) is not None:
+                c["rest_cos"] = _finite(float(result.rest_cosine[r, i]))  # type: ignore[index]
+                c["q_share"] = _finite(float(result.q_share[r, i]))  # type: ignore[index]
+            if _untrusted(result, r, i):
+                c["untrusted"] = result.diagnostics.reasons(r, i) or ["non-finite diagnostics"]  # type: ignore[union-attr]
             row.append(c)
         cells.append(row)
     model_vocab = _model_tokens(result)
@@ -537,7 +590,9 @@ def lens_html(result: LensResult) -> str:
         return f"<td class='side' style='background:{_css_colour(rgba)};color:{_text_colour(rgba)}'>{esc(text)}</td>"
 
     head = "".join(f"<th title='position {i}'>{esc(visible_token(s))}</th>" for i, s in enumerate(result.tokens))
-    head = f"<thead><tr><th class='row'></th>{head}<th>mean cos</th>{'<th>mean w</th>' if joint else ''}</tr></thead>"
+    honest = not joint and getattr(result, "rest_cosine", None) is not None and getattr(result, "q_share", None) is not None
+    extra_heads = ("<th>mean w</th>" if joint else "") + ("<th>mean cos⊥q</th><th>q share</th>" if honest else "")
+    head = f"<thead><tr><th class='row'></th>{head}<th>mean cos</th>{extra_heads}</tr></thead>"
     body = []
     for r in range(R):
         tds = []
@@ -547,6 +602,8 @@ def lens_html(result: LensResult) -> str:
                 continue
             rgba = cmap(norm(float(result.top_logits[r, i, 0])))
             cls = "cell agree" if int(result.top_ids[r, i, 0]) == int(model_ids[i]) else "cell"
+            if _untrusted(result, r, i):
+                cls += " untrusted"
             tds.append(
                 f"<td class='{cls}' data-r='{r}' data-i='{i}' style='background:{_css_colour(rgba)};color:{_text_colour(rgba)}'>"
                 f"{esc(visible_token(cells[r][i]))}</td>"
@@ -554,8 +611,13 @@ def lens_html(result: LensResult) -> str:
         tds.append(side_cell(mean_cos[r], cmap(cos_norm(mean_cos[r])), _fmt(mean_cos[r])))
         if joint:
             tds.append(side_cell(mean_w[r], wcmap(0.85 * min(1.0, max(0.0, mean_w[r]))), f"{mean_w[r]:.3f}"))
+        if honest:
+            rc = float(result.rest_cosine[r].mean())  # type: ignore[index]
+            qs = float(result.q_share[r].mean())  # type: ignore[index]
+            tds.append(side_cell(rc, cmap(cos_norm(rc)), _fmt(rc)))
+            tds.append(side_cell(qs, wcmap(0.85 * min(1.0, max(0.0, qs))), f"{qs:.2f}"))
         body.append(f"<tr><th class='row'>{esc(result.row_names[r])}</th>{''.join(tds)}</tr>")
-    blank_side = "<td></td><td></td>" if joint else "<td></td>"
+    blank_side = "<td></td>" * (1 + (1 if joint else 0) + (2 if honest else 0))
     mt = _model_tokens(result)
     body.append(
         "<tr class='extra first-extra'><th class='row'>model top-1</th>"
@@ -590,6 +652,11 @@ def lens_html(result: LensResult) -> str:
     )
     if joint and result.optimized:
         notes += "<p class='note'>· : weight 0 (the centre carries no term at this position).</p>"
+    if _n_untrusted(result):
+        notes += f"<p class='note'>Hatched and struck through: untrusted cell ({_n_untrusted(result)} of {R * t}): divergent series, remainder larger than the output, cancellation or rounding (docs/trust.md); hover for the reason.</p>"
+    honest = not joint and getattr(result, "rest_cosine", None) is not None and getattr(result, "q_share", None) is not None
+    if honest:
+        notes += "<p class='note'>cos⊥q: mean cosine with q of the row minus its part along the model's own logits q; q share: mean share of the row that is q itself (docs/trust.md).</p>"
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{title}</title><style>{_CSS}</style></head><body>"
@@ -620,8 +687,20 @@ def plot_cosine_curve(curve: CosineCurve, path: PathLike | None = None) -> Figur
     ax = fig.add_subplot(1, 1, 1)
     xs = list(range(R))
     markers = "os^Dvx*"
+    trusted = getattr(curve, "trusted", None)
+    rest = getattr(curve, "rest_cosine", None)
     for oi, k in enumerate(curve.orders):
-        ax.plot(xs, [float(v) for v in curve.cosine[oi]], marker=markers[oi % len(markers)], markersize=3.5, linewidth=1.4, label=_order_label(k))
+        ys = [float(v) for v in curve.cosine[oi]]
+        (line,) = ax.plot(xs, ys, linewidth=1.4, label=_order_label(k))
+        colour, mk = line.get_color(), markers[oi % len(markers)]
+        ok = [trusted is None or float(trusted[oi, r]) >= 0.5 for r in range(R)]
+        ax.plot([x for x, o in zip(xs, ok) if o], [y for y, o in zip(ys, ok) if o], linestyle="none", marker=mk, markersize=3.5, color=colour)
+        ax.plot([x for x, o in zip(xs, ok) if not o], [y for y, o in zip(ys, ok) if not o], linestyle="none", marker=mk,
+                markersize=4, markerfacecolor="white", markeredgecolor=colour)
+        if rest is not None and k >= 1:
+            ax.plot(xs, [float(v) for v in rest[oi]], linestyle="--", linewidth=1.0, color=colour, label=f"{_order_label(k)}, rest (part along q removed)")
+    if trusted is not None and bool((trusted < 0.5).any()):
+        ax.plot([], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3", label="hollow: most cells untrusted")
     ax.axhline(0.0, color="black", linewidth=0.8)
     step = max(1, math.ceil(R / 40))
     ax.set_xticks(xs[::step])
