@@ -4,6 +4,8 @@ Targets:
   1. joint lens, optimised weights, ~10-token sentence, 5 centres, k = 1: <= 2 s end to end,
      with a logit-space remainder no larger than 100 Adam steps on the same objective.
   2. iterative lens over all 30 layers (+ embedding) at k = 1 costs <= 2x the k = 0 (logit) lens.
+  3. (issue 11) trust diagnostics add <= 5 % to the iterative and joint lenses (k = 1), and float64
+     accumulation of the jet sums adds <= 30 % at k = 2 (against the same lens summed in float32).
 
 Usage: python benchmarks/lenses.py [--model smollm2-135m] [--repeats 5]
 """
@@ -97,6 +99,51 @@ def main() -> int:
     print(f"    k=0 (logit lens) {t0_lens:.3f} s   k=1 {t1_lens:.3f} s   ratio {ratio:.2f}x  target <= 2x: {'PASS' if p2 else 'FAIL'}")
     mid = len(r0.row_names) // 2
     print(f"    mean cosine at row {r0.row_names[mid]}: logit lens {r0.cosine[mid].mean():+.3f}, order-1 jet lens {r1.cosine[mid].mean():+.3f}")
+    # 3. issue 11: diagnostics and float64 accumulation, ratios measured here (interleaved repeats)
+    from jetex.expand import numerics
+    from jetex.lenses.lens import _iterative_core, _joint_core, joint_centres, layer_streams
+
+    with torch.no_grad():
+        hs = model.stream(ids)
+        streams, _ = layer_streams(model)
+        segs_l, _ = joint_centres(model, "layers")
+
+    def pair(fa, fb, repeats):
+        """Median times of fa and fb, alternated call by call (shared-machine noise hits both)."""
+        fa(), fb()
+        ta, tb = [], []
+        for _ in range(repeats):
+            t0 = CLOCK(); fa(); ta.append(CLOCK() - t0)
+            t0 = CLOCK(); fb(); tb.append(CLOCK() - t0)
+        return statistics.median(ta), statistics.median(tb)
+
+    reps = max(args.repeats, 7)
+    with torch.no_grad():
+        it_on, it_off = pair(lambda: _iterative_core(model, hs, streams, 1), lambda: _iterative_core(model, hs, streams, 1, diagnose=False), reps)
+        jt_on, jt_off = pair(lambda: _joint_core(model, hs[:, 0], segs_l, 1, False), lambda: _joint_core(model, hs[:, 0], segs_l, 1, False, diagnose=False), reps)
+        saved = numerics.FLOAT64_FROM_ORDER
+
+        def f32(fn):
+            def run():
+                numerics.FLOAT64_FROM_ORDER = 99
+                try:
+                    fn()
+                finally:
+                    numerics.FLOAT64_FROM_ORDER = saved
+            return run
+
+        it64 = lambda: _iterative_core(model, hs, streams, 2)  # noqa: E731
+        jt64 = lambda: _joint_core(model, hs[:, 0], segs_l, 2, False)  # noqa: E731
+        i64, i32 = pair(it64, f32(it64), reps)
+        j64, j32 = pair(jt64, f32(jt64), reps)
+    r_it, r_jt = it_on / it_off - 1, jt_on / jt_off - 1
+    r_i64, r_j64 = i64 / i32 - 1, j64 / j32 - 1
+    p3 = max(r_it, r_jt) <= 0.05 and max(r_i64, r_j64) <= 0.30
+    ok &= p3
+    print(f"\n[3] trust (issue 11), {len(streams)} iterative rows / {len(segs_l)} joint centres, medians of {reps} alternated calls")
+    print(f"    diagnostics overhead, k=1: iterative {r_it:+.1%} ({it_on:.3f} vs {it_off:.3f} s), joint {r_jt:+.1%} ({jt_on:.3f} vs {jt_off:.3f} s)  target <= +5%")
+    print(f"    float64 accumulation, k=2: iterative {r_i64:+.1%} ({i64:.3f} vs {i32:.3f} s), joint {r_j64:+.1%} ({j64:.3f} vs {j32:.3f} s)  target <= +30%")
+    print(f"    {'PASS' if p3 else 'FAIL'}")
     print("\nALL PASS" if ok else "\nSOME TARGETS FAILED")
     return 0 if ok else 1
 

@@ -50,6 +50,7 @@ def test_paths_ranked(tiny_llama_dir, capsys):
         (["lens", TEXT, "--out", "f.bmp"], ""),
         (["paths", TEXT, "--use", "mlp.9"], "unknown block"),
         (["paths", TEXT, "--max-len", "4", "--limit", "3"], "narrow the filters"),
+        (["lens", TEXT, "--kind", "joint", "--centres", "1,2"], "do not sum to the stream"),
     ],
 )
 def test_bad_input_one_line_error(tiny_llama_dir, capsys, argv, msg):
@@ -113,3 +114,39 @@ def test_paths_single_token_target(tiny_llama_dir, capsys):
     assert main(["paths", TEXT, "--model", tiny_llama_dir, "--token", "cat", "--top", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["target"]["token"] == "cat"
+
+
+def test_lens_trust_in_json_table_and_one_warning(tiny_llama_dir, capsys):
+    """Diagnostics reach --json (per cell and per row); a lens dominated by untrusted cells prints
+    exactly one warning line on stderr naming the failure and what to try; boundaries ending at L work."""
+    assert main(["lens", TEXT, "--model", tiny_llama_dir, "--kind", "joint", "--centres", "2,4", "--order", "3", "--json"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    d = out["diagnostics"]
+    assert set(d) >= {"decay", "distance", "remainder_share", "cancellation", "trusted", "thresholds"}
+    assert len(d["trusted"]) == 3 and all(len(r) == 7 for r in d["trusted"])
+    assert [c["trusted"] for c in out["cells"][0]] == d["trusted"][0]
+    n_bad = sum(not v for row in d["trusted"] for v in row)
+    warn = [ln for ln in cap.err.splitlines() if ln.startswith("warning: ")]
+    assert len(warn) == (1 if 2 * n_bad > 21 else 0)
+    if warn:
+        assert "untrusted" in warn[0] and "try" in warn[0]
+    # the iterative lens's split along q is in the JSON and the table
+    assert main(["lens", TEXT, "--model", tiny_llama_dir, "--order", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert all({"q_coef", "q_share", "rest_cosine", "trusted"} <= set(c) for row in out["cells"] for c in row)
+    assert main(["lens", TEXT, "--model", tiny_llama_dir, "--order", "1"]) == 0
+    assert "cos⊥q" in capsys.readouterr().out
+
+
+def test_paths_readable_scale_json(tiny_llama_dir, capsys):
+    """Paths are ranked on the unweighted scale by default, with token strings and a share of the
+    model's logit; --weighted ranks Algorithm 2's terms, which are smaller by the weights."""
+    argv = ["paths", TEXT, "--model", tiny_llama_dir, "--max-len", "2", "--top", "3", "--json"]
+    assert main(argv) == 0
+    un = json.loads(capsys.readouterr().out)
+    assert un["scale"] == "unweighted" and all(isinstance(p["token"], str) and isinstance(p["top_token"], str) for p in un["paths"])
+    assert main(argv + ["--weighted"]) == 0
+    w = json.loads(capsys.readouterr().out)
+    assert w["scale"] == "weighted"
+    assert max(abs(p["logit"]) for p in w["paths"]) < max(abs(p["logit"]) for p in un["paths"])

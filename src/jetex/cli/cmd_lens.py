@@ -119,7 +119,7 @@ def register(group: click.Group) -> None:
         "--centres",
         default="layers",
         show_default=True,
-        help="Joint lens centres: 'blocks', 'layers', or a number of groups (embedding included).",
+        help="Joint lens centres: 'blocks', 'layers', a number of groups (embedding included), or block boundaries ending at L, e.g. 20,40,60.",
     )
     @click.option("--optimize", is_flag=True, help="Joint lens: optimise weights per position (exact, Remark 3).")
     @click.option("--top", type=int, default=10, show_default=True, help="Top tokens kept per cell.")
@@ -160,7 +160,9 @@ def register(group: click.Group) -> None:
         elif kind == "iterative":
             res = iterative_lens(m, text, order=order, layers=_parse_ints(layers, "layer"), top_k=top)
         else:
-            cen: str | int = int(centres) if centres.isdigit() else centres
+            cen: str | int | list[int] = int(centres) if centres.isdigit() else centres
+            if isinstance(cen, str) and "," in cen:
+                cen = _parse_ints(cen, "centre boundary") or []
             res = joint_lens(m, text, order=order, centres=cen, optimize=optimize, top_k=top)
         if out:
             from jetex.viz.lens import save_lens

@@ -121,6 +121,13 @@ class PathValues:
                 raise ValueError("PathValues: decay and distance must be logits.shape[:-1]")
 
 
+def _share(x: float) -> str:
+    """A path's logit as a share of the model's: ``+62% of the model's`` or ``+253× the model's``."""
+    if x != x:
+        return "model's logit is 0"
+    return f"{x:+.0%} of the model's" if abs(x) < 10 else f"{x:+.3g}× the model's"
+
+
 @dataclass
 class RankedPath:
     """A path and its contribution to a token's logit at one position.
@@ -148,10 +155,7 @@ class RankedPath:
 
     def __repr__(self) -> str:
         flag = "" if self.trusted else ", untrusted"
-        return (
-            f"RankedPath({self.name!r}, logit[{self.token_str!r}]={self.logit:+.4g} ({self.share:+.1%} of the model's), "
-            f"top={self.top_str!r}{flag})"
-        )
+        return f"RankedPath({self.name!r}, logit[{self.token_str!r}]={self.logit:+.4g} ({_share(self.share)}), top={self.top_str!r}{flag})"
 
     def to_dict(self) -> dict:
         return {
@@ -214,7 +218,7 @@ class PathRanking(Result):
     def _summary(self) -> str:
         text = "".join(self.tokens)
         text = text if len(text) <= 40 else text[:39] + "…"
-        best = f", best={self.paths[0].name!r} ({self.paths[0].logit:+.3g}, {self.paths[0].share:+.1%} of the model's)" if self.paths else ""
+        best = f", best={self.paths[0].name!r} ({self.paths[0].logit:+.3g}, {_share(self.paths[0].share)})" if self.paths else ""
         return (
             f"target={self.target!r}, position={self.position}, order={self.order}, "
             f"paths={len(self.paths)} of {self.n_ranked}{best}, model={self.model_name!r}, text={text!r}"

@@ -382,7 +382,7 @@ def _iterative(
     )
 
 
-def _iterative_core(model: ResidualModel, h: Float[Tensor, "l1 1 t d"], streams: Sequence[int], k: int) -> dict:
+def _iterative_core(model: ResidualModel, h: Float[Tensor, "l1 1 t d"], streams: Sequence[int], k: int, diagnose: bool = True) -> dict:
     """Rows' logits, the model's logits, remainder norms, diagnostics and the split along q,
     from the stream ``h`` of one sequence."""
     coeffs = iterative_lens_terms(model, h, streams, k)[:, :, 0]  # [k+1, R, t, d]
@@ -390,6 +390,8 @@ def _iterative_core(model: ResidualModel, h: Float[Tensor, "l1 1 t d"], streams:
     logits = unembed(model, terms.to(model.dtype), bias=True)  # [R, t, V]
     model_logits = model.decode(h[-1])[0]  # [t, V]
     rem = (model_logits.unsqueeze(0) - logits).double().norm(dim=-1)
+    if not diagnose:  # (benchmarks/lenses.py times the diagnostics against this)
+        return dict(logits=logits, model_logits=model_logits, rem=rem)
     q_norm = model_logits.double().norm(dim=-1)  # [t]
     diag = Diagnostics(
         order=k,
@@ -466,8 +468,13 @@ def joint_centres(model: ResidualModel, centres: str | int | Sequence[int] = "bl
         raise InputError(f"unknown centres {centres!r}: use 'blocks', 'layers', a number, or block boundaries")
     else:
         bounds = [int(b) for b in centres]
-        if not bounds or bounds[-1] != L or any(b2 <= b1 for b1, b2 in zip(bounds, bounds[1:])) or bounds[0] < 1:
+        if not bounds or any(b2 <= b1 for b1, b2 in zip(bounds, bounds[1:])) or bounds[0] < 1:
             raise InputError(f"boundaries must increase strictly from >= 1 and end at L = {L}")
+        if bounds[-1] != L:
+            raise InputError(
+                f"these centres do not sum to the stream h_{L} the joint lens decomposes: the last boundary is "
+                f"{bounds[-1]}, so blocks {bounds[-1] + 1}..{L} belong to no centre; end the boundaries at L = {L}"
+            )
     segs = [(-1, 0)]
     names = ["emb"]
     prev = 0
@@ -591,7 +598,9 @@ def _joint(
     )
 
 
-def _joint_core(model: ResidualModel, h: Float[Tensor, "l1 t d"], segs: Sequence[tuple[int, int]], k: int, optimize: bool) -> dict:
+def _joint_core(
+    model: ResidualModel, h: Float[Tensor, "l1 t d"], segs: Sequence[tuple[int, int]], k: int, optimize: bool, diagnose: bool = True
+) -> dict:
     """Rows' logits, weights, the expansion's and the model's logits, remainder norms, diagnostics,
     from the stream ``h`` of one sequence."""
     coeffs, W, X = joint_lens_terms(model, h, segs, k, optimize)
@@ -602,6 +611,8 @@ def _joint_core(model: ResidualModel, h: Float[Tensor, "l1 t d"], segs: Sequence
     exp_logits = unembed(model, total.to(model.dtype))
     delta = model.final_norm(h[-1]).to(total.dtype) - total  # δ in final-norm space
     rem = unembed(model, delta.to(model.dtype), bias=True).double().norm(dim=-1)  # [t]
+    if not diagnose:  # (benchmarks/lenses.py times the diagnostics against this)
+        return dict(logits=logits, W=W, model_logits=model_logits, exp_logits=exp_logits, rem=rem)
     q_norm = model_logits.double().norm(dim=-1)
     n = len(segs)
     active = W > 0
