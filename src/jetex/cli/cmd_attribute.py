@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from jetex.cli import remote
-from jetex.cli.common import common_options, emit_json
+from jetex.cli.common import common_options, emit_json, numbered, read_texts, texts_option
 from jetex.errors import InputError, JetexError
 
 SHIPPED = "shipped"
@@ -72,10 +72,11 @@ def _ratios(text: str | None) -> tuple[float, ...] | None:
 @click.option("--limit", type=int, help="Evaluate only the first N prompts.")
 @click.option("--ratios", help="Erasure ratios in percent for --eval (default 1,5,10,20,50).")
 @click.option("--progress", is_flag=True, help="Report evaluation progress on stderr.")
-@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write a self-contained HTML page of the attribution.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write a self-contained HTML page of the attribution (with --texts: FILE.i.html per text).")
+@texts_option
 @common_options
 @remote.server_option
-def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline, seed, eval_file, methods, limit, ratios, progress, html_out, model, as_json, server):
+def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline, seed, eval_file, methods, limit, ratios, progress, html_out, texts_file, model, as_json, server):
     """Attribute the next-token prediction after TEXT to its input tokens."""
     from jetex.attribution import METHODS, MethodSpec, attribute, evaluate_faithfulness, load_prompts
 
@@ -90,6 +91,8 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
     if eval_file is not None:
         if remote.url_of(server) is not None:
             raise InputError("--eval runs on the local model: drop --server")
+        if texts_file is not None:
+            raise InputError("--texts attributes each text; --eval FILE evaluates faithfulness: give one of them")
         if html_out is not None:
             raise InputError("--html renders a single attribution; it does not apply to --eval")
         if text is not None:
@@ -128,9 +131,12 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
             Console().print(report_table(report))
         return
 
-    if text is None:
-        raise InputError("give a TEXT to attribute (or --eval FILE for the faithfulness evaluation)")
-    if not text.strip():
+    if text is not None and texts_file is not None:
+        raise InputError("give either TEXT or --texts FILE, not both")
+    texts = read_texts(texts_file) if texts_file is not None else None
+    if text is None and texts is None:
+        raise InputError("give a TEXT to attribute (or --texts FILE, or --eval FILE for the faithfulness evaluation)")
+    if text is not None and not text.strip():
         raise InputError("empty text: give at least one non-blank character")
     if method not in METHODS:
         raise InputError(f"unknown attribution method {method!r}; choose one of: {', '.join(METHODS)}")
@@ -144,6 +150,8 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         kw["seed"] = seed
     url = remote.url_of(server)
     if url is not None:
+        if texts is not None:
+            raise InputError("--texts runs on the local model: drop --server")
         if html_out is not None or baseline is not None or seed is not None:
             raise InputError("--html, --baseline and --seed need the local model: drop --server")
         ctx = click.get_current_context()
@@ -151,12 +159,14 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         return remote.attribute(url, text=text, target=target, target_id=target_id, method=method, layer=layer, order=order,
                                 steps=steps, model=model, model_given=given, as_json=as_json)
     _need_captum([method])
+    from jetex.results import write_atomic
+
     m = _load(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         attr = attribute(
             m,
-            text,
+            texts if texts is not None else text,
             target=target_id if target_id is not None else target,
             method=method,
             layer=layer,
@@ -166,10 +176,25 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
     for w in caught:
         if issubclass(w.category, UserWarning):
             click.echo(f"warning: {w.message}", err=True)
+    if texts is not None:
+        from jetex.viz.attribution import render_terminal, to_html
+
+        outs = [numbered(html_out, i) for i in range(len(attr))] if html_out else [None] * len(attr)
+        for a, o in zip(attr, outs):
+            if o:
+                write_atomic(o, to_html(a).encode("utf-8"))
+        if as_json:
+            emit_json({"model": model, "results": [{"text": t, **a.to_dict()} | ({"html": o} if o else {}) for t, a, o in zip(texts, attr, outs)]})
+        else:
+            for a, o in zip(attr, outs):
+                render_terminal(a)
+                if o:
+                    click.echo(f"wrote {o}", err=True)
+        return
     if html_out is not None:
         from jetex.viz.attribution import to_html
 
-        Path(html_out).write_text(to_html(attr), encoding="utf-8")
+        write_atomic(html_out, to_html(attr).encode("utf-8"))
     if as_json:
         emit_json({"model": model, **attr.to_dict()})
     else:

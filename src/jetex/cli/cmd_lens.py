@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from jetex.cli import remote
-from jetex.cli.common import common_options, emit_json
+from jetex.cli.common import common_options, emit_json, numbered, texts_of, texts_option
 from jetex.errors import InputError
 
 
@@ -105,7 +105,8 @@ def _lens_warning(res) -> str | None:
 
 def register(group: click.Group) -> None:
     @group.command("lens")
-    @click.argument("text")
+    @click.argument("text", required=False)
+    @texts_option
     @click.option(
         "--kind",
         type=click.Choice(["iterative", "joint", "logit", "tuned", "jacobian"]),
@@ -127,9 +128,14 @@ def register(group: click.Group) -> None:
     @click.option("--lens", "lens_file", default=None, help="Tuned / Jacobian lens: the fitted lens file (`jetex lens-fit`).")
     @common_options
     @remote.server_option
-    def lens_cmd(text, kind, order, layers, centres, optimize, top, out, lens_file, model, as_json, server):
-        """Read the model's computation through a jet lens, the logit lens, or a fitted tuned / Jacobian lens."""
+    def lens_cmd(text, texts_file, kind, order, layers, centres, optimize, top, out, lens_file, model, as_json, server):
+        """Read the model's computation through a jet lens, the logit lens, or a fitted tuned / Jacobian lens
+        (of TEXT, or of every line of --texts FILE: one model load; with --out, FILE.i.png per text)."""
         from jetex.lenses import iterative_lens, joint_lens
+
+        texts = texts_of(text, texts_file)
+        if texts is not None and remote.url_of(server) is not None:
+            raise InputError("--texts runs on the local model: drop --server")
 
         if top < 1:
             raise InputError("--top must be >= 1")
@@ -152,18 +158,39 @@ def register(group: click.Group) -> None:
             return remote.lens(url, text=text, kind=kind, order=order, layers=layers, centres=centres, centres_given=_given("centres"),
                                optimize=optimize, top=top, out=out, model=model, model_given=_given("model"), as_json=as_json)
         m = _load(model)
+        inputs = texts if texts is not None else text
         if kind in ("logit", "tuned", "jacobian"):
             from jetex.lenses.zoo import load_fitted, zoo_lens
+            from jetex.results import ResultList
 
             fitted = load_fitted(kind, lens_file, m) if lens_file else None
-            res = zoo_lens(m, text, kind, lens=fitted, layers=_parse_ints(layers, "layer"), top_k=top)
+            one = lambda x: zoo_lens(m, x, kind, lens=fitted, layers=_parse_ints(layers, "layer"), top_k=top)  # noqa: E731
+            res = ResultList(one(x) for x in texts) if texts is not None else one(text)
         elif kind == "iterative":
-            res = iterative_lens(m, text, order=order, layers=_parse_ints(layers, "layer"), top_k=top)
+            res = iterative_lens(m, inputs, order=order, layers=_parse_ints(layers, "layer"), top_k=top)
         else:
             cen: str | int | list[int] = int(centres) if centres.isdigit() else centres
             if isinstance(cen, str) and "," in cen:
                 cen = _parse_ints(cen, "centre boundary") or []
-            res = joint_lens(m, text, order=order, centres=cen, optimize=optimize, top_k=top)
+            res = joint_lens(m, inputs, order=order, centres=cen, optimize=optimize, top_k=top)
+        if texts is not None:
+            from jetex.viz.lens import save_lens
+
+            outs = [numbered(out, i) for i in range(len(res))] if out else [None] * len(res)
+            for i, (r, o) in enumerate(zip(res, outs)):
+                if o:
+                    save_lens(r, o)
+                warn = _lens_warning(r)
+                if warn:
+                    click.echo(f"warning: text {i + 1}: {warn}", err=True)
+            if as_json:
+                emit_json({"model": m.name, "results": [{"text": t, **r.to_dict()} | ({"out": o} if o else {}) for t, r, o in zip(texts, res, outs)]})
+            else:
+                for r, o in zip(res, outs):
+                    _print_lens(r)
+                    if o:
+                        click.echo(f"wrote {o}")
+            return
         if out:
             from jetex.viz.lens import save_lens
 
@@ -179,7 +206,8 @@ def register(group: click.Group) -> None:
                 click.echo(f"wrote {out}")
 
     @group.command("paths")
-    @click.argument("text")
+    @click.argument("text", required=False)
+    @texts_option
     @click.option("--order", "-k", type=int, default=1, show_default=True)
     @click.option("--use", "must_use", default="", help="Blocks every path must go through (names or kinds, comma-separated).")
     @click.option("--avoid", default="", help="Blocks (or kinds: attn, mlp) paths must avoid.")
@@ -208,13 +236,18 @@ def register(group: click.Group) -> None:
     )
     @common_options
     @remote.server_option
-    def paths_cmd(text, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, weighted, model, as_json, server):
-        """Rank input-to-output jet paths (Algorithm 2) by their logit for the predicted token.
+    def paths_cmd(text, texts_file, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, weighted, model, as_json, server):
+        """Rank input-to-output jet paths (Algorithm 2) by their logit for the predicted token
+        (after TEXT, or after every line of --texts FILE with one model load).
 
         The scale is the unweighted path (its own jets composed, every 1/|ξ| weight set to 1);
         --weighted ranks Algorithm 2's terms, which all shrink like 2^-L. docs/trust.md."""
         from jetex.expand import PathFilter, exp_jet_expansion
         from jetex.expand.algorithm import check_order
+
+        texts = texts_of(text, texts_file)
+        if texts is not None and remote.url_of(server) is not None:
+            raise InputError("--texts runs on the local model: drop --server")
 
         check_order(order)  # before loading the model
         if top < 1:
@@ -232,10 +265,11 @@ def register(group: click.Group) -> None:
                                 token=token, position=position, top=top, split_degrees=split_degrees, degrees=degrees,
                                 model=model, model_given=_given("model"), as_json=as_json)
         m = _load(model)
-        ids = m.tokenize(text)
-        t = ids.shape[-1]
-        if not -t <= position < t:
-            raise InputError(f"position {position} out of range for {t} tokens")
+        all_ids = [m.tokenize(x) for x in (texts if texts is not None else [text])]
+        for x, ids in zip(texts or [text], all_ids):
+            t = ids.shape[-1]
+            if not -t <= position < t:
+                raise InputError(f"position {position} out of range for {t} tokens" + (f" of {x!r}" if texts else ""))
         flt = PathFilter(
             must_use=tuple(s for s in must_use.split(",") if s),
             avoid=tuple(s for s in avoid.split(",") if s),
@@ -260,44 +294,44 @@ def register(group: click.Group) -> None:
                     f"--token {token!r} is {len(enc)} tokens ({pieces}); give a single token, e.g. {m.token_strings(enc[:1])[0]!r}"
                 )
             tok_id = enc[0]
-        ranked = pe.rank(ids, list(pe.paths(flt)), token=tok_id, position=position, top=top, weighted=weighted, progress=True)
-        target = ranked[0].token
-        tgt_str = ranked[0].token_str
-        n_bad = sum(not r.trusted for r in ranked)
-        if n_bad * 2 > len(ranked):
-            click.echo(
-                f"warning: {n_bad} of the top {len(ranked)} paths are untrusted: the order-{order} series along them diverges "
-                f"(centre→variate distance up to {max(r.distance for r in ranked):.3g} ≥ 1); try --order 0",
-                err=True,
-            )
-        scale = "weighted (Algorithm 2 terms)" if weighted else "unweighted paths"
+        chosen = list(pe.paths(flt))
+        rankings = [pe.rank(ids, chosen, token=tok_id, position=position, top=top, weighted=weighted, progress=True) for ids in all_ids]
+        for ranked in rankings:
+            n_bad = sum(not r.trusted for r in ranked)
+            if n_bad * 2 > len(ranked):
+                click.echo(
+                    f"warning: {n_bad} of the top {len(ranked)} paths are untrusted: the order-{order} series along them diverges "
+                    f"(centre→variate distance up to {max(r.distance for r in ranked):.3g} ≥ 1); try --order 0",
+                    err=True,
+                )
+        head = {"model": m.name, "order": order, "split_degrees": split_degrees, "degrees": degs, "scale": "weighted" if weighted else "unweighted"}
         if as_json:
-            emit_json(
-                {
-                    "model": m.name,
-                    "order": order,
-                    "split_degrees": split_degrees,
-                    "degrees": degs,
-                    "scale": "weighted" if weighted else "unweighted",
-                    "target": {"id": target, "token": tgt_str},
-                    "n_paths": n,
-                    "paths": [r.to_dict() for r in ranked],
-                }
-            )
+            payloads = [{"target": {"id": r[0].token, "token": r[0].token_str}, "n_paths": n, "paths": [p.to_dict() for p in r]} for r in rankings]
+            if texts is None:
+                emit_json(head | payloads[0])
+            else:
+                emit_json(head | {"n_paths": n, "results": [{"text": x} | p for x, p in zip(texts, payloads)]})
             return
-        from rich.console import Console
-        from rich.table import Table
+        for ranked in rankings:
+            _print_paths(ranked, n, order, split_degrees, weighted, m.name)
 
-        variant = ", split by Taylor degree" if split_degrees else ""
-        table = Table(title=f"top {len(ranked)} of {n} paths for {tgt_str!r} (order {order}{variant}, {scale}) — {m.name}")
-        table.add_column("#", justify="right")
-        table.add_column("path")
-        table.add_column(f"logit[{tgt_str!r}]", justify="right")
-        table.add_column("of model's", justify="right")
-        table.add_column("path's own top-1")
-        table.add_column("trusted")
-        for i, r in enumerate(ranked, 1):
-            table.add_row(
-                str(i), r.name, f"{r.logit:+.4g}", f"{r.share:+.1%}", repr(r.top_str), "yes" if r.trusted else f"no (distance {r.distance:.3g})"
-            )
-        Console().print(table)
+
+def _print_paths(ranked, n: int, order: int, split_degrees: bool, weighted: bool, model_name: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    tgt_str = ranked[0].token_str
+    scale = "weighted (Algorithm 2 terms)" if weighted else "unweighted paths"
+    variant = ", split by Taylor degree" if split_degrees else ""
+    table = Table(title=f"top {len(ranked)} of {n} paths for {tgt_str!r} (order {order}{variant}, {scale}) — {model_name}")
+    table.add_column("#", justify="right")
+    table.add_column("path")
+    table.add_column(f"logit[{tgt_str!r}]", justify="right")
+    table.add_column("of model's", justify="right")
+    table.add_column("path's own top-1")
+    table.add_column("trusted")
+    for i, r in enumerate(ranked, 1):
+        table.add_row(
+            str(i), r.name, f"{r.logit:+.4g}", f"{r.share:+.1%}", repr(r.top_str), "yes" if r.trusted else f"no (distance {r.distance:.3g})"
+        )
+    Console().print(table)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from jetex.cli import remote
-from jetex.cli.common import common_options, emit_json
+from jetex.cli.common import common_options, emit_json, texts_of, texts_option
 from jetex.errors import InputError
 
 _HOW_TO = [
@@ -131,7 +131,8 @@ def register(group: click.Group) -> None:
             _print_models(payload)
 
     @group.command("predict")
-    @click.argument("text")
+    @click.argument("text", required=False)
+    @texts_option
     @click.option("--top", "-n", type=int, default=5, show_default=True, help="Number of next tokens shown.")
     @click.option(
         "--granularity",
@@ -142,8 +143,24 @@ def register(group: click.Group) -> None:
     )
     @common_options
     @remote.server_option
-    def predict_cmd(text: str, top: int, granularity: str, model: str, as_json: bool, server: str | None) -> None:
+    def predict_cmd(text: str | None, texts_file: str | None, top: int, granularity: str, model: str, as_json: bool, server: str | None) -> None:
         """Show the model's top next tokens after TEXT (computed through the residual view)."""
+        texts = texts_of(text, texts_file)
+        if texts is not None:
+            if remote.url_of(server) is not None:
+                raise InputError("--texts runs on the local model: drop --server")
+            if top < 1:
+                raise InputError(f"--top must be a positive integer, got {top}")
+            from jetex.models.load import load
+
+            m = load(model, granularity=granularity)
+            payloads = [predict_payload(m, t, top) for t in texts]
+            if as_json:
+                emit_json({"model": m.name, "results": payloads})
+            else:
+                for p in payloads:
+                    _print_predict(p)
+            return
         if not text.strip():
             raise InputError("empty text: give at least one non-blank character")
         if top < 1:

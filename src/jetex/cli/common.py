@@ -54,3 +54,59 @@ def _default(o: Any) -> Any:
 
         return asdict(o)
     return str(o)
+
+
+texts_option = click.option(
+    "--texts",
+    "texts_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Read the texts from FILE, one a line (UTF-8; blank lines skipped): one model load for all; "
+    "--json prints {'results': [one per text]}.",
+)
+
+
+def read_texts(path: str) -> list[str]:
+    """The texts of ``path``, one a line (blank lines skipped); one-line errors naming the line."""
+    from pathlib import Path
+
+    from jetex.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--texts: no file {p}")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InputError(f"--texts: cannot read {p}: {e.strerror or e}") from None
+    texts = []
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"--texts: {p} line {n} is not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+        line = line.removesuffix("\r")
+        if line.strip():
+            texts.append(line)
+    if not texts:
+        raise InputError(f"--texts: {p} has no text (it is empty or blank)")
+    return texts
+
+
+def texts_of(text: str | None, texts_file: str | None) -> list[str] | None:
+    """The texts of ``--texts FILE`` (None when TEXT was given instead); refuses both or neither."""
+    from jetex.errors import InputError
+
+    if text is not None and texts_file is not None:
+        raise InputError("give either TEXT or --texts FILE, not both")
+    if text is None and texts_file is None:
+        raise InputError("give a TEXT (or --texts FILE with one text a line)")
+    return read_texts(texts_file) if texts_file is not None else None
+
+
+def numbered(path: str, i: int) -> str:
+    """``out.png`` → ``out.3.png``: the file of the i-th text of ``--texts``."""
+    from pathlib import Path
+
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}.{i}{p.suffix}"))
