@@ -178,7 +178,7 @@ def load_checkpoint(folder: Path, hf, opt, device: str) -> dict | None:
     state = json.loads((folder / "state.json").read_text())
     from transformers import AutoModelForCausalLM
 
-    sd = AutoModelForCausalLM.from_pretrained(folder / "model", torch_dtype=torch.float32).state_dict()
+    sd = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32).state_dict()
     hf.load_state_dict(sd, strict=False)
     moments = load_file(str(folder / "optim.safetensors"))
     for n, p in hf.named_parameters():
@@ -330,8 +330,12 @@ def analyse(args) -> None:
     for run in ("code", "prose"):
         st = json.loads((args.out / run / "state.json").read_text())
         states[run] = st
-        tuned[run] = jetex.load(str(args.out / run / "model"))
-        assert tuned[run].tokenizer_fingerprint() == base.tokenizer_fingerprint() if tuned[run].tokenizer is not None else True
+        folder = args.out / run / "model"
+        if not (folder / "tokenizer_config.json").is_file():
+            tok.save_pretrained(folder)
+        tuned[run] = jetex.load(str(folder))
+        if tuned[run].tokenizer_fingerprint() != base.tokenizer_fingerprint():
+            raise SystemExit(f"the {run} run's tokenizer differs from the base model's")
     if states["code"]["step"] != states["prose"]["step"]:
         print(f"warning: the runs stopped at different steps ({states['code']['step']} vs {states['prose']['step']})")
     ctexts = code_texts()
@@ -352,18 +356,20 @@ def analyse(args) -> None:
                 break
         counts.append(c)
     chosen: list[int] = []
+    seen: set[int] = set()
     for c in counts:
+        n_added = 0
         for i in torch.argsort(c, descending=True, stable=True).tolist():
-            if len(chosen) >= args.rows // 2 * (1 + len(counts).__index__() - 1) and c is counts[0]:
+            if c[i] == 0 or n_added >= args.rows // 2:
                 break
-            if i not in chosen and c[i] > 0:
+            if i not in seen:
+                seen.add(i)
                 chosen.append(i)
-            if c is counts[0] and len(chosen) >= args.rows // 2:
-                break
-            if c is counts[1] and len(chosen) >= args.rows:
-                break
+                n_added += 1
     rows = torch.tensor(sorted(chosen))
-    report: dict = {"rows": len(chosen), "code_tokens": int(is_code.sum()), "vocab": V, "runs": {}, "paths": {}}
+    report: dict = {"rows": len(chosen), "code_tokens": int(is_code.sum()), "vocab": V, "runs": {}, "paths": {},
+                    "code_rows": int(is_code[rows].sum()),
+                    "chance_code_pair_share": float(is_code[rows].sum()) * float(is_code.sum()) / (len(chosen) * V)}
     for run, st in states.items():
         report["runs"][run] = {k: st.get(k) for k in ("step", "held_code_before", "held_code_after",
                                                           "held_prose_before", "held_prose_after")}
@@ -407,7 +413,9 @@ def write_markdown(rep: dict, path: Path) -> None:
     for run, r in rep["runs"].items():
         L.append(f"| {run} | {r['step']} | {r['held_code_before']:.4f} → {r['held_code_after']:.4f} | "
                  f"{r['held_prose_before']:.4f} → {r['held_prose_after']:.4f} | {r['train_seconds']:.0f} |")
-    L += ["", f"Input rows: {rep['rows']}; code tokens: {rep['code_tokens']} of {rep['vocab']}.", ""]
+    L += ["", f"Input rows: {rep['rows']} ({rep['code_rows']} of them code tokens); code tokens: {rep['code_tokens']} of "
+          f"{rep['vocab']}; share of code-related pairs among all row × vocabulary pairs (chance level): "
+          f"{100 * rep['chance_code_pair_share']:.2f} %.", ""]
     for p, out in rep["paths"].items():
         L += [f"## `{p}` ({out['seconds']:.0f} s)", "",
               "| score | code pairs in top-50 gains: code run / control | one-sided Fisher p | top-1000: code / control | p |",
@@ -441,7 +449,7 @@ def main() -> None:
     ap.add_argument("--stop-at", type=float, default=None, help="stop (and checkpoint) after this many seconds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rows", type=int, default=4096, help="input tokens of the diff (half code, half prose)")
+    ap.add_argument("--rows", type=int, default=2048, help="input tokens of the diff (half code, half prose)")
     ap.add_argument("--paths", nargs="+", default=["direct"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
