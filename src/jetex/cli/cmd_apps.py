@@ -393,12 +393,13 @@ def register(group: click.Group) -> None:
     @click.option("--min-contexts", type=int, default=30, show_default=True, help="Fewer contexts in the corpus: an error.")
     @click.option("--max-contexts", type=int, default=48, show_default=True, help="Contexts per component.")
     @click.option("--rows", type=int, default=2048, show_default=True, help="The corpus's most frequent tokens scored as inputs a.")
+    @click.option("--window", type=int, default=24, show_default=True, help="Tokens per context (BOS included).")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--no-ablate", is_flag=True, help="Skip the ablation.")
     @click.option("--ablate-only", is_flag=True, help="Only the ablation (no n-gram tables, no role labels).")
     @json_option
     def roles_cmd(model, layers, limit_vocab, top, heads, head_layer, head_list, corpus, mode, score, controls,
-                  min_contexts, max_contexts, rows, seed, no_ablate, ablate_only, as_json):
+                  min_contexts, max_contexts, rows, window, seed, no_ablate, ablate_only, as_json):
         """Roles of MLPs (jet bigrams) and first-layer heads (jet skip-trigrams), with an ablation
         against random components on real-corpus contexts (mean-ablation, effect size with interval)."""
         from jetex.apps.roles import component_roles
@@ -410,14 +411,14 @@ def register(group: click.Group) -> None:
             raise InputError("--no-ablate and --ablate-only exclude each other")
         if min_contexts < 2 or max_contexts < min_contexts:
             raise InputError("need 2 <= --min-contexts <= --max-contexts")
-        if controls < 1 or rows < 2:
-            raise InputError("--controls must be >= 1 and --rows >= 2")
+        if controls < 1 or rows < 2 or window < 4:
+            raise InputError("--controls must be >= 1, --rows >= 2 and --window >= 4")
         m = load(model)
         mlps = [] if layers is not None and layers.strip() == "none" else _ints(layers, "layer")
         hl = _ints(head_list, "head") if head_list else None
-        progress = (lambda s: click.echo(f"jetex: {s}", err=True)) if sys.stderr.isatty() else None
+        progress = (lambda s: click.echo(f"jetex: {s}", err=True)) if sys.stderr.isatty() or as_json else None
         opts = dict(mode=mode, score=score, rows=rows, n_controls=controls, min_contexts=min_contexts,
-                    max_contexts=max_contexts, seed=seed)
+                    max_contexts=max_contexts, window=window, seed=seed)
         if ablate_only:
             from jetex.apps.ablation import Component, ablation_study, all_components
             from jetex.apps.roles import corpus_docs
