@@ -210,7 +210,7 @@ def train(args) -> None:
                  "held_code_before": held_loss(hf, held_code, args.device),
                  "held_prose_before": held_loss(hf, held_prose, args.device),
                  "eval_seconds": time.perf_counter() - t,
-                 "config": {"steps": args.steps, "batch": args.batch, "seq": args.seq, "lr": args.lr,
+                 "config": {"steps": args.steps, "batch": args.batch, "seq": args.seq, "lr": args.lr, "warmup": args.warmup,
                             "n_train": args.n_train, "n_held_code": held_code.shape[0],
                             "n_held_prose": held_prose.shape[0], "trained_params": n_params,
                             "device": args.device, "threads": torch.get_num_threads()}}
@@ -225,6 +225,8 @@ def train(args) -> None:
         s = state["step"]
         idx = order[torch.arange(s * args.batch, (s + 1) * args.batch) % args.n_train]
         x = train_ids[idx].to(args.device)
+        for group in opt.param_groups:  # linear warm-up over --warmup steps, then constant
+            group["lr"] = args.lr * min(1.0, (s + 1) / args.warmup) if args.warmup > 0 else args.lr
         t = time.perf_counter()
         loss = hf(input_ids=x, labels=x).loss
         opt.zero_grad(set_to_none=True)
@@ -445,6 +447,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--n-train", type=int, default=512, help="training sequences per corpus")
     ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (0: none)")
     ap.add_argument("--ckpt-every", type=int, default=5)
     ap.add_argument("--stop-at", type=float, default=None, help="stop (and checkpoint) after this many seconds")
     ap.add_argument("--device", default="cpu")
