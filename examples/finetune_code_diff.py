@@ -43,8 +43,11 @@ Usage::
 
     python examples/finetune_code_diff.py --device cuda --steps 600 --batch 16 --seq 256   # a GPU run
 
-Runtime on the 2-core machine of this project: see docs/applications.md (the measured cost
-per step decides what fits; the numbers there come from the committed run).
+Runtime measured for the committed results (2026-12-02, the 2-core machine shared with seven
+other jobs, load average 18–27, 1 thread per run, the two runs side by side): one step of
+4 × 128 tokens 208–330 s, so both runs were stopped after 5 steps (1,245 s of training each),
+held-out evaluation ~125 s per model, ``--analyse`` 640 s. A 0.3-nat drop needs a GPU run
+(``--device cuda``; see docs/applications.md for what was reached and what such a run needs).
 """
 
 from __future__ import annotations
