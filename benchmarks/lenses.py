@@ -6,6 +6,9 @@ Targets:
   2. iterative lens over all 30 layers (+ embedding) at k = 1 costs <= 2x the k = 0 (logit) lens.
   3. (issue 11) trust diagnostics add <= 5 % to the iterative and joint lenses (k = 1), and float64
      accumulation of the jet sums adds <= 30 % at k = 2 (against the same lens summed in float32).
+  4. readout over all layers of the fitted lenses (tuned, Jacobian) <= 1.5x the logit lens's
+     readout, reported together with a forward pass of the model (same run). A readout's cost
+     depends on shapes only, so identity translators / a J-lens summed from one window are timed.
 
 Usage: python benchmarks/lenses.py [--model smollm2-135m] [--repeats 5]
 """
@@ -144,6 +147,30 @@ def main() -> int:
     print(f"    diagnostics overhead, k=1: iterative {r_it:+.1%} ({it_on:.3f} vs {it_off:.3f} s), joint {r_jt:+.1%} ({jt_on:.3f} vs {jt_off:.3f} s)  target <= +5%")
     print(f"    float64 accumulation, k=2: iterative {r_i64:+.1%} ({i64:.3f} vs {i32:.3f} s), joint {r_j64:+.1%} ({j64:.3f} vs {j32:.3f} s)  target <= +30%")
     print(f"    {'PASS' if p3 else 'FAIL'}")
+    # 4. fitted lenses: readout over all layers vs the logit lens and vs a forward pass
+    from jetex.lenses.jacobian import JacobianLens
+    from jetex.lenses.tuned import TunedLens
+    from jetex.lenses.zoo import zoo_lens
+
+    tuned = TunedLens.identity(model)
+    tuned.A.normal_(0, 0.01)
+    d = model.d_model
+    jac = JacobianLens(model.name, tuned.fingerprint, list(tuned.streams), list(tuned.row_names),
+                       torch.eye(d, dtype=torch.float64).expand(len(tuned.streams), d, d) + 0.01 * torch.randn(len(tuned.streams), d, d, dtype=torch.float64), 1)
+    with torch.no_grad():
+        t_fwd, _ = timed(lambda: model(ids), args.repeats)
+    t_logit, _ = timed(lambda: zoo_lens(model, ids, "logit"), args.repeats)
+    t_tuned, _ = timed(lambda: zoo_lens(model, ids, "tuned", lens=tuned), args.repeats)
+    t_jac, _ = timed(lambda: zoo_lens(model, ids, "jacobian", lens=jac), args.repeats)
+    r_t, r_j = t_tuned / t_logit, t_jac / t_logit
+    p4 = r_t <= 1.5 and r_j <= 1.5
+    ok &= p4
+    print(f"\n[4] fitted lenses, readout over {len(tuned.streams)} rows (embedding + every layer), {ids.shape[-1]} tokens")
+    print(f"    forward pass {t_fwd:.3f} s   logit lens {t_logit:.3f} s ({t_logit / t_fwd:.2f}x forward)")
+    print(f"    tuned lens {t_tuned:.3f} s ({r_t:.2f}x logit lens, {t_tuned / t_fwd:.2f}x forward)")
+    print(f"    Jacobian lens {t_jac:.3f} s ({r_j:.2f}x logit lens, {t_jac / t_fwd:.2f}x forward)")
+    print(f"    order-1 jet lens {t1_lens:.3f} s ({t1_lens / t_fwd:.2f}x forward)   [lens times include the forward pass]")
+    print(f"    target fitted readout <= 1.5x the logit lens: {'PASS' if p4 else 'FAIL'}")
     print("\nALL PASS" if ok else "\nSOME TARGETS FAILED")
     return 0 if ok else 1
 

@@ -170,3 +170,21 @@ def test_own_output_share_order1_decomposition():
     assert torch.allclose(share[0], a / (a + b), atol=1e-10)
     # at the final stream the lens is q(z) itself
     assert torch.allclose(own_output_share(net, h[[-1]], y, lens_logits(net, "iterative", h, [3], order=1)), torch.ones(1, 1, 4, dtype=torch.float64))
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_fitted_lens_readouts_on_real_models(name, request):
+    """On both real models: identity translators give the logit lens exactly; a J-lens with
+    J_l = I (sums = N·I) reads the same; the readouts carry the fitted lens's kind."""
+    model = request.getfixturevalue(name)
+    text = "The capital of France is"
+    logit = zoo_lens(model, text, "logit", top_k=3)
+    tuned = zoo_lens(model, text, "tuned", lens=TunedLens.identity(model), top_k=3)
+    streams, names = layer_streams(model)
+    d = model.d_model
+    eye = JacobianLens(model.name, model.fingerprint(), streams, names, 2.0 * torch.eye(d, dtype=torch.float64).repeat(len(streams), 1, 1), 2)
+    jac = zoo_lens(model, text, "jacobian", lens=eye, top_k=3)
+    assert tuned.kind == "tuned" and jac.kind == "jacobian" and logit.kind == "logit"
+    assert torch.equal(tuned.top_ids, logit.top_ids) and torch.equal(jac.top_ids, logit.top_ids)
+    assert torch.allclose(jac.top_logits, logit.top_logits, atol=1e-4)
