@@ -165,11 +165,21 @@ def test_cache_sees_new_closure_values_and_replaced_parameters():
 
 
 def test_unsupported_op_is_named():
+    """An op without a rule and without a possible fallback (torch defines no derivative) is named."""
     x, y = inputs((3,))
-    with pytest.raises(UnsupportedOpError, match=r"aten\.special_bessel_j0\.default"):
+    with pytest.raises(UnsupportedOpError, match=r"no Taylor rule for aten\.special_bessel_j0\.default.*no derivative"):
         jet(lambda z: torch.special.bessel_j0(z) * 2, x, y, 2)
-    with pytest.raises(UnsupportedOpError, match="no Taylor rule"):
-        jet(lambda z: torch.lgamma(z.exp()), x, y, 1)
+
+
+def test_op_without_rule_goes_through_the_fallback_with_a_warning():
+    """lgamma has no table rule: nested JVPs of the op give its jet (tests/jets/test_jets_fallback.py)."""
+    from jetex.jets.fallback import FallbackRuleWarning, forget_warnings
+
+    x, y = inputs((3,))
+    forget_warnings()
+    with pytest.warns(FallbackRuleWarning, match=r"aten\.lgamma\.default"):
+        out = jet(lambda z: torch.lgamma(z.exp()), x, y, 1)
+    assert torch.allclose(out, jet_nested_jvp(lambda z: torch.lgamma(z.exp()), x, y, 1), rtol=1e-12, atol=1e-12)
 
 
 def test_data_dependent_python_is_refused():

@@ -14,7 +14,8 @@ do have rules. The engine traces every function under it. The nested-JVP oracle
 evaluates under it with ``rms_norm=False`` (torch's own RMSNorm kernel is
 forward-differentiable, so the oracle checks the composite independently) and
 ``layer_norm=True`` (the fused layer norm's forward-mode derivative is wrong from the
-second order on).
+second order on) and ``hardsigmoid=True`` (torch's ``hardsigmoid_backward`` has no
+forward-mode derivative, so nested JVPs need hardsigmoid as relu6(x + 3)/6).
 """
 
 from __future__ import annotations
@@ -112,6 +113,11 @@ def sdpa_composite(
     return torch.softmax(scores, dim=-1) @ value
 
 
+def hardsigmoid_composite(x: Tensor, inplace: bool = False) -> Tensor:
+    """``F.hardsigmoid`` as relu6(x + 3) / 6 (a hardtanh, which nested JVPs can differentiate)."""
+    return F.hardtanh(x + 3.0, 0.0, 6.0) / 6.0
+
+
 _RMS = {F.rms_norm, getattr(torch, "rms_norm", F.rms_norm)}
 _SDPA = {F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention}
 _LAYER_NORM = {F.layer_norm, torch.layer_norm}
@@ -121,14 +127,16 @@ class ElementaryOps(torch.overrides.TorchFunctionMode):
     """Compute fused torch functions from elementary ops while active.
 
     ``rms_norm``: ``F.rms_norm`` / ``torch.rms_norm`` (and so ``nn.RMSNorm``);
-    ``sdpa``: ``F.scaled_dot_product_attention``; ``layer_norm``: ``F.layer_norm``.
+    ``sdpa``: ``F.scaled_dot_product_attention``; ``layer_norm``: ``F.layer_norm``;
+    ``hardsigmoid``: ``F.hardsigmoid`` (for the nested-JVP oracle only).
     """
 
-    def __init__(self, *, rms_norm: bool = True, sdpa: bool = True, layer_norm: bool = False) -> None:
+    def __init__(self, *, rms_norm: bool = True, sdpa: bool = True, layer_norm: bool = False, hardsigmoid: bool = False) -> None:
         super().__init__()
         self.rms_norm = rms_norm
         self.sdpa = sdpa
         self.layer_norm = layer_norm
+        self.hardsigmoid = hardsigmoid
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
@@ -138,6 +146,8 @@ class ElementaryOps(torch.overrides.TorchFunctionMode):
             return sdpa_composite(*args, **kwargs)
         if self.layer_norm and func in _LAYER_NORM:
             return layer_norm_composite(*args, **kwargs)
+        if self.hardsigmoid and func is F.hardsigmoid:
+            return hardsigmoid_composite(*args, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -157,6 +167,7 @@ def hint_for(op: Any) -> str:
 
 __all__: Sequence[str] = [
     "ElementaryOps",
+    "hardsigmoid_composite",
     "layer_norm_composite",
     "rms_norm_composite",
     "sdpa_composite",

@@ -11,8 +11,11 @@ Pipeline (cached per function, input shape/dtype/device and order):
    gradients reach them and replaced parameters are seen; any other tensor f closes over
    becomes a captured constant (the same tensor object, so gradients reach it too).
 2. **Check** that every node depending on the variate has a rule in
-   :data:`~jetex.jets.rules.RULES`; otherwise raise :class:`UnsupportedOpError` naming
-   the op, before computing anything.
+   :data:`~jetex.jets.rules.RULES`. An op without one is taken through by the nested-JVP
+   fallback (:mod:`jetex.jets.fallback`: exact, about 2^k times slower, one
+   :class:`~jetex.jets.fallback.FallbackRuleWarning` per op per process); an op that cannot
+   have a fallback (in place, random, integer results, fused attention) raises
+   :class:`UnsupportedOpError` naming the op and saying why, before computing anything.
 3. **Specialise** to the order k: run the Taylor interpreter on (x, v = y − x) — nodes
    that do not depend on the variate are evaluated once as constants, the others on
    coefficient stacks ``[m ≤ k+1, *shape]`` (the input x + t v has m = 2, so known-zero
@@ -37,12 +40,14 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 from torch.nn.utils.stateless import _reparametrize_module
+from torch.utils._pytree import tree_flatten
 
 from jetex.errors import InputError, UnsupportedOpError
 from jetex.jets._checks import check_inputs, check_output
-from jetex.jets.decompose import ElementaryOps, hint_for
+from jetex.jets.decompose import ElementaryOps
+from jetex.jets.fallback import fallback_rule, forced, refusal, warn_once
 from jetex.jets.rules import CONSTANT_RESULT_OPS, RULES
-from jetex.jets.series import Series, pad
+from jetex.jets.series import Series, is_series, pad
 from jetex.jets.tracing import record
 
 _CACHE_SIZE = 64
@@ -57,6 +62,8 @@ class _Trace:
     tensor_names: list[str]  # module parameters and buffers (graph inputs after x)
     const_names: list[str]  # captured constant tensors (get_attr targets)
     dep: set[fx.Node]
+    rules: dict[Any, Callable[..., Any]] = field(default_factory=dict)  # op -> rule (table or fallback)
+    fallback_ops: tuple[str, ...] = ()  # ops taken through the nested-JVP fallback (sorted names)
     flat: dict[int, fx.GraphModule] = field(default_factory=dict)
     refs: tuple[Callable[[], Any], ...] = ()  # (weak) references to the objects in the cache key
 
@@ -189,15 +196,33 @@ def _trace(f: Callable[[Tensor], Tensor], x: Tensor) -> _Trace:
     gm.recompile()
     dep = _dependents(gm)
     const_names: list[str] = []
+    rules: dict[Any, Callable[..., Any]] = {}
+    fallbacks: list[Any] = []
+    force = forced()
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             const_names.append(node.target)
-        elif node.op == "call_function" and node in dep:
-            if node.target is not operator.getitem and node.target not in RULES:
+        elif node.op == "call_function" and node in dep and node.target is not operator.getitem:
+            op = node.target
+            if op in rules:
+                continue
+            if op in RULES and op not in force:
+                rules[op] = RULES[op]
+                continue
+            why = refusal(op, node.meta.get("dtypes"))
+            if why is not None:
                 raise UnsupportedOpError(
-                    f"no Taylor rule for {node.target} (in {_describe(f)}): cannot take its jet{hint_for(node.target)}"
+                    f"no Taylor rule for {op} (in {_describe(f)}) and no nested-JVP fallback: {why}"
                 )
-    return _Trace(gm, weakref.ref(module) if module is not None else None, uniq_names, const_names, dep)
+            rules[op] = fallback_rule(op)
+            fallbacks.append(op)
+    for op in fallbacks:
+        if op not in force:
+            warn_once(op)
+    return _Trace(
+        gm, weakref.ref(module) if module is not None else None, uniq_names, const_names, dep,
+        rules=rules, fallback_ops=tuple(sorted(str(op) for op in fallbacks)),
+    )
 
 
 def _dependents(gm: fx.GraphModule) -> set[fx.Node]:
@@ -244,8 +269,11 @@ def _interpret(tr: _Trace, K: int, x: Tensor, v: Tensor, tensors: tuple[Tensor, 
             if node in tr.dep:
                 if node.target is operator.getitem:
                     env[node] = args[0][args[1]]
+                elif not _has_series(args, kwargs):
+                    # reached only through constant results (e.g. the integer half of a tuple)
+                    env[node] = node.target(*args, **kwargs)
                 else:
-                    env[node] = RULES[node.target](K, *args, **kwargs)
+                    env[node] = tr.rules[node.target](K, *args, **kwargs)
             else:
                 env[node] = node.target(*args, **kwargs)
         elif node.op == "output":
@@ -261,6 +289,10 @@ def _interpret(tr: _Trace, K: int, x: Tensor, v: Tensor, tensors: tuple[Tensor, 
     raise AssertionError("graph without output")  # pragma: no cover
 
 
+def _has_series(args: Any, kwargs: Any) -> bool:
+    return any(is_series(a) for a in tree_flatten((args, kwargs))[0])
+
+
 def _flat_graph(tr: _Trace, K: int, x: Tensor, v: Tensor, tensors: list[Tensor]) -> fx.GraphModule:
     def taylor(x_: Tensor, v_: Tensor, *ts: Tensor) -> Tensor:
         return _interpret(tr, K, x_, v_, ts)
@@ -273,7 +305,7 @@ def _flat_graph(tr: _Trace, K: int, x: Tensor, v: Tensor, tensors: list[Tensor])
 
 def _get_trace(f: Callable[[Tensor], Tensor], x: Tensor) -> _Trace:
     fkey, objs = _fn_key(f)
-    key = (fkey, tuple(x.shape), x.dtype, x.device)
+    key = (fkey, tuple(x.shape), x.dtype, x.device, forced())
     with _lock:
         tr = _cache.get(key)
         if tr is not None and tr.valid():
@@ -301,7 +333,7 @@ def taylor_coefficients(f: Any, x: Any, y: Any, k: Any) -> Tensor:
     if flat is None:
         # blocks with the same traced code (e.g. every attention layer of a model) share
         # one specialised graph: their tensors are inputs, every literal is in the code
-        skey = (tr.gm.code, K, _signature(x), tuple(_signature(t) for t in tensors))
+        skey = (tr.gm.code, K, _signature(x), tuple(_signature(t) for t in tensors), tr.fallback_ops)
         with _lock:
             flat = _shared.get(skey)
         if flat is None:

@@ -11,6 +11,8 @@ on (its JVP formula is not itself forward-differentiable correctly), and the fus
 kernels have no forward-mode derivative, so the oracle nests JVPs through the elementary
 form of those functions. ``F.rms_norm`` keeps torch's own kernel here (it is
 forward-differentiable), so the engine's decomposition of it is checked independently.
+``F.hardsigmoid`` is taken as relu6(x + 3)/6: torch's ``hardsigmoid_backward`` has no
+forward-mode derivative, so its own kernel cannot be nested.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def jet_coefficients_nested_jvp(f: Any, x: Any, y: Any, k: Any) -> Float[Tensor,
     t0 = torch.zeros((), dtype=x.dtype, device=x.device)
     # under no_grad some composite backward formulas (e.g. silu_backward) lack forward-mode
     # derivatives; with grad mode on they decompose into differentiable ops.
-    with torch.enable_grad(), ElementaryOps(rms_norm=False, layer_norm=True):
+    with torch.enable_grad(), ElementaryOps(rms_norm=False, layer_norm=True, hardsigmoid=True):
         tower = _derivative_tower(lambda s: f(x + s * v), t0, k)
     fact = factorials(k)
     return torch.stack([d / fact[j] for j, d in enumerate(tower)])

@@ -864,6 +864,187 @@ def _abs(K: int, x: Series) -> Series:
     return Series(torch.cat([aten.abs.default(x.c0).unsqueeze(0), (x.c[1:] * torch.sign(x.c0)).to(x.dtype)]))
 
 
+# ===================================================================== activations (transformers' ACT2FN, torch)
+def _elu_series(K: int, x: Series, alpha: float, scale_: float, input_scale: float, y0: Tensor) -> Series:
+    """scale·x for x > 0, scale·alpha·(exp(input_scale·x) − 1) otherwise (torch's elu)."""
+    if K == 1 or x.m == 1:
+        return Series(y0.unsqueeze(0))
+    x0 = x.c0
+    inv = _invfact(K)
+    # the exponential branch evaluated at min(x0, 0) only: no overflow where it is not used
+    e = torch.exp(x0.clamp(max=0) * input_scale) * (scale_ * alpha)
+    a_neg = e.unsqueeze(0) * _col([input_scale**m * inv[m] for m in range(K)], x0, x.ndim)
+    a_pos = _col([0.0, scale_] + [0.0] * (K - 2), x0, x.ndim)
+    return compose(torch.where(x0 > 0, a_pos, a_neg), x, K, y0=y0)
+
+
+@register(
+    aten.elu.default,
+    [
+        _S(lambda z: F.elu(z)),
+        _S(lambda z: F.elu(2 * z * z - 1, alpha=0.5)),
+        _S(lambda z: F.selu(z)),
+        _S(lambda z: torch.ops.aten.elu.default(z, 1.3, 0.7, 2.0)),
+    ],
+)
+def _elu(K: int, x: Series, alpha: float = 1, scale: float = 1, input_scale: float = 1) -> Series:
+    y0 = aten.elu.default(x.c0, alpha, scale, input_scale)
+    return _elu_series(K, x, float(alpha), float(scale), float(input_scale), y0)
+
+
+@register(aten.celu.default, [_S(lambda z: F.celu(z)), _S(lambda z: F.celu(z * 3, alpha=2.0))])
+def _celu(K: int, x: Series, alpha: float = 1.0) -> Series:
+    y0 = aten.celu.default(x.c0, alpha)
+    return _elu_series(K, x, float(alpha), 1.0, 1.0 / float(alpha), y0)
+
+
+def _softplus_series(K: int, x: Series, beta: float, threshold: float | None, y0: Tensor) -> Series:
+    """(1/β) log(1 + exp(βx)); linear (x) where βx > threshold, as torch (None: nowhere)."""
+    if K == 1 or x.m == 1:
+        return Series(y0.unsqueeze(0))
+    x0 = x.c0
+    sig = aten.sigmoid.default(x0 * beta)
+    P = scaled_derivative_stack(_sigmoid_polys(K), sig, K)  # σ^{(j)}(βx0), unscaled
+    inv = _invfact(K)
+    # softplus^{(m)} = β^{m−1} σ^{(m−1)}(βx)
+    hi = P[:-1] * _col([beta ** (m - 1) * inv[m] for m in range(1, K)], x0, x.ndim)
+    a = torch.cat([y0.unsqueeze(0), hi])
+    if threshold is not None:
+        lin = _col([0.0, 1.0] + [0.0] * (K - 2), x0, x.ndim)
+        a = torch.where(x0 * beta > threshold, lin, a)
+    return compose(a, x, K, y0=y0)
+
+
+@register(
+    aten.softplus.default,
+    [
+        _S(lambda z: F.softplus(z)),
+        _S(lambda z: F.softplus(3 * z, beta=2.0, threshold=3.0)),
+        _S(lambda z: F.softplus(z * z, beta=0.5).sqrt()),
+    ],
+)
+def _softplus(K: int, x: Series, beta: float = 1, threshold: float = 20) -> Series:
+    y0 = aten.softplus.default(x.c0, beta, threshold)
+    return _softplus_series(K, x, float(beta), float(threshold), y0)
+
+
+@register(aten.log_sigmoid_forward.default, [_S(lambda z: F.logsigmoid(z)), _S(lambda z: F.logsigmoid(4 * z * z - 2))])
+def _log_sigmoid(K: int, x: Series) -> tuple[Series, Tensor]:
+    y0, buffer = aten.log_sigmoid_forward.default(x.c0)
+    if K == 1 or x.m == 1:
+        return Series(y0.unsqueeze(0)), buffer
+    # (log σ)^{(m)}(x) = (−1)^{m−1} σ^{(m−1)}(−x)
+    s = aten.sigmoid.default(-x.c0)
+    P = scaled_derivative_stack(_sigmoid_polys(K), s, K)
+    inv = _invfact(K)
+    hi = P[:-1] * _col([(-1.0) ** (m - 1) * inv[m] for m in range(1, K)], s, x.ndim)
+    return compose(torch.cat([y0.unsqueeze(0), hi]), x, K, y0=y0), buffer
+
+
+@register(aten.mish.default, [_S(lambda z: F.mish(z)), _S(lambda z: F.mish(3 * z * z - 2))])
+def _mish(K: int, x: Series) -> Series:
+    y0 = aten.mish.default(x.c0)
+    if K == 1 or x.m == 1:
+        return Series(y0.unsqueeze(0))
+    # mish(x) = x · tanh(softplus(x)) (torch: no linear region in softplus here)
+    sp = _softplus_series(K, x, 1.0, None, F.softplus(x.c0))
+    T = _tanh_series(K, sp, torch.tanh(sp.c0))
+    return _with_c0(cauchy(x, T, K), y0)
+
+
+@register(aten.hardtanh.default, [_S(lambda z: F.hardtanh(z)), _S(lambda z: F.relu6(4 * z + 3)), _S(lambda z: F.hardtanh(z * z, -0.5, 0.7))])
+def _hardtanh(K: int, x: Series, min_val: float = -1, max_val: float = 1) -> Series:
+    x0 = x.c0
+    return _masked(x, aten.hardtanh.default(x0, min_val, max_val), (x0 > min_val) & (x0 < max_val))
+
+
+@register(aten.leaky_relu.default, [_S(lambda z: F.leaky_relu(z)), _S(lambda z: F.leaky_relu(z * z.exp() - 0.3, 0.2))])
+def _leaky_relu(K: int, x: Series, negative_slope: float = 0.01) -> Series:
+    x0 = x.c0
+    y0 = aten.leaky_relu.default(x0, negative_slope)
+    slope = torch.where(x0 > 0, torch.ones_like(x0), torch.full_like(x0, float(negative_slope)))
+    return Series(torch.cat([y0.unsqueeze(0), (x.c[1:] * slope).to(y0.dtype)]))
+
+
+@register(
+    aten._prelu_kernel.default,
+    [
+        _S(lambda z, _w0=_W(4): F.prelu(z, _cast(_w0, z))),
+        _S(lambda z: F.prelu(z, z[0, :1].exp()), (3, 4)),
+    ],
+)
+def _prelu(K: int, x: Any, weight: Any) -> Any:
+    # x for x > 0, weight·x otherwise
+    x0 = x.c0 if is_series(x) else x
+    out = _where(K, x0 > 0, x, _mul(K, x, weight))
+    return _with_c0(out, aten._prelu_kernel.default(x0, _primal(weight)))
+
+
+@register(aten.hardswish.default, [_S(lambda z: F.hardswish(4 * z)), _S(lambda z: F.hardswish(2 * z * z - 3))])
+def _hardswish(K: int, x: Series) -> Series:
+    x0 = x.c0
+    y0 = aten.hardswish.default(x0)
+    if K == 1 or x.m == 1:
+        return Series(y0.unsqueeze(0))
+    # 0 for x < −3, x(x + 3)/6 for −3 ≤ x ≤ 3, x above (torch's branches)
+    mid = (x0 >= -3) & (x0 <= 3)
+    a1 = torch.where(x0 < -3, torch.zeros_like(x0), torch.where(mid, (2 * x0 + 3) / 6, torch.ones_like(x0)))
+    a2 = torch.where(mid, torch.full_like(x0, 1.0 / 6.0), torch.zeros_like(x0))
+    return compose(torch.stack([y0, a1, a2]), x, K, y0=y0)
+
+
+@register(aten.hardsigmoid.default, [_S(lambda z: F.hardsigmoid(4 * z)), _S(lambda z: F.hardsigmoid(3 * z * z - 2) * z)])
+def _hardsigmoid(K: int, x: Series) -> Series:
+    x0 = x.c0
+    y0 = aten.hardsigmoid.default(x0)
+    slope = ((x0 > -3) & (x0 < 3)).to(x.c.dtype) / 6.0
+    return Series(torch.cat([y0.unsqueeze(0), (x.c[1:] * slope).to(y0.dtype)]))
+
+
+@register(aten.expm1.default, [_S(lambda z: torch.expm1(z)), _S(lambda z: torch.expm1(z * z))])
+def _expm1(K: int, x: Series) -> Series:
+    y0 = aten.expm1.default(x.c0)
+    a = torch.exp(x.c0).unsqueeze(0) * _col(_invfact(K), y0, x.ndim)
+    return compose(a, x, K, y0=y0)
+
+
+@register(aten.log1p.default, [_S(lambda z: torch.log1p(z), positive=True), _S(lambda z: torch.log1p(z * z))])
+def _log1p(K: int, x: Series) -> Series:
+    y0 = aten.log1p.default(x.c0)
+    if K == 1:
+        return Series(y0.unsqueeze(0))
+    inv = torch.reciprocal(1 + x.c0)
+    coeff = [0.0] + [(-1.0) ** (m - 1) / m for m in range(1, K)]
+    a = _powers_cols(inv, list(range(K))) * _col(coeff, y0, x.ndim)
+    return compose(a, x, K, y0=y0)
+
+
+def _pick(K: int, a: Any, b: Any, take_a: Tensor, y0: Tensor) -> Any:
+    return _with_c0(_where(K, take_a, a, b), y0)
+
+
+@register(
+    aten.minimum.default,
+    [
+        _S(lambda z: torch.minimum(z, z.sin() * 2)),
+        _S(lambda z, _w0=_W(4): torch.minimum(_cast(_w0, z), z * z)),
+        _S(lambda z: torch.expm1(torch.minimum(z, torch.tensor(-1e-6, dtype=z.dtype)))),
+    ],
+)
+def _minimum(K: int, a: Any, b: Any) -> Any:
+    a0, b0 = _primal(a), _primal(b)
+    return _pick(K, a, b, a0 <= b0, aten.minimum.default(a0, b0))
+
+
+@register(
+    aten.maximum.default,
+    [_S(lambda z: torch.maximum(z, z.cos())), _S(lambda z, _w0=_W(3, 4): torch.maximum(z.exp(), _cast(_w0, z)))],
+)
+def _maximum(K: int, a: Any, b: Any) -> Any:
+    a0, b0 = _primal(a), _primal(b)
+    return _pick(K, a, b, a0 >= b0, aten.maximum.default(a0, b0))
+
+
 # ===================================================================== reductions, normalisations
 def _exp_u(K: int, x: Series) -> Series:
     """exp(x − x_0) as a series with constant term 1 (a_m = 1/m!)."""

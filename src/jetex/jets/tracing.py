@@ -66,6 +66,8 @@ class _Recorder(TorchDispatchMode):
         node_args = tree_map(self._arg, args)
         node_kwargs = tree_map(self._arg, kwargs)
         node = self.graph.call_function(func, tuple(node_args), dict(node_kwargs))
+        # the dtypes of the tensor results (the engine reads them to explain ops it cannot expand)
+        node.meta["dtypes"] = tuple(o.dtype for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, Tensor))
         if isinstance(out, Tensor):
             self.nodes[id(out)] = node
             self.alive.append(out)
