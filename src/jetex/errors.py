@@ -31,3 +31,11 @@ class UnsupportedOpError(JetexError):
 
 class StoreError(JetexError):
     """The n-gram store is unusable (other model, corrupt, read-only, full disk)."""
+
+
+class NonFiniteWeightsError(ModelLoadError):
+    """A model's weights hold NaN or ±Inf (refused at load unless explicitly allowed)."""
+
+
+class NonFiniteResultError(JetexError):
+    """A computed result holds NaN or ±Inf (divergent expansion, overflow, bad weights)."""

@@ -39,6 +39,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jetex.errors import InputError, JetexError
+from jetex.finite import check_finite
+from jetex.jets import check_max_order
 from jetex.models.base import ResidualModel
 from jetex.models.batch import as_batch, is_batch
 from jetex.results import Result, ResultList
@@ -371,9 +373,7 @@ def attribute(
     elif method == "jetxlogit":
         raise InputError(f"method 'jetxlogit' needs a layer: the stream index l in 0..{model.n_blocks} of the jet centre")
     if method == "jetxlogit":
-        if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-            raise InputError(f"order must be a non-negative int, got {order!r}")
-        options["order"] = order
+        options["order"] = check_max_order(order)
 
     if method in GRADIENT_METHODS:
         from jetex.attribution.gradient import gradient_scores
@@ -398,8 +398,7 @@ def attribute(
         with torch.no_grad():
             scores, target_id, extras = _forward_scores(model, ids, target_id, method, layer, order, norm_of, seed)
     scores = scores.detach().to("cpu")
-    if not torch.isfinite(scores).all():
-        raise JetexError(f"method {method!r} produced non-finite scores (model overflow?)")
+    check_finite(scores, f"the {method} attribution scores", "the model overflows on this input (or its weights are not finite)")
     return Attribution(
         tokens=tuple(model.token_strings(ids)),
         token_ids=ids.detach().to("cpu"),

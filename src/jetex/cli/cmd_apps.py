@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from jetex.cli.common import DEFAULT_MODEL, address_option, cpus_per_worker_option, emit_json, json_option
+from jetex.cli.common import DEFAULT_MODEL, address_option, allow_nonfinite_option, check_result, cpus_per_worker_option, emit_json, json_option
 from jetex.errors import InputError
 
 
@@ -201,6 +201,9 @@ def _print_ablations(results, con=None) -> None:
 
 
 # --------------------------------------------------------------------------- commands
+APPS_HINT = "a model overflows on these bigrams (or its weights are not finite)"
+
+
 def register(group: click.Group) -> None:
     @group.command("diff")
     @click.argument("a")
@@ -213,6 +216,7 @@ def register(group: click.Group) -> None:
     @click.option("--keep-self", is_flag=True, help="Keep self-transitions (a → a) in the rankings.")
     @click.option("--html", "html_out", default=None, help="Also write the diff as an HTML page.")
     @json_option
+    @allow_nonfinite_option
     def diff_cmd(a, b, path, top, k, step, changes, keep_self, html_out, as_json):
         """Diff the jet bigrams of two models (names, folders, .gguf) or two n-gram databases (.duckdb)."""
         from jetex.apps.diff import diff_bigrams
@@ -240,6 +244,7 @@ def register(group: click.Group) -> None:
             with _timed("diff"):
                 res = diff_bigrams(ma, mb, path, top=top, k=k, step=step, n_changes=changes, n_moves=changes,
                                    exclude_self=not keep_self)
+        check_result(res.to_dict(), "the bigram diff", APPS_HINT)
         if html_out:
             from jetex.viz.apps import save_diff_html
 
@@ -260,6 +265,7 @@ def register(group: click.Group) -> None:
     @click.option("--keep-self", is_flag=True, help="Count self-transitions a → a (full softmax).")
     @click.option("--show-dropped", is_flag=True, help="List every dropped keyword (default: the first 15).")
     @json_option
+    @allow_nonfinite_option
     def index_cmd(keywords, models, path, baseline, keep_self, show_dropped, as_json):
         """Knowledge index: conditional mass of jet bigrams between keyword tokens (paper Table 3)."""
         from jetex.apps.index import DEFAULT_KEYWORDS, knowledge_index, load_keywords
@@ -274,6 +280,7 @@ def register(group: click.Group) -> None:
             with _timed(f"index of {m.name}"):
                 r = knowledge_index(m, words, path=path, exclude_self=not keep_self, n_baseline=baseline)
             r.keywords_file = str(keywords or DEFAULT_KEYWORDS)
+            check_result(r.to_dict(), f"the knowledge index of {m.name}", APPS_HINT)
             if r.dropped:
                 shown = r.dropped if show_dropped else r.dropped[:15]
                 more = "" if len(shown) == len(r.dropped) else f", … ({len(r.dropped) - len(shown)} more: --show-dropped or --json)"
@@ -301,6 +308,7 @@ def register(group: click.Group) -> None:
     @cpus_per_worker_option
     @click.option("--retries", type=int, default=3, show_default=True, help="Restarts of a dying Ray worker (and retries of its checkpoint) before stopping.")
     @json_option
+    @allow_nonfinite_option
     def dynamics_cmd(checkpoints, path, corpus, top, show, bigrams, png, keep_self, backend, address, workers,
                      cpus_per_worker, retries, as_json):
         """Training dynamics of jet bigrams over checkpoints of one model (paper Table 4, Fig. 4, Fig. 5)."""
@@ -363,6 +371,7 @@ def register(group: click.Group) -> None:
                                           progress=sys.stderr.isatty() and not as_json, **common)
             else:
                 res = bigram_dynamics(models, **common)
+        check_result(res.to_dict(), "the bigram dynamics", APPS_HINT)
         written = []
         if png:
             from jetex.viz.apps import save_dynamics_figures
@@ -398,6 +407,7 @@ def register(group: click.Group) -> None:
     @click.option("--no-ablate", is_flag=True, help="Skip the ablation.")
     @click.option("--ablate-only", is_flag=True, help="Only the ablation (no n-gram tables, no role labels).")
     @json_option
+    @allow_nonfinite_option
     def roles_cmd(model, layers, limit_vocab, top, heads, head_layer, head_list, corpus, mode, score, controls,
                   min_contexts, max_contexts, rows, window, seed, no_ablate, ablate_only, as_json):
         """Roles of MLPs (jet bigrams) and first-layer heads (jet skip-trigrams), with an ablation

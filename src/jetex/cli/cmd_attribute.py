@@ -79,7 +79,9 @@ def _ratios(text: str | None) -> tuple[float, ...] | None:
 def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline, seed, eval_file, methods, limit, ratios, progress, html_out, texts_file, model, as_json, server):
     """Attribute the next-token prediction after TEXT to its input tokens."""
     from jetex.attribution import METHODS, MethodSpec, attribute, evaluate_faithfulness, load_prompts
+    from jetex.jets import check_max_order
 
+    check_max_order(order)  # before loading the model
     if target is not None and target_id is not None:
         raise InputError("give either --target or --target-id, not both")
     kw: dict = {}

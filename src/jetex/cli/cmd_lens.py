@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from jetex.cli import remote
-from jetex.cli.common import common_options, emit_json, numbered, texts_of, texts_option
+from jetex.cli.common import check_result, common_options, emit_json, numbered, texts_of, texts_option
 from jetex.errors import InputError
 
 
@@ -39,6 +39,19 @@ def _load(name: str):
     from jetex.models.load import load
 
     return load(name)
+
+
+LENS_HINT = "the expansion diverges or overflows here: try a lower --order or other centres"
+
+
+def _check_lens(res) -> None:
+    """The lens readouts (cosines, top logits) are finite, else one line (before anything is printed or written)."""
+    order, kind = getattr(res, "order", None), getattr(res, "kind", "")
+    what = f"the order-{order} {kind} jet lens" if order is not None else f"the {kind} lens"
+    for field in ("cosine", "top_logits", "expansion_cosine"):
+        value = getattr(res, field, None)
+        if value is not None:
+            check_result(value, f"{what} ({field.replace('_', ' ')})", LENS_HINT)
 
 
 def _print_lens(res) -> None:
@@ -131,7 +144,10 @@ def register(group: click.Group) -> None:
     def lens_cmd(text, texts_file, kind, order, layers, centres, optimize, top, out, lens_file, model, as_json, server):
         """Read the model's computation through a jet lens, the logit lens, or a fitted tuned / Jacobian lens
         (of TEXT, or of every line of --texts FILE: one model load; with --out, FILE.i.png per text)."""
+        from jetex.jets import check_max_order
         from jetex.lenses import iterative_lens, joint_lens
+
+        check_max_order(order)  # before loading the model
 
         texts = texts_of(text, texts_file)
         if texts is not None and remote.url_of(server) is not None:
@@ -173,6 +189,8 @@ def register(group: click.Group) -> None:
             if isinstance(cen, str) and "," in cen:
                 cen = _parse_ints(cen, "centre boundary") or []
             res = joint_lens(m, inputs, order=order, centres=cen, optimize=optimize, top_k=top)
+        for r in (res if texts is not None else [res]):
+            _check_lens(r)  # every readout, before anything is printed or written
         if texts is not None:
             from jetex.viz.lens import save_lens
 
@@ -297,6 +315,7 @@ def register(group: click.Group) -> None:
         chosen = list(pe.paths(flt))
         rankings = [pe.rank(ids, chosen, token=tok_id, position=position, top=top, weighted=weighted, progress=True) for ids in all_ids]
         for ranked in rankings:
+            check_result([r.logit for r in ranked], f"the order-{order} path contributions", LENS_HINT)
             n_bad = sum(not r.trusted for r in ranked)
             if n_bad * 2 > len(ranked):
                 click.echo(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from jetex.cli import remote
-from jetex.cli.common import common_options, emit_json, texts_of, texts_option
+from jetex.cli.common import check_result, common_options, emit_json, texts_of, texts_option
 from jetex.errors import InputError
 
 _HOW_TO = [
@@ -71,6 +71,7 @@ def predict_payload(model, text: str, top: int) -> dict:
     ids = model.tokenize(text)  # InputError on empty / too long text
     with torch.no_grad():
         logits = model(ids)[0, -1]
+    check_result(logits, f"{model.name}'s next-token logits", "the model overflows on this input (or its weights are not finite)")
     probs = torch.softmax(logits.float(), dim=-1)
     p, idx = probs.topk(top)
     tokens = model.token_strings(idx)

@@ -100,6 +100,9 @@ def register(group: click.Group) -> None:
         from jetex.ngrams.extract import extract_ngrams
         from jetex.ngrams.paths import parse_paths
 
+        from jetex.jets import check_max_order
+
+        check_max_order(order)  # before loading the model
         if fidelity_sample is not None and fidelity_sample < -1:
             raise InputError(f"--fidelity-sample must be -1 (all), 0 (skip) or positive, got {fidelity_sample}")
         if precision_sample < 0:

@@ -28,9 +28,39 @@ cpus_per_worker_option = click.option(
 )
 
 
+def _set_allow_nonfinite(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--allow-nonfinite: let non-finite weights and results through for this command only."""
+    from jetex.finite import ALLOW_NONFINITE  # torch is imported only once a command runs
+
+    token = ALLOW_NONFINITE.set(bool(value))
+    ctx.call_on_close(lambda: ALLOW_NONFINITE.reset(token))
+    return bool(value)
+
+
+#: on every command that loads a model: the debugging opt-out of the non-finite checks
+allow_nonfinite_option = click.option(
+    "--allow-nonfinite",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_allow_nonfinite,
+    help="Debugging: load models with NaN/Inf weights and print non-finite results instead of refusing them.",
+)
+
+
 def common_options(f: Callable) -> Callable:
-    """Attach ``--model`` and ``--json`` to a command."""
-    return model_option(json_option(f))
+    """Attach ``--model``, ``--json`` and ``--allow-nonfinite`` to a command."""
+    return model_option(json_option(allow_nonfinite_option(f)))
+
+
+def check_result(obj: Any, what: str, hint: str = "") -> Any:
+    """The shared non-finite check of every command's readout (before anything is printed or written).
+
+    Raises :class:`~jetex.errors.NonFiniteResultError` (one line: ``what``, where, counts,
+    ``hint``) unless ``--allow-nonfinite`` was given; returns ``obj``.
+    """
+    from jetex.finite import check_finite
+
+    return check_finite(obj, what, hint)
 
 
 def emit_json(obj: Any) -> None:

@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jetex.errors import InputError
+from jetex.jets import check_max_order
 from jetex.expand.terms import (
     DEC,
     Embedding,
@@ -45,12 +46,8 @@ class CentreGapWarning(UserWarning):
 
 
 def check_order(order: object) -> int:
-    """Validate a jet order k (a non-negative int)."""
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise InputError(f"order must be a non-negative integer, got {order!r}")
-    if order < 0:
-        raise InputError(f"order must be >= 0, got {order}")
-    return order
+    """Validate a jet order k: a non-negative int ≤ :data:`jetex.jets.MAX_ORDER` (the verified range)."""
+    return check_max_order(order)
 
 
 def resolve_block(model: ResidualModel, block: int | str) -> int:

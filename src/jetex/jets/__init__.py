@@ -61,6 +61,7 @@ from typing import Any
 from jaxtyping import Float
 from torch import Tensor
 
+from jetex.jets._checks import MAX_ORDER, check_max_order
 from jetex.jets.engine import clear_cache, taylor_coefficients
 from jetex.jets.oracle import jet_coefficients_nested_jvp, jet_nested_jvp
 from jetex.jets.rules import RULES
@@ -81,7 +82,9 @@ def jet(f: Any, x: Any, y: Any, k: Any) -> Float[Tensor, "..."]:
 
 
 __all__ = [
+    "MAX_ORDER",
     "RULES",
+    "check_max_order",
     "clear_cache",
     "jet",
     "jet_coefficients",

@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from jetex.errors import InputError, UnsupportedArchitectureError
+from jetex.finite import check_finite_weights
 from jetex.models.adapters import AdapterSpec, adapter_for, attention_of, get_module
 from jetex.models.base import HeadWeights, ResidualModel
 
@@ -83,11 +84,15 @@ class HFResidualModel(ResidualModel):
         tokenizer: Any = None,
         granularity: str = "sublayer",
         name: str | None = None,
+        allow_nonfinite: bool | None = None,
     ) -> "HFResidualModel":
         """Wrap a loaded ``transformers`` causal LM (switches it to eager attention, eval, frozen).
 
         Raises :class:`UnsupportedArchitectureError` for architectures without an adapter
-        or configs the adapter cannot represent exactly.
+        or configs the adapter cannot represent exactly, and
+        :class:`~jetex.errors.NonFiniteWeightsError` naming the first parameter or buffer
+        holding NaN/Inf unless ``allow_nonfinite`` (default: :data:`jetex.finite.ALLOW_NONFINITE`,
+        False unless the CLI's ``--allow-nonfinite`` is given).
         """
         if granularity not in ("sublayer", "layer"):
             raise InputError(f"unknown granularity {granularity!r}: use 'sublayer' or 'layer'")
@@ -95,6 +100,7 @@ class HFResidualModel(ResidualModel):
         if config is None:
             raise UnsupportedArchitectureError(f"{type(hf_model).__name__} is not a Hugging Face model (no config)")
         adapter = adapter_for(_architecture_names(hf_model), config)
+        check_finite_weights(hf_model, name or str(getattr(config, "_name_or_path", "") or type(hf_model).__name__), allow_nonfinite)
         if getattr(config, "_attn_implementation", "eager") != "eager":
             hf_model.set_attn_implementation("eager")
         hf_model.eval()

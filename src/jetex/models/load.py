@@ -525,6 +525,7 @@ def load(
     granularity: str = "sublayer",
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
+    allow_nonfinite: bool | None = None,
 ) -> HFResidualModel:
     """Load a model and return its residual-block view.
 
@@ -532,6 +533,9 @@ def load(
     a Hugging Face folder, or a hub id already in the local HF cache.
     ``granularity``: ``"sublayer"`` (attn.i and mlp.i blocks, L = 2N) or ``"layer"``.
     The result has ``.hf``, ``.tokenizer``, ``.config``, ``.name``.
+    A model whose weights hold NaN/Inf is refused (:class:`~jetex.errors.NonFiniteWeightsError`,
+    naming the first bad tensor) unless ``allow_nonfinite=True`` (for debugging; default:
+    :data:`jetex.finite.ALLOW_NONFINITE`).
     """
     if granularity not in ("sublayer", "layer"):
         raise ModelLoadError(f"unknown granularity {granularity!r}: use 'sublayer' or 'layer'")
@@ -554,7 +558,7 @@ def load(
     else:
         hf, tok = _load_folder(detail, dt, device, quiet=True)
         name = Path(detail).name if kind == "folder" else detail
-    return HFResidualModel.from_hf(hf, tokenizer=tok, granularity=granularity, name=name)
+    return HFResidualModel.from_hf(hf, tokenizer=tok, granularity=granularity, name=name, allow_nonfinite=allow_nonfinite)
 
 
 def model_info() -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from jetex.errors import InputError
+from jetex.finite import check_finite
 from jetex.models.base import ResidualModel
 from jetex.ngrams.device import DEVICES, dtype_name, place_model, precision_report, resolve_device, resolve_dtype
 from jetex.ngrams.distributed import DEFAULT_RETRIES, LoadSpec
@@ -231,6 +232,9 @@ def _run_path(store: NgramStore, model: ResidualModel, p: NgramPath, *, top_k: i
         for batch in iter_bigram_batches(cm, p, top_k=top_k, order=order, exclude_self=exclude_self,
                                          limit_vocab=limit_vocab, batch_size=B, global_top=global_top, skip=done,
                                          seen=seen, progress=progress):
+            # nothing non-finite is stored: one line instead (before this batch is written)
+            check_finite(batch.top_logits, f"the {p.name} order-{order} bigram logits (batch {batch.batch_index})",
+                         "the expansion overflows: try a lower --order")
             store.write_bigram_batch(run, batch)
     else:
         assert isinstance(p, TrigramPath)

@@ -64,6 +64,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jetex.errors import InputError
+from jetex.jets import check_max_order
 from jetex.models.base import ResidualModel
 
 BigramKind = Literal["direct", "chain", "mlps", "attn-free"]
@@ -194,9 +195,7 @@ NgramPath = Union[BigramPath, TrigramPath]
 
 
 def _check_order(order: object) -> int:
-    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
-        raise InputError(f"order must be a non-negative integer, got {order!r}")
-    return order
+    return check_max_order(order)
 
 
 _SPEC_HELP = ("direct, mlp:N, mlp:N,M (a chain), mlp:all, mlps, attn-free, attn:L.H, attn:L (all heads of layer L) "
