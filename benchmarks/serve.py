@@ -98,13 +98,16 @@ def make_store(tmp: Path, vocab: int) -> str:
     return str(db)
 
 
+PROBABILITIES = True
+
+
 def lens_body(text: str, model: str | None = None) -> dict:
-    return {"model": model, "text": text, "kind": "iterative", "order": 1, "top": 10}
+    return {"model": model, "text": text, "kind": "iterative", "order": 1, "top": 10, "probabilities": PROBABILITIES}
 
 
 def timed(url: str, endpoint: str, body: dict) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    out = call(url, endpoint, body)
+    out = call(url, endpoint, body, timeout=3600)
     return time.perf_counter() - t0, out
 
 
@@ -202,102 +205,116 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=20)
     ap.add_argument("--screenshots", default=None, help="folder for serve_*.png (the README's pictures)")
     ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--steps", default="lens,browser,cli,concurrent,memory,smoke", help="which measurements to run")
+    ap.add_argument("--no-probabilities", action="store_true",
+                    help="lens requests without the probability view (the page's default logit colour scale)")
     args = ap.parse_args()
+    global PROBABILITIES
+    PROBABILITIES = not args.no_probabilities
+    steps = set(args.steps.split(","))
     models = [m for m in args.models.split(",") if m]
     tmp = Path(tempfile.mkdtemp(prefix="jetex-serve-bench-"))
     report: dict = {"models": models}
-    store = make_store(tmp, args.store_vocab)
+    store = make_store(tmp, args.store_vocab) if args.store_vocab > 0 else None
     import torch
 
     torch.set_num_threads(args.threads)
-    proc, url = start_server(models, [store], args.threads)
+    proc, url = start_server(models, [store] if store else [], args.threads)
+    report["probabilities"] = PROBABILITIES
     try:
         # 2. warm lens, server time vs the library call in this process
         for _ in range(3):
-            call(url, "/api/lens", lens_body(TEXT16))
-        walls, server = [], []
-        for _ in range(args.repeats):
-            w, out = timed(url, "/api/lens", lens_body(TEXT16))
-            walls.append(w)
-            server.append(out["timing"]["server_s"])
-        n_tok = len(out["result"]["tokens"])
-        import jetex
+            call(url, "/api/lens", lens_body(TEXT16), timeout=3600)
+        if "lens" in steps:
+            walls, server = [], []
+            for _ in range(args.repeats):
+                w, out = timed(url, "/api/lens", lens_body(TEXT16))
+                walls.append(w)
+                server.append(out["timing"]["server_s"])
+            n_tok = len(out["result"]["tokens"])
+            import jetex
 
-        m = jetex.load(models[0])
-        for _ in range(2):
-            jetex.iterative_lens(m, TEXT16, order=1)
-        lib = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            jetex.iterative_lens(m, TEXT16, order=1)
-            lib.append(time.perf_counter() - t0)
-        del m
-        report["lens"] = {"tokens": n_tok, "server_s_median": statistics.median(server), "request_s_median": statistics.median(walls),
-                          "library_s_median": statistics.median(lib)}
-        report["lens"]["server_over_library"] = report["lens"]["server_s_median"] / report["lens"]["library_s_median"]
-        print(f"warm order-1 iterative lens, {n_tok} tokens: server {report['lens']['server_s_median']:.3f} s (median of "
-              f"{args.repeats}), request {report['lens']['request_s_median']:.3f} s; library call alone "
-              f"{report['lens']['library_s_median']:.3f} s → server/library {report['lens']['server_over_library']:.2f}")
-
-        # 3. browser
-        if not args.no_browser and shutil.which("chromium") and shutil.which("chromedriver"):
-            shots = Path(args.screenshots) if args.screenshots else None
-            rend = browser_runs(url, args.repeats, shots, TEXT16)
-            report["browser_s_median"] = statistics.median(rend)
-            print(f"browser: request → rendered grid {report['browser_s_median']:.3f} s (median of {len(rend)})")
-
-        # 4. command line against the warm server
-        try:
-            cw, torch_loaded, _ = cli_runs(url, TEXT16)
-            report["cli"] = {"wall_s_median": statistics.median(cw), "client_imported_torch": torch_loaded}
-            print(f"jetex lens TEXT --server: {report['cli']['wall_s_median']:.3f} s wall (median of {len(cw)}); "
-                  f"client imported torch: {torch_loaded}")
-        except RuntimeError as e:
-            report["cli"] = {"error": str(e)}
-            print(f"jetex lens --server: {e}")
-
-        # 5. concurrency
-        ref = call(url, "/api/lens", lens_body(TEXT16))["result"]
-
-        def one(_):
-            w, o = timed(url, "/api/lens", lens_body(TEXT16))
-            return w, o["result"] == ref
-
-        with cf.ThreadPoolExecutor(args.concurrent) as pool:
-            res = list(pool.map(one, range(args.concurrent)))
-        lat = [w for w, _ in res]
-        ok = sum(1 for _, good in res if good)
-        report["concurrent"] = {"n": args.concurrent, "correct": ok, "p50_s": pct(lat, 0.5), "p95_s": pct(lat, 0.95)}
-        print(f"{args.concurrent} concurrent lens requests: {ok}/{args.concurrent} answered correctly; "
-              f"p50 {report['concurrent']['p50_s']:.2f} s, p95 {report['concurrent']['p95_s']:.2f} s")
-
-        # 6. memory over N requests
-        before = rss_kib(proc.pid)
-        for i in range(args.memory_requests):
-            t = TEXTS[i % len(TEXTS)] + " again" * (i % 3)
-            call(url, "/api/lens", lens_body(t))
-        after = rss_kib(proc.pid)
-        report["memory"] = {"requests": args.memory_requests, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
-                            "growth_pct": 100 * (after - before) / before}
-        print(f"server RSS over {args.memory_requests} lens requests: {before / 1024:.0f} → {after / 1024:.0f} MiB "
-              f"({report['memory']['growth_pct']:+.2f} %)")
-
-        # 7. every page's endpoint on every served model
-        smoke = {}
-        for mname in models:
-            codes = {}
-            for ep, body in [("/api/lens", lens_body(TEXTS[0], mname)),
-                             ("/api/lens", {"model": mname, "text": TEXTS[0], "kind": "joint", "optimize": True}),
-                             ("/api/paths", {"model": mname, "text": TEXTS[0], "max_len": 1}),
-                             ("/api/attribute", {"model": mname, "text": TEXTS[0], "faithfulness": True}),
-                             ("/api/predict", {"model": mname, "text": TEXTS[0]})]:
+            m = jetex.load(models[0])
+            for _ in range(2):
+                jetex.iterative_lens(m, TEXT16, order=1)
+            lib = []
+            for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                out = call(url, ep, body)
-                codes[ep + ("?joint" if body.get("kind") == "joint" else "")] = round(time.perf_counter() - t0, 3)
-            smoke[mname] = codes
-        call(url, "/api/ngrams/top?" + "store=smollm2_direct&n=10&token=%20the")
-        report["models_smoke_s"] = smoke
-        print("every endpoint answered on every model (seconds): " + json.dumps(smoke))
+                jetex.iterative_lens(m, TEXT16, order=1)
+                lib.append(time.perf_counter() - t0)
+            del m
+            report["lens"] = {"tokens": n_tok, "server_s_median": statistics.median(server), "request_s_median": statistics.median(walls),
+                              "library_s_median": statistics.median(lib)}
+            report["lens"]["server_over_library"] = report["lens"]["server_s_median"] / report["lens"]["library_s_median"]
+            print(f"warm order-1 iterative lens, {n_tok} tokens: server {report['lens']['server_s_median']:.3f} s (median of "
+                  f"{args.repeats}), request {report['lens']['request_s_median']:.3f} s; library call alone "
+                  f"{report['lens']['library_s_median']:.3f} s → server/library {report['lens']['server_over_library']:.2f}")
+
+        if "browser" in steps:
+            # 3. browser
+            if not args.no_browser and shutil.which("chromium") and shutil.which("chromedriver"):
+                shots = Path(args.screenshots) if args.screenshots else None
+                rend = browser_runs(url, args.repeats, shots, TEXT16)
+                report["browser_s_median"] = statistics.median(rend)
+                print(f"browser: request → rendered grid {report['browser_s_median']:.3f} s (median of {len(rend)})")
+
+        if "cli" in steps:
+            # 4. command line against the warm server
+            try:
+                cw, torch_loaded, _ = cli_runs(url, TEXT16)
+                report["cli"] = {"wall_s_median": statistics.median(cw), "client_imported_torch": torch_loaded}
+                print(f"jetex lens TEXT --server: {report['cli']['wall_s_median']:.3f} s wall (median of {len(cw)}); "
+                      f"client imported torch: {torch_loaded}")
+            except RuntimeError as e:
+                report["cli"] = {"error": str(e)}
+                print(f"jetex lens --server: {e}")
+
+        if "concurrent" in steps:
+            # 5. concurrency
+            ref = call(url, "/api/lens", lens_body(TEXT16))["result"]
+
+            def one(_):
+                w, o = timed(url, "/api/lens", lens_body(TEXT16))
+                return w, o["result"] == ref
+
+            with cf.ThreadPoolExecutor(args.concurrent) as pool:
+                res = list(pool.map(one, range(args.concurrent)))
+            lat = [w for w, _ in res]
+            ok = sum(1 for _, good in res if good)
+            report["concurrent"] = {"n": args.concurrent, "correct": ok, "p50_s": pct(lat, 0.5), "p95_s": pct(lat, 0.95)}
+            print(f"{args.concurrent} concurrent lens requests: {ok}/{args.concurrent} answered correctly; "
+                  f"p50 {report['concurrent']['p50_s']:.2f} s, p95 {report['concurrent']['p95_s']:.2f} s")
+
+        if "memory" in steps:
+            # 6. memory over N requests
+            before = rss_kib(proc.pid)
+            for i in range(args.memory_requests):
+                t = TEXTS[i % len(TEXTS)] + " again" * (i % 3)
+                call(url, "/api/lens", lens_body(t))
+            after = rss_kib(proc.pid)
+            report["memory"] = {"requests": args.memory_requests, "rss_before_mib": before / 1024, "rss_after_mib": after / 1024,
+                                "growth_pct": 100 * (after - before) / before}
+            print(f"server RSS over {args.memory_requests} lens requests: {before / 1024:.0f} → {after / 1024:.0f} MiB "
+                  f"({report['memory']['growth_pct']:+.2f} %)")
+
+        if "smoke" in steps:
+            # 7. every page's endpoint on every served model
+            smoke = {}
+            for mname in models:
+                codes = {}
+                for ep, body in [("/api/lens", lens_body(TEXTS[0], mname)),
+                                 ("/api/lens", {"model": mname, "text": TEXTS[0], "kind": "joint", "optimize": True}),
+                                 ("/api/paths", {"model": mname, "text": TEXTS[0], "max_len": 1}),
+                                 ("/api/attribute", {"model": mname, "text": TEXTS[0], "faithfulness": True}),
+                                 ("/api/predict", {"model": mname, "text": TEXTS[0]})]:
+                    t0 = time.perf_counter()
+                    out = call(url, ep, body)
+                    codes[ep + ("?joint" if body.get("kind") == "joint" else "")] = round(time.perf_counter() - t0, 3)
+                smoke[mname] = codes
+            if store:
+                call(url, "/api/ngrams/top?" + "store=smollm2_direct&n=10&token=%20the")
+            report["models_smoke_s"] = smoke
+            print("every endpoint answered on every model (seconds): " + json.dumps(smoke))
     finally:
         proc.terminate()
         proc.wait(30)

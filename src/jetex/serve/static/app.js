@@ -100,7 +100,9 @@
     var maxAbs = 0;
     R.cells.forEach(function (row) { row.forEach(function (c) { if (c.top.length) maxAbs = Math.max(maxAbs, Math.abs(c.logits[0])); }); });
     R.cells.forEach(function (row, r) {
-      var tr = el('tr'); tr.appendChild(el('th', R.rows[r], 'row'));
+      var tr = el('tr'), rh = el('th', R.rows[r], 'row');
+      if (R.row_diagnostics) rh.title = JSON.stringify(R.row_diagnostics[r]);
+      tr.appendChild(rh);
       row.forEach(function (c, i) {
         var td = el('td', vis(c.top[0] !== undefined ? c.top[0] : '·'), 'cell');
         td.setAttribute('data-r', r); td.setAttribute('data-i', i);
@@ -108,6 +110,7 @@
         var col = colourFor(V ? scale : 'logit', info, maxAbs);
         td.style.background = rgb(col); td.style.color = ink(col);
         if (V ? V.model_token_rank[r][i] === 1 : c.top[0] === R.model_top[i]) td.classList.add('agree');
+        if (c.trusted === false) { td.classList.add('untrusted'); td.title = 'not trusted: see the diagnostics'; }
         tr.appendChild(td);
       });
       tr.appendChild(el('td', fmt(R.mean_cosine[r]), 'side'));
@@ -129,6 +132,7 @@
       ': ' + R.rows.length + ' rows × ' + R.tokens.length + ' positions; server ' + (data.timing.server_s * 1000).toFixed(0) +
       ' ms, rendered in ' + ms.toFixed(0) + ' ms';
     legend(scale, maxAbs, !!V);
+    if (g.querySelector('td.untrusted')) $('lens-legend').appendChild(el('span', 'hatched cells: readout not trusted (see the diagnostics)'));
     diagnostics(R);
     $('cell-info').textContent = '';
     $('cell-info').appendChild(el('p', 'Click a cell for its top-k tokens, probabilities, cosine and decomposition.', 'hint'));
@@ -146,7 +150,8 @@
     });
   }
   function diagnostics(R) {
-    var known = ['kind', 'order', 'model', 'optimized', 'tokens', 'rows', 'cells', 'model_top', 'mean_cosine', 'remainder_norm', 'expansion_top', 'expansion_cosine'];
+    var known = ['kind', 'order', 'model', 'optimized', 'tokens', 'rows', 'cells', 'model_top', 'mean_cosine', 'remainder_norm',
+      'expansion_top', 'expansion_cosine', 'type', 'format', 'fields'];
     var extra = {};
     Object.keys(R).forEach(function (k) { if (known.indexOf(k) < 0) extra[k] = R[k]; });
     var d = $('lens-diagnostics');
