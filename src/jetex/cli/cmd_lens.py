@@ -54,54 +54,94 @@ def _check_lens(res) -> None:
             check_result(value, f"{what} ({field.replace('_', ' ')})", LENS_HINT)
 
 
-def _print_lens(res) -> None:
+def _print_lens(d: dict) -> None:
+    """The lens table from :meth:`LensResult.to_dict` (the same for a local result and for the
+    answer of a ``jetex serve`` server)."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    title = (f"{res.kind} lens" if res.kind in ("logit", "tuned", "jacobian") else f"{res.kind} jet lens, order {res.order}") + (" (optimised weights)" if res.optimized else "") + f" — {res.model_name}"
+    kind = d["kind"]
+    title = (f"{kind} lens" if kind in ("logit", "tuned", "jacobian") else f"{kind} jet lens, order {d['order']}") + (" (optimised weights)" if d["optimized"] else "") + f" — {d['model']}"
     table = Table(title=title, show_lines=False, header_style="bold")
     table.add_column("row", style="bold")
-    shown = list(range(len(res.tokens)))
+    shown = list(range(len(d["tokens"])))
     for i in shown:
-        table.add_column(repr(res.tokens[i])[1:-1][:10], overflow="fold")
+        table.add_column(repr(d["tokens"][i])[1:-1][:10], overflow="fold")
     table.add_column("cos", justify="right")
-    honest = res.rest_cosine is not None and res.q_share is not None
+    honest = d.get("mean_rest_cosine") is not None and d.get("mean_q_share") is not None
     if honest:
         table.add_column("cos⊥q", justify="right")
         table.add_column("q share", justify="right")
-    trusted = res.trusted
+    flags = [[c.get("trusted", True) for c in row] for row in d["cells"]]
 
-    def cell(tok: str, logit: float, ok: bool) -> str:
-        colour = "red" if logit > 0 else "blue"
-        text = repr(tok)[1:-1][:10]
+    def cell(c: dict, ok: bool) -> str:
+        colour = "red" if (c["logits"][0] if c["logits"] else 0.0) > 0 else "blue"
+        text = repr(c["top"][0] if c["top"] else "")[1:-1][:10]
         if not ok:
             return f"[dim {colour} strike]{text}[/dim {colour} strike]†"
         return f"[{colour}]{text}[/{colour}]"
 
-    for r, name in enumerate(res.row_names):
+    def num(x, spec: str) -> str:
+        return "nan" if x is None else format(float(x), spec)
+
+    for r, name in enumerate(d["rows"]):
         row = [name]
         for i in shown:
-            tok = res.vocab[r][i][0]
-            row.append(cell(tok, float(res.top_logits[r, i, 0]), trusted is None or bool(trusted[r, i])))
-        row.append(f"{float(res.cosine[r].mean()):+.3f}")
+            row.append(cell(d["cells"][r][i], bool(flags[r][i])))
+        row.append(num(d["mean_cosine"][r], "+.3f"))
         if honest:
-            row.append(f"{float(res.rest_cosine[r].mean()):+.3f}")
-            row.append(f"{float(res.q_share[r].mean()):.2f}")
+            row.append(num(d["mean_rest_cosine"][r], "+.3f"))
+            row.append(num(d["mean_q_share"][r], ".2f"))
         table.add_row(*row)
     table.add_section()
     pad = [""] * (2 if honest else 0)
-    table.add_row("model", *[repr(t)[1:-1][:10] for t in res.model_vocab], "", *pad)
-    if res.kind == "joint":
-        table.add_row("expansion", *[repr(t)[1:-1][:10] for t in res.expansion_vocab], f"{float(res.expansion_cosine.mean()):+.3f}")
+    table.add_row("model", *[repr(t)[1:-1][:10] for t in d["model_top"]], "", *pad)
+    if kind == "joint":
+        ec = [x for x in d["expansion_cosine"] if x is not None]
+        table.add_row("expansion", *[repr(t)[1:-1][:10] for t in d["expansion_top"]], num(sum(ec) / len(ec) if ec else None, "+.3f"))
     console.print(table)
     notes = []
-    if trusted is not None and not bool(trusted.all()):
-        notes.append(f"†: untrusted cell ({int((~trusted).sum())} of {trusted.numel()}; see docs/trust.md)")
+    bad = sum(1 for row in flags for ok in row if not ok)
+    if bad:
+        notes.append(f"†: untrusted cell ({bad} of {sum(len(row) for row in flags)}; see docs/trust.md)")
     if honest:
         notes.append("cos⊥q: cosine with q of each row minus its part along the model's own logits q; q share: part of the row that is q")
     for n in notes:
         console.print(n, style="dim", highlight=False)
+
+
+def paths_warning(d: dict) -> str | None:
+    """One line when most of the top paths are untrusted (their order-k series diverges)."""
+    ranked = d["paths"]
+    n_bad = sum(not r["trusted"] for r in ranked)
+    if n_bad * 2 <= len(ranked):
+        return None
+    dist = max((r["distance"] for r in ranked if r["distance"] is not None), default=float("nan"))
+    return (f"{n_bad} of the top {len(ranked)} paths are untrusted: the order-{d['order']} series along them diverges "
+            f"(centre→variate distance up to {dist:.3g} ≥ 1); try --order 0")
+
+
+def _print_paths(d: dict) -> None:
+    """The ranked paths table from the ``jetex paths --json`` dict (local, or a server's answer)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    tgt_str = d["target"]["token"]
+    scale = "weighted (Algorithm 2 terms)" if d["scale"] == "weighted" else "unweighted paths"
+    variant = ", split by Taylor degree" if d["split_degrees"] else ""
+    table = Table(title=f"top {len(d['paths'])} of {d['n_paths']} paths for {tgt_str!r} (order {d['order']}{variant}, {scale}) — {d['model']}")
+    table.add_column("#", justify="right")
+    table.add_column("path")
+    table.add_column(f"logit[{tgt_str!r}]", justify="right")
+    table.add_column("of model's", justify="right")
+    table.add_column("path's own top-1")
+    table.add_column("trusted")
+    for i, r in enumerate(d["paths"], 1):
+        share = "nan%" if r["share"] is None else f"{r['share']:+.1%}"
+        dist = "nan" if r["distance"] is None else f"{r['distance']:.3g}"
+        table.add_row(str(i), r["path"], f"{r['logit']:+.4g}", share, repr(r["top_token"]), "yes" if r["trusted"] else f"no (distance {dist})")
+    Console().print(table)
 
 
 def _lens_warning(res) -> str | None:
@@ -172,7 +212,8 @@ def register(group: click.Group) -> None:
             if kind not in ("iterative", "joint"):
                 raise InputError(f"--server serves the jet lenses (iterative, joint); run the {kind} lens locally")
             return remote.lens(url, text=text, kind=kind, order=order, layers=layers, centres=centres, centres_given=_given("centres"),
-                               optimize=optimize, top=top, out=out, model=model, model_given=_given("model"), as_json=as_json)
+                               optimize=optimize, top=top, out=out, model=model, model_given=_given("model"), as_json=as_json,
+                               printer=_print_lens)
         m = _load(model)
         inputs = texts if texts is not None else text
         if kind in ("logit", "tuned", "jacobian"):
@@ -205,7 +246,7 @@ def register(group: click.Group) -> None:
                 emit_json({"model": m.name, "results": [{"text": t, **r.to_dict()} | ({"out": o} if o else {}) for t, r, o in zip(texts, res, outs)]})
             else:
                 for r, o in zip(res, outs):
-                    _print_lens(r)
+                    _print_lens(r.to_dict())
                     if o:
                         click.echo(f"wrote {o}")
             return
@@ -219,7 +260,7 @@ def register(group: click.Group) -> None:
         if as_json:
             emit_json(res.to_dict() | ({"out": out} if out else {}))
         else:
-            _print_lens(res)
+            _print_lens(res.to_dict())
             if out:
                 click.echo(f"wrote {out}")
 
@@ -281,7 +322,8 @@ def register(group: click.Group) -> None:
         if url is not None:
             return remote.paths(url, text=text, order=order, must_use=must_use, avoid=avoid, max_len=max_len, min_len=min_len,
                                 token=token, position=position, top=top, split_degrees=split_degrees, degrees=degrees,
-                                model=model, model_given=_given("model"), as_json=as_json)
+                                model=model, model_given=_given("model"), as_json=as_json, printer=_print_paths,
+                                warning=paths_warning)
         m = _load(model)
         all_ids = [m.tokenize(x) for x in (texts if texts is not None else [text])]
         for x, ids in zip(texts or [text], all_ids):
@@ -314,43 +356,22 @@ def register(group: click.Group) -> None:
             tok_id = enc[0]
         chosen = list(pe.paths(flt))
         rankings = [pe.rank(ids, chosen, token=tok_id, position=position, top=top, weighted=weighted, progress=True) for ids in all_ids]
+        head = {"model": m.name, "order": order, "split_degrees": split_degrees, "degrees": degs, "scale": "weighted" if weighted else "unweighted"}
+        payloads = []
         for ranked in rankings:
             check_result([r.logit for r in ranked], f"the order-{order} path contributions", LENS_HINT)
-            n_bad = sum(not r.trusted for r in ranked)
-            if n_bad * 2 > len(ranked):
-                click.echo(
-                    f"warning: {n_bad} of the top {len(ranked)} paths are untrusted: the order-{order} series along them diverges "
-                    f"(centre→variate distance up to {max(r.distance for r in ranked):.3g} ≥ 1); try --order 0",
-                    err=True,
-                )
-        head = {"model": m.name, "order": order, "split_degrees": split_degrees, "degrees": degs, "scale": "weighted" if weighted else "unweighted"}
+            payload = head | {"target": {"id": ranked[0].token, "token": ranked[0].token_str}, "n_paths": n,
+                              "paths": [p.to_dict() for p in ranked]}
+            warn = paths_warning(payload)
+            if warn:
+                click.echo(f"warning: {warn}", err=True)
+            payloads.append(payload)
         if as_json:
-            payloads = [{"target": {"id": r[0].token, "token": r[0].token_str}, "n_paths": n, "paths": [p.to_dict() for p in r]} for r in rankings]
             if texts is None:
-                emit_json(head | payloads[0])
+                emit_json(payloads[0])
             else:
-                emit_json(head | {"n_paths": n, "results": [{"text": x} | p for x, p in zip(texts, payloads)]})
+                keys = ("target", "n_paths", "paths")
+                emit_json(head | {"n_paths": n, "results": [{"text": x} | {k: p[k] for k in keys} for x, p in zip(texts, payloads)]})
             return
-        for ranked in rankings:
-            _print_paths(ranked, n, order, split_degrees, weighted, m.name)
-
-
-def _print_paths(ranked, n: int, order: int, split_degrees: bool, weighted: bool, model_name: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    tgt_str = ranked[0].token_str
-    scale = "weighted (Algorithm 2 terms)" if weighted else "unweighted paths"
-    variant = ", split by Taylor degree" if split_degrees else ""
-    table = Table(title=f"top {len(ranked)} of {n} paths for {tgt_str!r} (order {order}{variant}, {scale}) — {model_name}")
-    table.add_column("#", justify="right")
-    table.add_column("path")
-    table.add_column(f"logit[{tgt_str!r}]", justify="right")
-    table.add_column("of model's", justify="right")
-    table.add_column("path's own top-1")
-    table.add_column("trusted")
-    for i, r in enumerate(ranked, 1):
-        table.add_row(
-            str(i), r.name, f"{r.logit:+.4g}", f"{r.share:+.1%}", repr(r.top_str), "yes" if r.trusted else f"no (distance {r.distance:.3g})"
-        )
-    Console().print(table)
+        for payload in payloads:
+            _print_paths(payload)

@@ -33,42 +33,8 @@ def _model(model: str, given: bool) -> str | None:
     return model if given else None
 
 
-def _cells_logit(d: dict, r: int, i: int) -> float:
-    lg = d["cells"][r][i]["logits"]
-    return float(lg[0]) if lg else 0.0
-
-
-def print_lens_dict(d: dict) -> None:
-    """The lens table, from a :meth:`LensResult.to_dict` (the local command prints the same)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    title = f"{d['kind']} jet lens, order {d['order']}" + (" (optimised weights)" if d["optimized"] else "") + f" — {d['model']}"
-    table = Table(title=title, show_lines=False, header_style="bold")
-    table.add_column("row", style="bold")
-    for tok in d["tokens"]:
-        table.add_column(repr(tok)[1:-1][:10], overflow="fold")
-    table.add_column("cos", justify="right")
-    for r, name in enumerate(d["rows"]):
-        row = [name]
-        for i in range(len(d["tokens"])):
-            top = d["cells"][r][i]["top"]
-            tok = top[0] if top else ""
-            colour = "red" if _cells_logit(d, r, i) > 0 else "blue"
-            row.append(f"[{colour}]{repr(tok)[1:-1][:10]}[/{colour}]")
-        row.append(f"{float(d['mean_cosine'][r]):+.3f}")
-        table.add_row(*row)
-    table.add_section()
-    table.add_row("model", *[repr(t)[1:-1][:10] for t in d["model_top"]], "")
-    if d["kind"] == "joint":
-        ec = d["expansion_cosine"]
-        table.add_row("expansion", *[repr(t)[1:-1][:10] for t in d["expansion_top"]], f"{sum(ec) / len(ec):+.3f}")
-    console.print(table)
-
-
 def lens(url: str, *, text: str, kind: str, order: int, layers: str | None, centres: str, centres_given: bool,
-         optimize: bool, top: int, out: str | None, model: str, model_given: bool, as_json: bool) -> None:
+         optimize: bool, top: int, out: str | None, model: str, model_given: bool, as_json: bool, printer) -> None:
     if out:
         raise InputError("--out writes files from the local model: drop --server (or use --json and save the output)")
     body: dict[str, Any] = {"model": _model(model, model_given), "text": text, "kind": kind, "order": order, "top": top,
@@ -79,43 +45,33 @@ def lens(url: str, *, text: str, kind: str, order: int, layers: str | None, cent
     else:
         body["centres"] = centres
         body["optimize"] = optimize
-    res = call(url, "/api/lens", body)["result"]
+    answer = call(url, "/api/lens", body)
+    if answer.get("warning"):
+        click.echo(f"warning: {answer['warning']}", err=True)
     if as_json:
-        emit_json(res)
+        emit_json(answer["result"])
     else:
-        print_lens_dict(res)
+        printer(answer["result"])
 
 
-PATHS_KEYS = ("model", "order", "split_degrees", "degrees", "target", "n_paths", "paths")
-
-
-def print_paths_dict(d: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    tgt = d["target"]["token"]
-    variant = ", split by Taylor degree" if d["split_degrees"] else ""
-    table = Table(title=f"top {len(d['paths'])} of {d['n_paths']} paths for {tgt!r} (order {d['order']}{variant}) — {d['model']}")
-    table.add_column("#", justify="right")
-    table.add_column("path")
-    table.add_column(f"logit[{tgt!r}]", justify="right")
-    table.add_column("path's own top-1")
-    for i, r in enumerate(d["paths"], 1):
-        table.add_row(str(i), r["path"], f"{r['logit']:+.3f}", repr(r["top_token"]))
-    Console().print(table)
+PATHS_KEYS = ("model", "order", "split_degrees", "degrees", "scale", "target", "n_paths", "paths")
 
 
 def paths(url: str, *, text: str, order: int, must_use: str, avoid: str, max_len: int, min_len: int, token: str | None,
-          position: int, top: int, split_degrees: bool, degrees: str | None, model: str, model_given: bool, as_json: bool) -> None:
+          position: int, top: int, split_degrees: bool, degrees: str | None, model: str, model_given: bool, as_json: bool,
+          printer, warning) -> None:
     body = {"model": _model(model, model_given), "text": text, "order": order, "use": must_use, "avoid": avoid,
             "max_len": max_len, "min_len": min_len, "token": token, "position": position, "top": top,
             "split_degrees": split_degrees, "degrees": degrees}
     d = call(url, "/api/paths", body)
     d = {k: d[k] for k in PATHS_KEYS}
+    line = warning(d)
+    if line:
+        click.echo(f"warning: {line}", err=True)
     if as_json:
         emit_json(d)
     else:
-        print_paths_dict(d)
+        printer(d)
 
 
 def predict(url: str, *, text: str, top: int, model: str, model_given: bool, as_json: bool, printer) -> None:

@@ -180,6 +180,17 @@ def _lens_view(model: ResidualModel, kw: dict[str, Any], top: int) -> dict[str, 
     }
 
 
+def lens_warning(res: Any) -> str | None:
+    """One line when the lens's readout is dominated by divergence, remainder or cancellation
+    (the line ``jetex lens`` prints on stderr), else None."""
+    d = getattr(res, "diagnostics", None)
+    if d is None:
+        return None
+    if res.kind == "iterative":
+        return d.warning("cells", "try a lower --order (0 or 1) and read the rows near the output (distance < 1)")
+    return d.warning("cells", "try a lower --order or fewer, larger centres (--centres layers, or a number)")
+
+
 def run_lens(model: ResidualModel, **kw: Any) -> dict[str, Any]:
     """The lens (``result``: the :class:`~jetex.lenses.LensResult` as a dict, the same as
     ``jetex lens --json``) and, with ``probabilities``, the page's ``view`` (see :func:`_lens_view`)."""
@@ -189,7 +200,7 @@ def run_lens(model: ResidualModel, **kw: Any) -> dict[str, Any]:
     else:
         res = joint_lens(model, kw["text"], order=kw["order"], centres=kw["centres"], optimize=kw["optimize"], top_k=top)
     check_cancelled()
-    out: dict[str, Any] = {"result": res.to_dict()}
+    out: dict[str, Any] = {"result": res.to_dict(), "warning": lens_warning(res)}
     if kw["probabilities"]:
         out["view"] = _lens_view(model, kw, top) | {"top_ids": res.top_ids.tolist()}
     return out
@@ -246,24 +257,23 @@ def paths_params(p: Params, model: ResidualModel) -> dict[str, Any]:
 
 
 def run_paths(model: ResidualModel, **kw: Any) -> dict[str, Any]:
-    """The top paths for a token at a position (as ``jetex paths --json``)."""
+    """The top paths for a token at a position, on the unweighted path scale (the dict
+    ``jetex paths --json`` prints, plus ``position`` and ``tokens``)."""
     pe = exp_jet_expansion(model, kw["order"], split_degrees=kw["split_degrees"])
     ids = model.tokenize(kw["text"])
-    tok_id = kw.get("token_id")
     with torch.no_grad():
-        ranked = pe.rank(ids, list(pe.paths(kw["filter"])), token=tok_id, position=kw["position"], top=kw["top"])
-        if tok_id is None:
-            tok_id = int(model.decode(model.stream(ids)[-1])[0, kw["position"]].argmax())
+        ranked = pe.rank(ids, list(pe.paths(kw["filter"])), token=kw.get("token_id"), position=kw["position"], top=kw["top"])
     return {
         "model": model.name,
         "order": kw["order"],
         "split_degrees": kw["split_degrees"],
         "degrees": kw["degrees"],
+        "scale": "unweighted",
+        "target": {"id": ranked[0].token, "token": ranked[0].token_str},
+        "n_paths": kw["n_paths"],
+        "paths": [r.to_dict() for r in ranked],
         "position": kw["position"],
         "tokens": model.token_strings(ids[0]),
-        "target": {"id": tok_id, "token": model.token_strings([tok_id])[0]},
-        "n_paths": kw["n_paths"],
-        "paths": [{"path": r.name, "logit": r.logit, "top_token": model.token_strings([r.top_token])[0]} for r in ranked],
     }
 
 
