@@ -53,7 +53,7 @@ def test_diff_finds_a_planted_embedding_change(model_a, model_b):
 
 
 def test_top_lists_and_ranks_match_brute_force(model_a, model_b):
-    res = diff_bigrams(model_a, model_b, top=60, k=10, step=20)
+    res = diff_bigrams(model_a, model_b, top=60, k=10, step=20, score="logprob")
     for top, model in ((res.top_a, model_a), (res.top_b, model_b)):
         lp = full_logprobs(model)
         oracle = _global_order(lp)
@@ -82,7 +82,7 @@ def test_topk_table_matches_full_rows(model_a):
 
 
 def test_mlp_path_diff_and_keep_self(model_a, model_b):
-    res = diff_bigrams(model_a, model_b, "mlp:1", top=50, k=10, step=10, exclude_self=False)
+    res = diff_bigrams(model_a, model_b, "mlp:1", top=50, k=10, step=10, exclude_self=False, score="logprob")
     assert res.path == "mlp:1" and not res.exclude_self and not res.identical
     lp = full_logprobs(model_a, "mlp:1", exclude_self=False)
     assert [(a, b) for a, b, _ in res.top_a] == [(a, b) for a, b, _ in _global_order(lp)[:50]]
@@ -131,9 +131,33 @@ def test_side_by_side_rows_are_every_step_th_rank(model_a, model_b, top, step):
     assert [r for r, _, _ in res.side_by_side] == list(range(0, top, step))
     assert len(res.side_by_side) == -(-top // step)  # ⌈top / step⌉ rows: 20 for the paper's 1000 / 50
     for r, x, y in res.side_by_side:
-        for row, top_list in ((x, res.top_a), (y, res.top_b)):
+        for row, top_list, vals in ((x, res.top_a, res.top_a_scores), (y, res.top_b, res.top_b_scores)):
             a, b, p = top_list[r]
-            assert row == (res.strings[a], res.strings[b], p)
+            assert row == (res.strings[a], res.strings[b], p, vals[r])
     d = res.to_dict()
     assert [row["rank"] for row in d["side_by_side"]] == list(range(0, top, step))
     assert all(row["a"] == list(x) for row, (_, x, _) in zip(d["side_by_side"], res.side_by_side) if x)
+
+
+@pytest.mark.parametrize("score", ["logit", "zlogit", "pmi"])
+def test_top_lists_by_score_match_brute_force(model_a, model_b, score):
+    """Each side's top list by a score, the listed values and exact ranks, from full V × V rows."""
+    from jetex.apps.tables import path_logits, path_logq
+    from jetex.ngrams.scores import score_matrix
+
+    res = diff_bigrams(model_a, model_b, top=40, k=10, step=10, score=score)
+    assert res.score == score
+    for top, vals, model in ((res.top_a, res.top_a_scores, model_a), (res.top_b, res.top_b_scores, model_b)):
+        V = model.vocab_size
+        ids = torch.arange(V)
+        lq = path_logq(model, "direct") if score == "pmi" else None
+        S = score_matrix(score, path_logits(model, "direct", ids), ids, exclude_self=True, logq=lq)
+        oracle = _global_order(S)
+        assert vals == pytest.approx([v for _, _, v in oracle[:40]], abs=1e-4)
+        lp = full_logprobs(model)
+        assert all(p == pytest.approx(float(lp[a, b].exp()), abs=1e-5) for a, b, p in top)
+        rank = {(a, b): i + 1 for i, (a, b, _) in enumerate(oracle)}
+        for d in res.entered + res.left + res.gained + res.lost:
+            side_rank, exact = (d.rank_a, d.rank_a_exact) if model is model_a else (d.rank_b, d.rank_b_exact)
+            if exact:
+                assert side_rank == rank[(d.a, d.b)]

@@ -31,7 +31,7 @@ def test_hit_ratio_and_masses_match_brute_force(series):
 
     tok = series[0].tokenizer
     uni = unigram_probs(tok, TEXT, series[0].vocab_size)
-    res = bigram_dynamics(series, top=40, k=40, unigram=uni, corpus_text=TEXT)
+    res = bigram_dynamics(series, top=40, k=40, unigram=uni, corpus_text=TEXT, score="logprob")
     tops = []
     for m in series:
         lp = full_logprobs(m)

@@ -16,6 +16,7 @@ from dbdump import dump
 
 from jetex.errors import StoreError
 from jetex.ngrams import NgramStore, bigram_table, extract_ngrams, parse_path, top_trigrams
+from jetex.ngrams.scores import DEFAULT_SCORE
 from jetex.ngrams.store import SCHEMA_VERSION
 
 PATHS = ["direct", "mlp:1", "attn:0.2"]
@@ -29,7 +30,8 @@ def test_store_contents_match_the_engine(tiny_llama, tmp_path):
     res = extract_ngrams(tiny_llama, PATHS, db=db, **KW)
     assert [r.status for r in res] == ["done"] * 3 and [r.kind for r in res] == ["bigram", "bigram", "trigram"]
     (mlp,) = parse_path(tiny_llama, "mlp:1")
-    t = bigram_table(tiny_llama, mlp, top_k=4, global_top=30, batch_size=8)
+    # extraction defaults: self-transitions excluded, rows ranked by the default score
+    t = bigram_table(tiny_llama, mlp, top_k=4, global_top=30, batch_size=8, exclude_self=True, score=DEFAULT_SCORE)
     with NgramStore(db, read_only=True) as s:
         assert s.meta["model_fingerprint"] == tiny_llama.fingerprint()
         assert s.meta["tokenizer_fingerprint"] == tiny_llama.tokenizer_fingerprint()
@@ -111,15 +113,17 @@ def test_interrupted_run_resumes_to_identical_tables(tiny_llama, tmp_path, monke
 def test_injected_disk_full_keeps_committed_batches(tiny_llama, tmp_path, monkeypatch):
     db = tmp_path / "n.duckdb"
     with monkeypatch.context() as mp:
-        _fail_after(mp, "_insert", 7, OSError(28, "No space left on device"))
+        _fail_after(mp, "_insert", 10, OSError(28, "No space left on device"))
         with pytest.raises(StoreError, match="the disk is full; what was committed before is kept") as e:
             extract_ngrams(tiny_llama, ["direct"], db=db, **KW)
         assert "\n" not in str(e.value)
     with NgramStore(db, read_only=True) as s:
-        # 3 inserts per batch: batches 0 and 1 committed, batch 2 rolled back whole
+        # 4 inserts per batch (ngrams, input_stats, top_pairs, column_parts): batches 0 and 1
+        # committed, batch 2 rolled back whole
         assert s.done_batches(1) == {0, 1}
         assert s._q("SELECT count(*) FROM ngrams")[0][0] == 2 * 8 * 4
         assert s._q("SELECT count(*) FROM input_stats")[0][0] == 16
+        assert s._q("SELECT count(DISTINCT batch) FROM column_parts")[0][0] == 2
     ref = tmp_path / "ref.duckdb"
     extract_ngrams(tiny_llama, ["direct"], db=ref, **KW)
     extract_ngrams(tiny_llama, ["direct"], db=db, **KW)

@@ -5,7 +5,10 @@ otherwise) and one bigram path p (default ``direct``), every checkpoint's bigram
 evaluated over the whole vocabulary (:mod:`jetex.apps.tables`; self-transitions excluded and
 renormalised by default) and compared:
 
-- **top bigrams** (Table 4): the global top-``n_show`` (a, b) by P_c(b | a) per checkpoint;
+- **top bigrams** (Table 4): the global top-``n_show`` (a, b) per checkpoint, ranked by a
+  score of (a, b) (``score``, :mod:`jetex.ngrams.scores`; default: the measured default
+  :data:`~jetex.ngrams.scores.DEFAULT_SCORE`; ``logprob`` ranks by P_c(b | a)); every top-N
+  list below is by that score;
 - **hit ratio** (Fig. 4a): with G the last checkpoint's global top-N (N = ``top``, 1000 by
   default) and S_c checkpoint c's, hit(c) = |S_c ∩ G| / |G| (so hit(c_T) = 1);
 - **pseudo-joint mass** (Fig. 4b): with p(a) the unigram frequency of token a in a corpus
@@ -67,6 +70,7 @@ class DynamicsResult:
     trajectories: dict[str, list[float]]
     losses: list[float] | None = None
     model_names: list[str] = field(default_factory=list)
+    score: str = "logprob"
 
     def __post_init__(self) -> None:
         T = len(self.labels)
@@ -147,7 +151,8 @@ def pair_logprobs(
 @dataclass
 class CheckpointSummary:
     """What the dynamics need from one checkpoint's full bigram table (the expensive part):
-    its global top-N ``top`` (a, b, log P(b|a)) and whether that list is ``exact``, and
+    its global top-N ``top`` (a, b, log P(b|a)) by ``score`` (``top_scores``: the score values)
+    and whether that list is ``exact``, and
     log P(b|a) of the corpus bigrams (``corpus_logprobs``, or None). ``signature``,
     ``tokenizer_fp`` and ``fingerprint`` identify what was evaluated. Small enough to send
     back from a Ray worker (no table, no model)."""
@@ -159,6 +164,8 @@ class CheckpointSummary:
     top: list[tuple[int, int, float]]
     exact: bool
     corpus_logprobs: Float[Tensor, "n"] | None = None
+    score: str = "logprob"
+    top_scores: list[float] = field(default_factory=list)
 
 
 def checkpoint_summary(
@@ -170,15 +177,21 @@ def checkpoint_summary(
     exclude_self: bool = True,
     order: int = 0,
     corpus_pairs: Sequence[tuple[int, int]] | None = None,
+    score: str | None = None,
 ) -> CheckpointSummary:
     """One checkpoint's part of :func:`bigram_dynamics`: the table of ``path`` over the whole
     vocabulary, read as a global top-``top``, plus the corpus bigrams' log-probabilities.
     Local and Ray runs both call this, so they compute the same numbers."""
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+
+    sc = check_score(DEFAULT_SCORE if score is None else score)
     k = min(k, model.vocab_size - int(exclude_self))
-    g, ex = topk_table(model, path, k, exclude_self=exclude_self, order=order).global_top(top)
+    tbl = topk_table(model, path, k, exclude_self=exclude_self, order=order, score=sc)
+    g, ex = tbl.global_top(top)
+    lps = [tbl.lookup(a, b) for a, b, _ in g]
     corpus = pair_logprobs(model, path, corpus_pairs, exclude_self, order) if corpus_pairs else None
     return CheckpointSummary(model.name, _arch_signature(model), model.tokenizer_fingerprint(), model.fingerprint(),
-                             g, ex, corpus)
+                             [(a, b, float(lp)) for (a, b, _), lp in zip(g, lps)], ex, corpus, sc, [v for _, _, v in g])
 
 
 def _check_args(T: int, labels, steps, losses, top: int) -> None:
@@ -289,6 +302,7 @@ def _assemble(
         trajectories=trajectories,
         losses=list(losses) if losses is not None else None,
         model_names=[s.name for s in summaries],
+        score=summaries[0].score if summaries else "logprob",
     )
 
 
@@ -307,6 +321,7 @@ def bigram_dynamics(
     losses: Sequence[float] | None = None,
     exclude_self: bool = True,
     order: int = 0,
+    score: str | None = None,
 ) -> DynamicsResult:
     """Bigram dynamics of the checkpoints ``models`` (module doc).
 
@@ -319,8 +334,8 @@ def bigram_dynamics(
     check_series(models)
     _check_args(len(models), labels, steps, losses, top)
     cpairs = _corpus_pairs(models[-1], unigram, corpus_text, top, exclude_self)
-    summaries = [checkpoint_summary(m, path, top=top, k=k, exclude_self=exclude_self, order=order, corpus_pairs=cpairs)
-                 for m in models]
+    summaries = [checkpoint_summary(m, path, top=top, k=k, exclude_self=exclude_self, order=order, corpus_pairs=cpairs,
+                                    score=score) for m in models]
 
     def pair_values(pairs: list[tuple[int, int]]) -> Tensor:
         return torch.stack([pair_logprobs(m, path, pairs, exclude_self, order) for m in models])
@@ -345,6 +360,7 @@ def bigram_dynamics_ray(
     losses: Sequence[float] | None = None,
     exclude_self: bool = True,
     order: int = 0,
+    score: str | None = None,
     granularity: str = "sublayer",
     address: str | None = None,
     workers: int | None = None,
@@ -377,8 +393,10 @@ def bigram_dynamics_ray(
         reference = load(sources[-1], granularity=granularity)
     bigram_path(reference, path)  # an unknown path fails here, before Ray starts
     cpairs = _corpus_pairs(reference, unigram, corpus_text, top, exclude_self)
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+
     backend = CheckpointBackend(sources, reference, path=path, top=top, k=k, exclude_self=exclude_self, order=order,
-                                granularity=granularity, address=address, workers=workers,
+                                score=check_score(DEFAULT_SCORE if score is None else score), granularity=granularity, address=address, workers=workers,
                                 cpus_per_worker=cpus_per_worker,
                                 retries=DEFAULT_RETRIES if retries is None else retries, progress=progress)
     with backend:
@@ -394,7 +412,8 @@ def _md_token(s: str) -> str:
 
 def dynamics_markdown(res: DynamicsResult) -> str:
     """Table 4 (top bigrams per checkpoint) and the per-checkpoint numbers, as Markdown."""
-    lines = [f"Top-{len(res.top[0]) if res.top else 0} `{res.path}` bigrams per checkpoint (Table 4 style; a→b):", ""]
+    lines = [f"Top-{len(res.top[0]) if res.top else 0} `{res.path}` bigrams per checkpoint by {res.score} "
+             "(Table 4 style; a→b P(b|a)):", ""]
     lines.append("| rank | " + " | ".join(res.labels) + " |")
     lines.append("|---:|" + "---|" * len(res.labels))
     n = max((len(t) for t in res.top), default=0)

@@ -27,6 +27,10 @@ the tied-embedding ``direct`` path gives much of that mass to "the same word aga
 form". ``index_cross`` is the same mean with those pairs left out of the inner sum: pairs
 (a, b) whose texts are equal after stripping spaces and lower-casing.
 
+**Listed pairs.** The largest keyword bigrams listed with the index (``top_pairs``) are
+ranked by a score of (a, b) (``score``, :mod:`jetex.ngrams.scores`; default: the measured
+default); the index itself is always the probability mass above.
+
 **Baseline.** The same statistic for random token sets of the same size (uniform over the
 non-special vocabulary, ``n_baseline`` draws with a fixed seed) gives the chance level for
 that model; ``ratio`` = index / mean baseline. Vocabularies differ between models, so T,
@@ -45,7 +49,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from jetex.apps.tables import bigram_path, row_logprobs
+from jetex.apps.tables import bigram_path, path_logq, row_logprobs, row_scores
 from jetex.errors import InputError
 from jetex.models.base import ResidualModel
 
@@ -128,6 +132,8 @@ class IndexResult:
     kept: dict[str, list[int]]
     top_pairs: list[tuple[str, str, float]]
     per_token: list[tuple[str, float]] = field(default_factory=list)
+    score: str = "logprob"
+    top_pair_scores: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.index <= 1.0 + 1e-6:
@@ -180,6 +186,7 @@ def knowledge_index(
     n_baseline: int = 3,
     seed: int = 0,
     n_top: int = 20,
+    score: str | None = None,
 ) -> IndexResult:
     """The keyword index of ``model`` on ``path`` (module doc). Keywords come from ``keywords``
     or ``keywords_file`` (default: the shipped toxic list). Raises :class:`InputError` when no
@@ -208,14 +215,21 @@ def knowledge_index(
     index_cross = float(M.masked_fill(same, 0.0).sum()) / n
     # contributions
     strings = dict(zip(kt.ids.tolist(), model.token_strings(kt.ids)))
-    flat = M.flatten()
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+
+    sc = check_score(DEFAULT_SCORE if score is None else score)
+    logq = path_logq(model, path, order=order, exclude_self=exclude_self) if sc == "pmi" else None
+    S = torch.cat([row_scores(model, path, kt.ids[i : i + 256], sc, order=order, exclude_self=exclude_self, logq=logq)[0]
+                   [:, kt.ids].double() for i in range(0, n, 256)])
+    S = S.masked_fill(M <= 0, float("-inf"))  # self pairs (excluded) and pairs of no mass are not listed
+    flat = S.flatten()
     k = min(n_top, flat.numel())
-    vals, pos = torch.topk(flat, k)
-    top_pairs = [
-        (strings[int(kt.ids[p // n])], strings[int(kt.ids[p % n])], float(v))
-        for v, p in zip(vals.tolist(), pos.tolist())
-        if v > 0
-    ]
+    svals, pos = torch.sort(flat, descending=True, stable=True)
+    top_pairs, top_scores = [], []
+    for v, p in zip(svals[:k].tolist(), pos[:k].tolist()):
+        if v > float("-inf"):
+            top_pairs.append((strings[int(kt.ids[p // n])], strings[int(kt.ids[p % n])], float(M.flatten()[p])))
+            top_scores.append(float(v))
     row_mass = M.sum(1)
     order_rows = torch.argsort(row_mass, descending=True)[:n_top]
     per_token = [(strings[int(kt.ids[i])], float(row_mass[i])) for i in order_rows.tolist()]
@@ -248,6 +262,8 @@ def knowledge_index(
         kept=kt.kept,
         top_pairs=top_pairs,
         per_token=per_token,
+        score=sc,
+        top_pair_scores=top_scores,
     )
 
 

@@ -6,7 +6,8 @@ evaluated over the input vocabulary (all tokens, or ids below ``limit_vocab``) n
 ``direct`` path (η → υ); self-transitions are excluded and renormalised (the jetex
 convention). Per MLP:
 
-- ``top``: its global top bigrams by P_mlp(b | a);
+- ``top``: its global top bigrams by a score of (a, b) on ``mlp:N`` (``score``,
+  :mod:`jetex.ngrams.scores`; default: the measured default; ``logprob``: by P_mlp(b | a));
 - ``added`` — what the MLP adds: among the MLP path's most probable output per input token
   (its argmax b*(a)), the pairs with the largest Δ = log P_mlp(b* | a) − log P_direct(b* | a),
   restricted to P_mlp(b* | a) ≥ ``min_prob``. The direct log-probabilities come from the
@@ -42,7 +43,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from jetex.apps.ablation import AblationResult, Component, ablation_study, paragraphs, tokenize_docs
-from jetex.apps.tables import bigram_path, default_batch, mask_self, row_topk
+from jetex.apps.tables import bigram_path, default_batch, row_topk
 from jetex.errors import InputError
 from jetex.models.base import ResidualModel
 
@@ -143,8 +144,14 @@ def mlp_bigrams(
     n_top: int = 20,
     min_prob: float = 0.05,
     batch_size: int | None = None,
+    score: str | None = None,
 ) -> tuple[list[tuple[int, int, float, float]], list[tuple[int, int, float, float]]]:
-    """(top, added) bigrams (a, b, log P_mlp, log P_direct) of the MLP of ``layer`` (module doc)."""
+    """(top, added) bigrams (a, b, log P_mlp, log P_direct) of the MLP of ``layer`` (module doc);
+    ``top`` is ranked by ``score``."""
+    from jetex.ngrams.engine import column_logq
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_rows
+
+    sc = check_score(DEFAULT_SCORE if score is None else score)
     V = model.vocab_size
     n_in = V if limit_vocab is None else min(V, limit_vocab)
     rows = torch.arange(n_in)
@@ -157,19 +164,22 @@ def mlp_bigrams(
     top_v: list[Tensor] = []
     top_a: list[Tensor] = []
     top_b: list[Tensor] = []
+    top_lp: list[Tensor] = []
     arg_b, arg_lp = [], []
+    logq = column_logq(model, p, exclude_self=True, limit_vocab=n_in).cpu() if sc == "pmi" else None
     with torch.no_grad():
         for s in range(0, n_in, bs):
             ids = rows[s : s + bs]
-            lp = torch.log_softmax(p.logits(model, ids.to(model.device), 0).float().cpu(), dim=-1)
-            lp = mask_self(lp, ids)
-            v, i = row_topk(lp, min(n_top, V - 1))
+            sv, lp = score_rows(sc, p.logits(model, ids.to(model.device), 0).float().cpu(), ids, exclude_self=True, logq=logq)
+            v, i = row_topk(sv, min(n_top, V - 1))
             top_v.append(v.flatten())
             top_a.append(ids.repeat_interleave(v.shape[1]))
             top_b.append(i.flatten())
-            arg_b.append(i[:, 0])
-            arg_lp.append(v[:, 0])
-    tv, ta, tb = torch.cat(top_v), torch.cat(top_a), torch.cat(top_b)
+            top_lp.append(lp.gather(1, i).flatten())
+            lv, li = row_topk(lp, 1)
+            arg_b.append(li[:, 0])
+            arg_lp.append(lv[:, 0])
+    tv, ta, tb, tl = torch.cat(top_v), torch.cat(top_a), torch.cat(top_b), torch.cat(top_lp)
     order = torch.sort(tv, descending=True, stable=True).indices[:n_top]
     b_star, lp_star = torch.cat(arg_b), torch.cat(arg_lp)
 
@@ -180,7 +190,7 @@ def mlp_bigrams(
         return z - lse_dir[a]
 
     top = [(int(a), int(b), float(v), float(d))
-           for a, b, v, d in zip(ta[order], tb[order], tv[order], direct_lp(ta[order], tb[order]))]
+           for a, b, v, d in zip(ta[order], tb[order], tl[order], direct_lp(ta[order], tb[order]))]
     d_star = direct_lp(rows, b_star)
     gain = lp_star - d_star
     if min_prob > 0:
@@ -267,6 +277,7 @@ def mlp_roles(
     n_label: int = 50,
     min_prob: float = 0.05,
     progress: Callable[[str], None] | None = None,
+    score: str | None = None,
 ) -> list[ComponentRole]:
     """Characteristic bigrams and a suggested role of each MLP in ``layers`` (default: all);
     the ablation is attached by :func:`component_roles`."""
@@ -282,7 +293,7 @@ def mlp_roles(
         if progress:
             progress(f"mlp.{n}: characteristic bigrams")
         top, added_long = mlp_bigrams(model, n, direct=direct, limit_vocab=limit_vocab, n_top=max(n_top, n_label),
-                                      min_prob=min_prob)
+                                      min_prob=min_prob, score=score)
         ids = sorted({x for t in top + added_long for x in t[:2]})
         st = dict(zip(ids, model.token_strings(ids)))
         role, evidence = label_role([(st[a], st[b]) for a, b, _, _ in added_long[:n_label]])

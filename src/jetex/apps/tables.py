@@ -20,6 +20,14 @@ is ever held. This module keeps, per input token, the K most probable outputs
   removed and the softmax renormalised over the other V − 1 outputs:
   P(b | a, b ≠ a) = P(b | a) / (1 − P(a | a)).
 
+Scores (:mod:`jetex.ngrams.scores`): every ranking here is by a score of (a, b), ``score``:
+``logprob`` (log P_p(b | a)), ``logit`` (the logit centred per input row), ``zlogit`` (the
+centred logit over the row's spread) or ``pmi`` (log P_p(b | a) − log q_p(b), q_p the path's
+mean output distribution over all input tokens, :func:`path_logq`: one more pass over the
+vocabulary). The default is :data:`~jetex.ngrams.scores.DEFAULT_SCORE`, chosen by measurement
+(``docs/ngram_scores.md``). :class:`TopKTable` keeps both the score (``values``) and log P
+(``logp``) of its kept entries.
+
 Exactness: the top-N of the whole V×V table is read from the per-row top-K; it is exact
 when no output outside a row's kept K could enter it, i.e. when the N-th value is ≥ the
 largest K-th value over rows (:meth:`TopKTable.global_top` checks and says so). The rank of
@@ -35,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -68,6 +77,38 @@ def path_logits(model: ResidualModel, path: str | Any, ids: Int[Tensor, "b"], or
         return p.logits(model, ids.to(model.device), order).float()
 
 
+def path_logq(
+    model: ResidualModel, path: str | Any, *, order: int = 0, exclude_self: bool = True, batch_size: int | None = None
+) -> Float[Tensor, "v"]:
+    """log q_p(b) ``[V]`` (float64): the path's mean output distribution over every input token,
+    q_p(b) = (1/V) Σ_a P_p(b | a) (self-transitions excluded and renormalised with
+    ``exclude_self``), one streamed pass (:func:`jetex.ngrams.engine.column_logq`)."""
+    from jetex.ngrams.engine import column_logq
+
+    p = bigram_path(model, path) if isinstance(path, str) else path
+    return column_logq(model, p, order=order, exclude_self=exclude_self, batch_size=batch_size).cpu()
+
+
+def row_scores(
+    model: ResidualModel,
+    path: str | Any,
+    ids: Int[Tensor, "b"],
+    score: str | None = None,
+    *,
+    order: int = 0,
+    exclude_self: bool = True,
+    logq: Float[Tensor, "v"] | None = None,
+) -> tuple[Float[Tensor, "b v"], Float[Tensor, "b v"]]:
+    """(score ``[B, V]``, log P_p(· | a) ``[B, V]``) for input tokens ``ids``, on the CPU; an
+    excluded self-transition is −inf in both. ``pmi`` needs ``logq`` (:func:`path_logq`)."""
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_rows
+
+    sc = check_score(DEFAULT_SCORE if score is None else score)
+    ids = ids.reshape(-1).long().cpu()
+    z = path_logits(model, path, ids, order).cpu()
+    return score_rows(sc, z, ids, exclude_self=exclude_self, logq=logq)
+
+
 def row_logprobs(
     model: ResidualModel, path: str | Any, ids: Int[Tensor, "b"], order: int = 0, exclude_self: bool = True
 ) -> Float[Tensor, "b v"]:
@@ -76,6 +117,45 @@ def row_logprobs(
     ids = ids.reshape(-1).long().cpu()
     lp = torch.log_softmax(path_logits(model, path, ids, order), dim=-1).cpu()
     return mask_self(lp, ids) if exclude_self else lp
+
+
+def iter_scores(
+    model: ResidualModel,
+    path: str,
+    rows: Int[Tensor, "n"] | None = None,
+    *,
+    score: str | None = None,
+    order: int = 0,
+    exclude_self: bool = True,
+    logq: Float[Tensor, "v"] | None = None,
+    batch_size: int | None = None,
+    desc: str | None = None,
+) -> Iterator[tuple[Int[Tensor, "b"], Float[Tensor, "b v"], Float[Tensor, "b v"]]]:
+    """Stream (input ids ``[B]``, score ``[B, V]``, log P ``[B, V]``) over ``rows`` (default:
+    the whole vocabulary); self-transitions −inf with ``exclude_self``."""
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_rows
+
+    sc = check_score(DEFAULT_SCORE if score is None else score)
+    V = model.vocab_size
+    p = bigram_path(model, path)
+    if sc == "pmi" and logq is None:
+        raise InputError("score 'pmi' needs the path's mean output distribution (path_logq)")
+    rows = torch.arange(V) if rows is None else rows.reshape(-1).long().cpu()
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= V):
+        raise InputError(f"token ids must be in 0..{V - 1}")
+    bs = batch_size or default_batch(V)
+    bar = _progress(rows.numel(), desc or f"{model.name} {path}")
+    try:
+        for s in range(0, rows.numel(), bs):
+            ids = rows[s : s + bs]
+            z = path_logits(model, p, ids, order).cpu()
+            v, lp = score_rows(sc, z, ids, exclude_self=exclude_self, logq=logq)
+            yield ids, v, lp
+            if bar is not None:
+                bar.update(ids.numel())
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def iter_logprobs(
@@ -139,7 +219,10 @@ class TopKTable:
     Shapes: ``inputs [n]``, ``ids [n, k]``, ``logp [n, k]``. ``vocab_size`` is V (the
     softmax is over all V outputs). Metadata: ``path``, ``model_name``, ``model_fp``,
     ``tokenizer_fp``, ``exclude_self``, ``order``; ``strings`` (optional) maps ids to text;
-    ``known_top`` (optional) is an exact global top list (a, b, log P) from a database.
+    ``known_top`` (optional) is an exact global top list (a, b, score) from a database.
+    ``score`` names the ranking score and ``values [n, k]`` holds it (None: ``logp``, the
+    ``logprob`` score); rows are sorted by it. Ranks, global lists and the exactness floor
+    are all by ``values``.
     """
 
     inputs: Int[Tensor, "n"]
@@ -154,11 +237,17 @@ class TopKTable:
     order: int = 0
     strings: dict[int, str] = field(default_factory=dict, repr=False)
     known_top: list[tuple[int, int, float]] | None = field(default=None, repr=False)
+    score: str = "logprob"
+    values: Float[Tensor, "n k"] | None = None
 
     def __post_init__(self) -> None:
         n = self.inputs.shape[0]
         if self.ids.ndim != 2 or self.ids.shape != self.logp.shape or self.ids.shape[0] != n:
             raise ValueError(f"TopKTable: ids {tuple(self.ids.shape)} and logp {tuple(self.logp.shape)} must be [{n}, k]")
+        if self.values is None:
+            self.values = self.logp
+        if self.values.shape != self.logp.shape:
+            raise ValueError(f"TopKTable: values {tuple(self.values.shape)} must have the shape of logp")
 
     @property
     def k(self) -> int:
@@ -166,16 +255,16 @@ class TopKTable:
 
     @property
     def floor(self) -> float:
-        """The largest K-th kept log-probability over rows: values above it are all kept."""
-        if self.logp.numel() == 0:
+        """The largest K-th kept score over rows: values above it are all kept."""
+        if self.values.numel() == 0:
             return float("-inf")
-        return float(self.logp[:, -1].max())
+        return float(self.values[:, -1].max())
 
     def global_top(self, n: int) -> tuple[list[tuple[int, int, float]], bool]:
-        """The top-``n`` bigrams (a, b, log P(b|a)) of the table and whether that list is exact."""
+        """The top-``n`` bigrams (a, b, score) of the table and whether that list is exact."""
         if self.known_top is not None and len(self.known_top) >= n:
             return list(self.known_top[:n]), True
-        flat = self.logp.flatten()
+        flat = self.values.flatten()
         n_eff = min(n, flat.numel())
         # order by (-logp, a, b): stable sort on logp after sorting by position
         vals, pos = torch.sort(flat, descending=True, stable=True)
@@ -194,27 +283,28 @@ class TopKTable:
         return self.k >= self.vocab_size - int(self.exclude_self) and self.inputs.numel() == self.vocab_size
 
     def sorted_values(self) -> Float[Tensor, "m"]:
-        """All kept log-probabilities, ascending (for ranks)."""
+        """All kept scores, ascending (for ranks)."""
         if not hasattr(self, "_sorted"):
-            v = self.logp.flatten()
+            v = self.values.flatten()
             self._sorted = torch.sort(v[v > float("-inf")]).values
         return self._sorted
 
-    def rank_of(self, logp: float) -> tuple[int, bool]:
-        """1 + the number of kept bigrams more probable than ``logp``, and whether that is exact."""
+    def rank_of(self, value: float) -> tuple[int, bool]:
+        """1 + the number of kept bigrams with a larger score than ``value``, and whether that is exact."""
         s = self.sorted_values()
-        above = int(s.numel() - torch.searchsorted(s, torch.tensor([logp], dtype=s.dtype), right=True))
-        return above + 1, self.complete or logp >= self.floor
+        above = int(s.numel() - torch.searchsorted(s, torch.tensor([value], dtype=s.dtype), right=True))
+        return above + 1, self.complete or value >= self.floor
 
-    def lookup(self, a: int, b: int) -> float | None:
-        """log P(b|a) if (a, b) is kept in the table, else None."""
+    def lookup(self, a: int, b: int, what: str = "logp") -> float | None:
+        """log P(b|a) (``what="value"``: its score) if (a, b) is kept in the table, else None."""
         if not hasattr(self, "_row"):
             self._row = {int(x): i for i, x in enumerate(self.inputs.tolist())}
         i = self._row.get(int(a))
         if i is None:
             return None
         hit = (self.ids[i] == int(b)).nonzero()
-        return float(self.logp[i, int(hit[0, 0])]) if hit.numel() else None
+        src = self.logp if what == "logp" else self.values
+        return float(src[i, int(hit[0, 0])]) if hit.numel() else None
 
     def text(self, token: int) -> str:
         return self.strings.get(int(token), f"<{int(token)}>")
@@ -229,25 +319,33 @@ def topk_table(
     order: int = 0,
     rows: Int[Tensor, "n"] | None = None,
     batch_size: int | None = None,
+    score: str | None = None,
+    logq: Float[Tensor, "v"] | None = None,
 ) -> TopKTable:
-    """The per-input top-``k`` of ``path`` over all input tokens (or ``rows``), streamed."""
+    """The per-input top-``k`` of ``path`` by ``score`` over all input tokens (or ``rows``),
+    streamed (``pmi`` computes the path's mean output distribution first unless ``logq`` is given)."""
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+
+    sc = check_score(DEFAULT_SCORE if score is None else score)
     V = model.vocab_size
     if not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
     if k > V - int(exclude_self):
         raise InputError(f"k = {k} is larger than the vocabulary ({V} tokens)")
-    ins, outs, vals = [], [], []
-    for ids, logp in iter_logprobs(model, path, rows, order=order, batch_size=batch_size):
-        if exclude_self:
-            logp = mask_self(logp, ids)
-        v, i = row_topk(logp, k)
+    if sc == "pmi" and logq is None:
+        logq = path_logq(model, path, order=order, exclude_self=exclude_self)
+    ins, outs, vals, lps = [], [], [], []
+    for ids, v_all, lp_all in iter_scores(model, path, rows, score=sc, order=order, exclude_self=exclude_self, logq=logq,
+                                          batch_size=batch_size):
+        v, i = row_topk(v_all, k)
         ins.append(ids)
         outs.append(i.to(torch.int32))
         vals.append(v)
+        lps.append(lp_all.gather(1, i))
     table = TopKTable(
         inputs=torch.cat(ins),
         ids=torch.cat(outs),
-        logp=torch.cat(vals),
+        logp=torch.cat(lps),
         vocab_size=V,
         path=path,
         model_name=model.name,
@@ -255,6 +353,8 @@ def topk_table(
         tokenizer_fp=model.tokenizer_fingerprint(),
         exclude_self=exclude_self,
         order=order,
+        score=sc,
+        values=torch.cat(vals),
     )
     return table
 
@@ -280,15 +380,21 @@ def check_same_tokenizer(a: ResidualModel | TopKTable, b: ResidualModel | TopKTa
         )
 
 
-def table_from_store(db: str | Path, path: str = "direct", order: int = 0) -> TopKTable:
-    """The per-input top-K of ``path`` read from an n-gram database (:mod:`jetex.ngrams.store`).
+def table_from_store(db: str | Path, path: str = "direct", order: int = 0, score: str | None = None) -> TopKTable:
+    """The per-input top-K of ``path`` read from an n-gram database (:mod:`jetex.ngrams.store`),
+    ranked by ``score`` (default: :data:`~jetex.ngrams.scores.DEFAULT_SCORE`).
 
-    Uses the latest finished bigram run of that path and order over the whole vocabulary;
-    its exact global top-N (``top_pairs``) is kept as :attr:`TopKTable.known_top`.
+    Uses the latest finished bigram run of that path and order over the whole vocabulary,
+    preferring a run ranked by ``score``: its exact global top-N (``top_pairs``) is kept as
+    :attr:`TopKTable.known_top`. A run ranked by another score of the same row order is
+    re-scored from the stored statistics (no model); a store that cannot give ``score`` is
+    refused with one line (:class:`~jetex.errors.StoreError`).
     """
     from jetex.errors import StoreError
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_values
     from jetex.ngrams.store import NgramStore
 
+    sc = check_score(DEFAULT_SCORE if score is None else score)
     with NgramStore(db, read_only=True) as store:
         V = int(store.meta.get("vocab_size", 0))
         runs = [r for r in store.runs(path=path, status="done") if r["kind"] == "bigram" and int(r["order"]) == order]
@@ -298,22 +404,33 @@ def table_from_store(db: str | Path, path: str = "direct", order: int = 0) -> To
             raise InputError(
                 f"{db} has no finished bigram run of path {path!r} at order {order}; it has: {', '.join(done) or 'none'}"
             )
-        run = runs[-1]
+        same = [r for r in runs if store.run_score(r) == sc]
+        run = same[-1] if same else runs[-1]
+        store.check_rescorable(run, sc)
         rid, K = int(run["run_id"]), int(run["top_k"])
         try:
             cols = store.con.execute(
-                "SELECT input_id, output_id, logprob FROM ngrams WHERE run_id = ? ORDER BY input_id, rank", [rid]
+                "SELECT input_id, output_id, logit, logprob FROM ngrams WHERE run_id = ? ORDER BY input_id, rank", [rid]
             ).fetchnumpy()
             top = store.con.execute(
                 "SELECT input_id, output_id, logprob FROM top_pairs WHERE run_id = ? AND rank IS NOT NULL ORDER BY rank",
                 [rid],
-            ).fetchall()
+            ).fetchall() if same else []
+            if same and store._has_column("top_pairs", "score"):
+                top = store.con.execute(
+                    "SELECT input_id, output_id, coalesce(score, logprob) FROM top_pairs WHERE run_id = ? AND rank IS NOT NULL "
+                    "ORDER BY rank", [rid]).fetchall()
             strings = dict(store.con.execute("SELECT token_id, token FROM tokens").fetchall())
         except Exception as e:  # duckdb errors
             raise StoreError(f"cannot read {db}: {' '.join(str(e).split())[:200]}") from None
         n = len(cols["input_id"]) // K
         if n * K != len(cols["input_id"]):
             raise StoreError(f"{db}: run {rid} of {path} is incomplete (rows are not a whole top-{K} per input)")
+        st = store.input_stats(rid)
+        pos = np.searchsorted(st["input_id"], cols["input_id"])
+        lq = store.logq(rid)
+        vals = score_values(sc, cols["logit"], st["lse"][pos], st["mean_logit"][pos], st["std_logit"][pos],
+                            None if lq is None else lq[cols["output_id"]])
         inputs = torch.as_tensor(cols["input_id"].reshape(n, K)[:, 0].astype("int64"))
         return TopKTable(
             inputs=inputs,
@@ -327,5 +444,7 @@ def table_from_store(db: str | Path, path: str = "direct", order: int = 0) -> To
             exclude_self=bool(run["exclude_self"]),
             order=order,
             strings={int(k): str(v) for k, v in strings.items()},
-            known_top=[(int(a), int(b), float(lp)) for a, b, lp in top] or None,
+            known_top=[(int(a), int(b), float(v)) for a, b, v in top] or None,
+            score=sc,
+            values=torch.as_tensor(vals.reshape(n, K).astype("float32")),
         )

@@ -30,6 +30,16 @@ def _ints(spec: str | None, what: str) -> list[int] | None:
     return out
 
 
+SCORE_HELP = ("How bigrams are ranked: logprob (log P(b|a)), logit (logit centred per input), zlogit (centred logit / "
+              "its row's spread), pmi (log P(b|a) − log mean_a' P(b|a')). Default: the measured default (docs/ngram_scores.md).")
+
+
+def _score(score: str | None) -> str:
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+
+    return check_score(DEFAULT_SCORE if score is None else score)
+
+
 def _warn(msg: str) -> None:
     click.echo(f"warning: {msg}", err=True)
 
@@ -80,18 +90,21 @@ def _print_diff(res) -> None:
     from rich.table import Table
 
     con = Console()
+    from jetex.ngrams.scores import score_label
+
     con.print(f"[bold]jet bigram diff[/bold] — path {res.path}: A = {res.name_a}, B = {res.name_b} "
-              f"(tokenizer {res.tokenizer_fp}; ranked by P(b|a){', self-transitions excluded' if res.exclude_self else ''})")
+              f"(tokenizer {res.tokenizer_fp}; ranked by {score_label(res.score)}"
+              f"{', self-transitions excluded' if res.exclude_self else ''})")
     if not (res.top_a_exact and res.top_b_exact):
         con.print(f"[yellow]note: a top-{res.top_n} list is not certified exact; raise --k[/yellow]")
     if res.identical:
         con.print("[green]no difference: the two bigram tables are identical[/green]")
     t = Table(title=f"side by side, every {res.step}th rank of the top {res.top_n} (Table 5)")
-    for c in ("rank", "A", "P_A", "B", "P_B"):
-        t.add_column(c, justify="right" if c in ("rank", "P_A", "P_B") else "left")
+    for c in ("rank", "A", "score A", "P_A", "B", "score B", "P_B"):
+        t.add_column(c, justify="left" if c in ("A", "B") else "right")
     for r, x, y in res.side_by_side:
-        t.add_row(str(r), f"{_show(x[0])} → {_show(x[1])}" if x else "", f"{x[2]:.3f}" if x else "",
-                  f"{_show(y[0])} → {_show(y[1])}" if y else "", f"{y[2]:.3f}" if y else "")
+        t.add_row(str(r), f"{_show(x[0])} → {_show(x[1])}" if x else "", f"{x[3]:.3f}" if x else "", f"{x[2]:.3f}" if x else "",
+                  f"{_show(y[0])} → {_show(y[1])}" if y else "", f"{y[3]:.3f}" if y else "", f"{y[2]:.3f}" if y else "")
     con.print(t)
 
     def moves(title: str, rows: list, n: int = 15) -> None:
@@ -136,7 +149,7 @@ def _print_dynamics(res) -> None:
     from rich.table import Table
 
     con = Console()
-    t = Table(title=f"top {len(res.top[0])} {res.path} bigrams per checkpoint (Table 4)")
+    t = Table(title=f"top {len(res.top[0])} {res.path} bigrams per checkpoint by {res.score} (Table 4)")
     t.add_column("rank", justify="right")
     for lab in res.labels:
         t.add_column(lab)
@@ -214,24 +227,27 @@ def register(group: click.Group) -> None:
     @click.option("--step", type=int, default=50, show_default=True, help="Rank stride of the side-by-side table.")
     @click.option("--changes", type=int, default=20, show_default=True, help="How many changes/moves to list.")
     @click.option("--keep-self", is_flag=True, help="Keep self-transitions (a → a) in the rankings.")
+    @click.option("--score", "score", default=None, help=SCORE_HELP)
     @click.option("--html", "html_out", default=None, help="Also write the diff as an HTML page.")
     @json_option
     @allow_nonfinite_option
-    def diff_cmd(a, b, path, top, k, step, changes, keep_self, html_out, as_json):
+    def diff_cmd(a, b, path, top, k, step, changes, keep_self, score, html_out, as_json):
         """Diff the jet bigrams of two models (names, folders, .gguf) or two n-gram databases (.duckdb)."""
         from jetex.apps.diff import diff_bigrams
 
         if changes < 0:
             raise InputError("--changes must be >= 0")
+        score = _score(score)
         sa, sb = _is_store(a), _is_store(b)
         if sa != sb:
             raise InputError("give two models or two n-gram databases, not one of each")
         if sa:
-            from jetex.apps.tables import table_from_store
+            from jetex.apps.tables import check_same_tokenizer, table_from_store
 
             if keep_self:
                 raise InputError("--keep-self does not apply to databases (their runs fix it)")
-            ta, tb = table_from_store(a, path), table_from_store(b, path)
+            ta, tb = table_from_store(a, path, score=score), table_from_store(b, path, score=score)
+            check_same_tokenizer(ta, tb, "diff")
             if ta.exclude_self != tb.exclude_self:
                 raise InputError(f"the databases differ in self-transition handling (exclude_self {ta.exclude_self} vs {tb.exclude_self})")
             with _timed("diff"):
@@ -239,11 +255,14 @@ def register(group: click.Group) -> None:
         else:
             from jetex.models.load import load
 
+            from jetex.apps.tables import check_same_tokenizer
+
             ma = load(a)
             mb = ma if b == a else load(b)
+            check_same_tokenizer(ma, mb, "diff")
             with _timed("diff"):
                 res = diff_bigrams(ma, mb, path, top=top, k=k, step=step, n_changes=changes, n_moves=changes,
-                                   exclude_self=not keep_self)
+                                   exclude_self=not keep_self, score=score)
         check_result(res.to_dict(), "the bigram diff", APPS_HINT)
         if html_out:
             from jetex.viz.apps import save_diff_html
@@ -264,13 +283,16 @@ def register(group: click.Group) -> None:
     @click.option("--baseline", type=int, default=3, show_default=True, help="Random token sets for the chance level (0: none).")
     @click.option("--keep-self", is_flag=True, help="Count self-transitions a → a (full softmax).")
     @click.option("--show-dropped", is_flag=True, help="List every dropped keyword (default: the first 15).")
+    @click.option("--score", "score", default=None, help=SCORE_HELP + " Ranks the listed keyword bigrams; the index itself "
+                  "is a probability mass.")
     @json_option
     @allow_nonfinite_option
-    def index_cmd(keywords, models, path, baseline, keep_self, show_dropped, as_json):
+    def index_cmd(keywords, models, path, baseline, keep_self, show_dropped, score, as_json):
         """Knowledge index: conditional mass of jet bigrams between keyword tokens (paper Table 3)."""
         from jetex.apps.index import DEFAULT_KEYWORDS, knowledge_index, load_keywords
         from jetex.models.load import load
 
+        score = _score(score)
         words = load_keywords(keywords)
         if baseline < 0:
             raise InputError("--baseline must be >= 0")
@@ -278,7 +300,7 @@ def register(group: click.Group) -> None:
         for name in models:
             m = load(name)
             with _timed(f"index of {m.name}"):
-                r = knowledge_index(m, words, path=path, exclude_self=not keep_self, n_baseline=baseline)
+                r = knowledge_index(m, words, path=path, exclude_self=not keep_self, n_baseline=baseline, score=score)
             r.keywords_file = str(keywords or DEFAULT_KEYWORDS)
             check_result(r.to_dict(), f"the knowledge index of {m.name}", APPS_HINT)
             if r.dropped:
@@ -301,6 +323,7 @@ def register(group: click.Group) -> None:
     @click.option("--bigram", "bigrams", nargs=2, multiple=True, help="Trace this bigram: two tokens, e.g. --bigram ' at' ' least'.")
     @click.option("--png", "png", default=None, help="Write PREFIX_hit.png, PREFIX_mass.png, PREFIX_trajectories.png.")
     @click.option("--keep-self", is_flag=True, help="Keep self-transitions in the rankings.")
+    @click.option("--score", "score", default=None, help=SCORE_HELP)
     @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
                   help="local: this process; ray: each checkpoint loaded and evaluated by a Ray worker (pip install 'jetex[ray]').")
     @address_option
@@ -309,7 +332,7 @@ def register(group: click.Group) -> None:
     @click.option("--retries", type=int, default=3, show_default=True, help="Restarts of a dying Ray worker (and retries of its checkpoint) before stopping.")
     @json_option
     @allow_nonfinite_option
-    def dynamics_cmd(checkpoints, path, corpus, top, show, bigrams, png, keep_self, backend, address, workers,
+    def dynamics_cmd(checkpoints, path, corpus, top, show, bigrams, png, keep_self, score, backend, address, workers,
                      cpus_per_worker, retries, as_json):
         """Training dynamics of jet bigrams over checkpoints of one model (paper Table 4, Fig. 4, Fig. 5)."""
         import re
@@ -319,6 +342,7 @@ def register(group: click.Group) -> None:
 
         if len(checkpoints) < 2:
             raise InputError("dynamics needs at least two checkpoints")
+        score = _score(score)
         if show < 1:
             raise InputError("--show must be >= 1")
         if address is not None and backend != "ray":
@@ -364,7 +388,7 @@ def register(group: click.Group) -> None:
                 pairs.append((ids[0], ids[1]))
         with _timed(f"dynamics of {len(checkpoints)} checkpoints" + (" on Ray" if backend == "ray" else "")):
             common = dict(labels=labels, steps=steps, path=path, top=top, n_show=show, unigram=unigram,
-                          corpus_text=text, bigrams=pairs, exclude_self=not keep_self)
+                          corpus_text=text, bigrams=pairs, exclude_self=not keep_self, score=score)
             if backend == "ray":
                 res = bigram_dynamics_ray(list(checkpoints), reference=models[-1], address=address, workers=workers,
                                           cpus_per_worker=cpus_per_worker, retries=retries,

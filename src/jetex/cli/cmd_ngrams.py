@@ -23,6 +23,17 @@ def _show(s: object) -> str:
     return repr(str(s))[1:-1]
 
 
+SCORE_HELP = ("How bigrams are ranked: logprob (log P(b|a)), logit (logit centred per input), zlogit (centred logit / "
+              "its row's spread), pmi (log P(b|a) − log mean_a' P(b|a')). Default: the measured default, "
+              "see docs/ngram_scores.md.")
+
+
+def _score_default(score: str | None) -> str:
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+
+    return check_score(DEFAULT_SCORE if score is None else score)
+
+
 def _fidelity_line(fid: dict | None) -> str:
     if not fid:
         return "fidelity: not computed"
@@ -39,11 +50,13 @@ def _run_header(run: dict, fid: dict | None) -> str:
     return head
 
 
-def _pick_runs(store, path: str | None, run_id: int | None) -> list[dict]:
+def _pick_runs(store, path: str | None, run_id: int | None, score: str | None = None) -> list[dict]:
     if run_id is not None:
         run = store.run(run_id)
         return [run]
     runs = store.runs(status="done")
+    if score is not None:  # a run ranked by the asked score wins over the latest run of the path
+        runs = sorted(runs, key=lambda r: (store.run_score(r) in (score, "trigram"), r["run_id"]))
     if not runs:
         raise InputError(f"{store.path} has no finished run yet; run `jetex ngrams extract` first")
     if path is not None:
@@ -59,8 +72,8 @@ def _pick_runs(store, path: str | None, run_id: int | None) -> list[dict]:
         runs = sel
     latest: dict[str, dict] = {}
     for r in runs:
-        latest[r["path"]] = r  # runs are ordered by id: keep the latest per path
-    return list(latest.values())
+        latest[r["path"]] = r  # runs are ordered (by score match, then id): keep the best per path
+    return sorted(latest.values(), key=lambda r: r["run_id"])
 
 
 def register(group: click.Group) -> None:
@@ -74,7 +87,9 @@ def register(group: click.Group) -> None:
     @click.option("--top", "top_k", type=int, default=10, show_default=True, help="K: next tokens kept per input token (trigrams: per head).")
     @click.option("--db", required=True, type=click.Path(dir_okay=False), help="DuckDB file to create or extend.")
     @click.option("--order", "-k", type=int, default=0, show_default=True, help="Jet order k of the bigram paths.")
-    @click.option("--exclude-self", is_flag=True, help="Drop the self-transition t → t and renormalise over the other tokens.")
+    @click.option("--exclude-self/--keep-self", "exclude_self", default=True, show_default=True,
+                  help="Drop the self-transition t → t and renormalise over the other tokens (the default), or keep it.")
+    @click.option("--score", "score", default=None, help=SCORE_HELP)
     @click.option("--limit-vocab", type=int, default=None, help="Only input tokens 0..N-1 (trigrams: a, b, c < N), for quick runs.")
     @click.option("--global-top", type=int, default=100, show_default=True, help="N of the global top (input, output) pairs (0: none).")
     @click.option("--batch-size", type=int, default=None, help="Input tokens per batch (default: fits a 192 MiB logits buffer).")
@@ -92,7 +107,7 @@ def register(group: click.Group) -> None:
     @cpus_per_worker_option
     @click.option("--shard-batches", type=int, default=1, show_default=True, help="Engine batches per Ray task.")
     @click.option("--retries", type=int, default=3, show_default=True, help="Restarts of a dying Ray worker (and retries of its shard) before stopping.")
-    def extract(model, as_json, paths, top_k, db, order, exclude_self, limit_vocab, global_top, batch_size,
+    def extract(model, as_json, paths, top_k, db, order, exclude_self, score, limit_vocab, global_top, batch_size,
                 fidelity_sample, redo, quiet, device, dtype, precision_sample, backend, address, workers, cpus_per_worker,
                 shard_batches, retries) -> None:
         """Evaluate n-gram paths on the whole vocabulary and store them (resumable: rerun to continue)."""
@@ -112,6 +127,7 @@ def register(group: click.Group) -> None:
         from jetex.ngrams.device import resolve_device, resolve_dtype
 
         resolve_dtype(dtype)
+        score = _score_default(score)
         if backend == "local":
             resolve_device(device)  # refuse --device cuda without CUDA before loading the model
         else:  # refuse a missing Ray or an unreachable cluster before loading the model
@@ -122,7 +138,7 @@ def register(group: click.Group) -> None:
                 check_address(address)
         m = load(model)
         plist = parse_paths(m, list(paths))
-        res = extract_ngrams(m, plist, db=db, top_k=top_k, order=order, exclude_self=exclude_self,
+        res = extract_ngrams(m, plist, db=db, top_k=top_k, order=order, exclude_self=exclude_self, score=score,
                              limit_vocab=limit_vocab, global_top=global_top, batch_size=batch_size,
                              fidelity_sample=None if fidelity_sample == -1 else fidelity_sample,
                              progress=not (quiet or as_json), redo=redo, device=device, dtype=dtype,
@@ -159,14 +175,21 @@ def register(group: click.Group) -> None:
     @click.option("--token", default=None, help="Show this input token's top next tokens (its string, e.g. ' the', or #ID).")
     @click.option("-n", "n", type=int, default=20, show_default=True, help="Rows per path.")
     @click.option("--run", "run_id", type=int, default=None, help="A run id (default: the latest run of each path).")
-    def top(as_json, db, path, token, n, run_id) -> None:
+    @click.option("--score", "score", default=None, help=SCORE_HELP + " A run ranked by another score of the same row "
+                  "order (logprob, logit, zlogit) is re-scored from the stored statistics; pmi needs its own extraction.")
+    def top(as_json, db, path, token, n, run_id, score) -> None:
         """Show the top bigrams (global, or of one input token) and top trigrams per head."""
         from jetex.ngrams.store import NgramStore
 
         if n < 1:
             raise InputError(f"-n must be a positive integer, got {n}")
+        score = _score_default(score)
+        import numpy as np
+
+        from jetex.ngrams.scores import score_label, score_values
+
         with NgramStore(db, read_only=True) as store:
-            runs = _pick_runs(store, path, run_id)
+            runs = _pick_runs(store, path, run_id, score)
             token_ids: list[tuple[int, str]] = []
             if token is not None:
                 if token.startswith("#") and token[1:].isdigit():
@@ -182,15 +205,26 @@ def register(group: click.Group) -> None:
                     rows = store.ngrams(run["run_id"], n=n)
                     section = "top trigrams (a … b → c)"
                 elif token_ids:
+                    store.check_rescorable(run, score)
                     rows = []
+                    st = store.input_stats(run["run_id"])
+                    lq = store.logq(run["run_id"])
                     for tid, _ in token_ids:
-                        rows += store.ngrams(run["run_id"], input_id=tid, n=n)
+                        got = store.ngrams(run["run_id"], input_id=tid, n=n)
+                        i = int(np.searchsorted(st["input_id"], tid))
+                        for r in got:
+                            r["score"] = float(score_values(score, r["logit"], st["lse"][i], st["mean_logit"][i],
+                                                            st["std_logit"][i], None if lq is None else lq[r["output_id"]]))
+                        rows += got
                     section = "next tokens of " + ", ".join(f"{_show(s)!r} (#{i})" for i, s in token_ids)
                 else:
-                    rows = store.top_pairs(run["run_id"], n)
-                    section = f"global top {n} bigrams by P(next | token)"
+                    rows = store.top_pairs(run["run_id"], n, score=score)
+                    note = "" if not rows or rows[0].get("exact", True) else (
+                        " (re-scored from each input's stored top-K; not certified exact: extract with --score "
+                        f"{score} for the exact list)")
+                    section = f"global top {n} bigrams by {score_label(score)}" + note
                 out.append({"run": {k: (str(v) if k in ("created_at", "finished_at") else v) for k, v in run.items()},
-                            "fidelity": fid, "section": section, "rows": rows})
+                            "fidelity": fid, "section": section, "rows": rows, "score": score if run["kind"] == "bigram" else None})
         if as_json:
             emit_json({"db": str(db), "paths": out})
             return
@@ -209,11 +243,47 @@ def register(group: click.Group) -> None:
                     t.add_row(str(r["rank"]), _show(r["context"]), _show(r["input"]), _show(r["output"]),
                               f"{r['prob']:.3g}", f"{r['attn_prob']:.3f}", f"{r['logit']:.2f}")
             else:
-                for c in ("rank", "token", "next", "P(next|token)", "logit"):
-                    t.add_column(c, justify="right" if c in ("rank", "P(next|token)", "logit") else "left")
+                for c in ("rank", "token", "next", item["score"], "P(next|token)", "logit"):
+                    t.add_column(c, justify="left" if c in ("token", "next") else "right")
                 for r in item["rows"]:
-                    t.add_row(str(r["rank"]), _show(r["input"]), _show(r["output"]), f"{r['prob']:.4f}", f"{r['logit']:.2f}")
+                    t.add_row(str(r["rank"]), _show(r["input"]), _show(r["output"]), f"{r['score']:.4f}", f"{r['prob']:.4f}",
+                              f"{r['logit']:.2f}")
             console.print(t)
+
+    @ngrams.command("rescore")
+    @json_option
+    @click.option("--db", required=True, type=click.Path(dir_okay=False), help="The n-gram DuckDB file.")
+    @click.option("--path", default=None, help="Only this path (default: every bigram path).")
+    @click.option("--score", "score", required=True, help=SCORE_HELP)
+    def rescore(as_json, db, path, score) -> None:
+        """Add runs re-scored under another score from the stored statistics (no model; one transaction per run)."""
+        import time
+
+        from jetex.ngrams.scores import check_score
+        from jetex.ngrams.store import NgramStore
+
+        score = check_score(score)
+        with NgramStore(db, read_only=True) as store:
+            runs = [r for r in _pick_runs(store, path, None) if r["kind"] == "bigram"]
+            if not runs:
+                raise InputError(f"{db} has no finished bigram run" + (f" of path {path!r}" if path else ""))
+            for r in runs:
+                store.check_rescorable(r, score)  # refuse before writing anything
+            ids = [r["run_id"] for r in runs]
+        out = []
+        with NgramStore(db, model=None, read_only=False, check_model=False) as store:
+            for rid in ids:
+                t0 = time.perf_counter()
+                new = store.rescore_run(rid, score)
+                stats = json.loads(new["stats"] or "{}")
+                out.append({"from_run": rid, "run": new["run_id"], "path": new["path"], "score": score,
+                            "top_exact": stats.get("top_exact", True), "seconds": time.perf_counter() - t0})
+        if as_json:
+            emit_json({"db": str(db), "runs": out})
+        else:
+            for o in out:
+                click.echo(f"{o['path']}: run {o['from_run']} re-scored by {score} as run {o['run']} in {o['seconds']:.2f} s"
+                           + ("" if o["top_exact"] else " (global top not certified exact)"))
 
     @ngrams.command("export")
     @json_option

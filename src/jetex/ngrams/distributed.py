@@ -156,6 +156,7 @@ class ShardTask:
     limit_vocab: int | None = None
     global_top: int = 0
     seen: Any = None  # GlobalCandidates committed so far (bigrams), for the θ bound
+    score: str = "logprob"
 
     def __post_init__(self) -> None:
         if self.kind not in ("bigram", "trigram"):
@@ -214,7 +215,7 @@ class ShardWorker:
         if task.kind == "bigram":
             it = iter_bigram_batches(self.model, p, top_k=task.top_k, order=task.order, exclude_self=task.exclude_self,
                                      limit_vocab=task.limit_vocab, batch_size=task.batch_size,
-                                     global_top=task.global_top, skip=skip, seen=task.seen)
+                                     global_top=task.global_top, skip=skip, seen=task.seen, score=task.score)
         else:
             it = iter_trigram_chunks(self.model, p, top_k=task.top_k, limit_vocab=task.limit_vocab,
                                      chunk_size=task.batch_size, skip=skip)
@@ -482,7 +483,7 @@ class RayBackend:
         return out
 
     def run_path(self, store: Any, run: dict, path: Any, *, kind: str, top_k: int, order: int, exclude_self: bool,
-                 limit_vocab: int | None, global_top: int, done: set[int]) -> None:
+                 limit_vocab: int | None, global_top: int, done: set[int], score: str = "logprob") -> None:
         """Compute every batch of ``run`` not in ``done`` on the workers and commit each one."""
         todo = collections.deque(self.shards(int(run["n_batches"]), done))
         if not todo:
@@ -501,7 +502,7 @@ class RayBackend:
         def submit(actor: Any, item: tuple[int, tuple[int, ...]]) -> Any:
             shard, batches = item
             task = ShardTask(shard, kind, path.name, batches, nb, B, top_k, order, exclude_self, limit_vocab,
-                             global_top, best if best is not None and len(best) else None)
+                             global_top, best if best is not None and len(best) else None, score)
             return actor.run_shard.remote(task)
 
         def commit(item: tuple[int, tuple[int, ...]], ai: int, results: list) -> None:
@@ -566,6 +567,7 @@ class CheckpointTask:
     pairs: tuple[tuple[int, int], ...] | None = None
     expect: tuple[str, tuple, str] | None = None
     fingerprint: str | None = None
+    score: str = "logprob"
 
     def __post_init__(self) -> None:
         if self.kind not in ("summary", "pairs"):
@@ -621,7 +623,8 @@ class CheckpointWorker:
             self.fault.strike(task.index)  # killed with the checkpoint loaded, before its sweep
         if task.kind == "summary":
             return checkpoint_summary(m, task.path, top=task.top, k=task.k, exclude_self=task.exclude_self,
-                                      order=task.order, corpus_pairs=list(task.pairs) if task.pairs else None)
+                                      order=task.order, corpus_pairs=list(task.pairs) if task.pairs else None,
+                                      score=task.score)
         return pair_logprobs(m, task.path, list(task.pairs or ()), task.exclude_self, task.order)
 
 
@@ -640,13 +643,15 @@ class CheckpointBackend(RayBackend):
     """
 
     def __init__(self, sources: Sequence[str], reference: Any, *, path: str = "direct", top: int = 1000, k: int = 128,
-                 exclude_self: bool = True, order: int = 0, granularity: str = "sublayer", **backend: Any) -> None:
+                 exclude_self: bool = True, order: int = 0, granularity: str = "sublayer", score: str = "logprob",
+                 **backend: Any) -> None:
         self.sources = [str(s) for s in sources]
         if len(self.sources) < 1 or any(not s for s in self.sources):
             raise ClusterError("the Ray backend needs each checkpoint's name or path")
         self.reference = reference
         self.path, self.top, self.k = path, top, k
         self.exclude_self, self.order, self.granularity = exclude_self, order, granularity
+        self.score = score
         self._ran_on: dict[int, list[int]] = {}  # actor → checkpoints it ran in the last pass
         self.fingerprints: list[str] | None = None
         spec = LoadSpec(self.sources[-1], granularity, "float32", "cpu")
@@ -698,7 +703,7 @@ class CheckpointBackend(RayBackend):
         ref_fp = self.reference.fingerprint()
         cp = tuple(corpus_pairs) if corpus_pairs else None
         tasks = [CheckpointTask(i, s, "summary", self.path, self.top, self.k, self.exclude_self, self.order, cp, expect,
-                                ref_fp if i == T - 1 else None) for i, s in enumerate(self.sources)]
+                                ref_fp if i == T - 1 else None, self.score) for i, s in enumerate(self.sources)]
         self._ran_on = {}
         res = self._run(tasks)
         self.fingerprints = [res[i].fingerprint for i in range(T)]

@@ -47,16 +47,20 @@ DEFAULT_BUFFER_BYTES = 192 << 20
 # ---------------------------------------------------------------------------------------
 @dataclass
 class GlobalCandidates:
-    """Pairs (input t, output c) ranked by log P(c|t): ``[n]`` arrays, best first."""
+    """Pairs (input t, output c) ranked by their score (``scores``; log P(c|t) when not given):
+    ``[n]`` arrays, best first."""
 
     input_ids: np.ndarray
     output_ids: np.ndarray
     logits: np.ndarray
     logprobs: np.ndarray
+    scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.scores is None:
+            self.scores = self.logprobs
         n = len(self.input_ids)
-        for f in ("output_ids", "logits", "logprobs"):
+        for f in ("output_ids", "logits", "logprobs", "scores"):
             if getattr(self, f).shape != (n,):
                 raise ValueError(f"GlobalCandidates.{f} must have shape [{n}]")
 
@@ -66,17 +70,17 @@ class GlobalCandidates:
     @staticmethod
     def empty() -> "GlobalCandidates":
         z = np.zeros(0, dtype=np.float32)
-        return GlobalCandidates(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), z, z.copy())
+        return GlobalCandidates(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), z, z.copy(), z.copy())
 
     def merged(self, other: "GlobalCandidates", n: int) -> "GlobalCandidates":
-        """The best n of both, in the deterministic order (logprob desc, input, output)."""
-        cat = [np.concatenate([getattr(self, f), getattr(other, f)]) for f in ("input_ids", "output_ids", "logits", "logprobs")]
-        o = np.lexsort((cat[1], cat[0], -cat[3].astype(np.float64)))[:n]
+        """The best n of both, in the deterministic order (score desc, input, output)."""
+        cat = [np.concatenate([getattr(self, f), getattr(other, f)]) for f in ("input_ids", "output_ids", "logits", "logprobs", "scores")]
+        o = np.lexsort((cat[1], cat[0], -cat[4].astype(np.float64)))[:n]
         return GlobalCandidates(*(c[o] for c in cat))
 
     def threshold(self, n: int) -> float:
-        """The n-th best log-probability so far (−inf with fewer than n)."""
-        return float(self.logprobs[n - 1]) if len(self) >= n else float("-inf")
+        """The n-th best score so far (−inf with fewer than n)."""
+        return float(self.scores[n - 1]) if len(self) >= n else float("-inf")
 
 
 @dataclass
@@ -85,7 +89,11 @@ class BigramBatch:
 
     ``top_ids / top_logits / top_logprobs [B, K]`` (best first), ``lse [B]`` (log-sum-exp of
     the ranking softmax), ``self_logit / self_logprob [B]`` (c = t in the full softmax),
-    ``self_top1 [B]`` (t is the full argmax), ``candidates`` for the global top-N.
+    ``self_top1 [B]`` (t is the full argmax), ``candidates`` for the global top-N;
+    ``mean_logit / std_logit [B]`` (μ, σ of the row over its candidates,
+    :mod:`jetex.ngrams.scores`), ``col_lse [V]`` (log Σ_{t in batch} P(c | t), for the mean
+    output distribution; None when not accumulated), ``top_scores [B, K]`` (the run's score of
+    the top-K; the top-K is ranked by it).
     """
 
     batch_index: int
@@ -98,22 +106,32 @@ class BigramBatch:
     self_logprob: np.ndarray
     self_top1: np.ndarray
     candidates: GlobalCandidates
+    mean_logit: np.ndarray | None = None
+    std_logit: np.ndarray | None = None
+    col_lse: np.ndarray | None = None
+    top_scores: np.ndarray | None = None
+    score: str = "logprob"
 
     def __post_init__(self) -> None:
         B = len(self.input_ids)
         K = self.top_ids.shape[1] if self.top_ids.ndim == 2 else -1
-        for f in ("top_ids", "top_logits", "top_logprobs"):
+        if self.top_scores is None:
+            self.top_scores = self.top_logprobs
+        for f in ("top_ids", "top_logits", "top_logprobs", "top_scores"):
             if getattr(self, f).shape != (B, K):
                 raise ValueError(f"BigramBatch.{f} must have shape [{B}, K]")
-        for f in ("lse", "self_logit", "self_logprob", "self_top1"):
-            if getattr(self, f).shape != (B,):
+        for f in ("lse", "self_logit", "self_logprob", "self_top1", "mean_logit", "std_logit"):
+            v = getattr(self, f)
+            if v is not None and v.shape != (B,):
                 raise ValueError(f"BigramBatch.{f} must have shape [{B}]")
 
 
 @dataclass
 class BigramTable:
     """A whole bigram path in memory: per-input top-K ``[N, K]`` plus per-input stats ``[N]``
-    and the global top-N pairs (see :class:`BigramBatch` for the fields)."""
+    and the global top-N pairs (see :class:`BigramBatch` for the fields). ``score`` ranks the
+    rows and the global top; ``top_scores [N, K]`` are its values; ``logq [V]`` is the log mean
+    output distribution (None when not accumulated)."""
 
     path: str
     order: int
@@ -126,15 +144,23 @@ class BigramTable:
     self_logprob: np.ndarray
     self_top1: np.ndarray
     global_top: GlobalCandidates = field(default_factory=GlobalCandidates.empty)
+    score: str = "logprob"
+    top_scores: np.ndarray | None = None
+    mean_logit: np.ndarray | None = None
+    std_logit: np.ndarray | None = None
+    logq: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         N = len(self.input_ids)
         K = self.top_ids.shape[1]
-        for f in ("top_ids", "top_logits", "top_logprobs"):
+        if self.top_scores is None:
+            self.top_scores = self.top_logprobs
+        for f in ("top_ids", "top_logits", "top_logprobs", "top_scores"):
             if getattr(self, f).shape != (N, K):
                 raise ValueError(f"BigramTable.{f} must have shape [{N}, {K}]")
-        for f in ("lse", "self_logprob", "self_top1"):
-            if getattr(self, f).shape != (N,):
+        for f in ("lse", "self_logprob", "self_top1", "mean_logit", "std_logit"):
+            v = getattr(self, f)
+            if v is not None and v.shape != (N,):
                 raise ValueError(f"BigramTable.{f} must have shape [{N}]")
 
     @property
@@ -228,13 +254,24 @@ def iter_bigram_batches(
     skip: frozenset[int] | set[int] = frozenset(),
     seen: GlobalCandidates | None = None,
     progress: bool = False,
+    score: str = "logprob",
+    logq: Tensor | np.ndarray | None = None,
+    column_stats: bool = True,
 ) -> Iterator[BigramBatch]:
     """Evaluate ``path`` on every input token, batch after batch (see the module docstring).
 
     Batch i covers input ids [i·B, (i+1)·B). Batches in ``skip`` are not computed
     (resuming); ``seen`` holds global candidates already known (from committed batches) so
-    the deep top-N threshold θ starts where it was.
+    the deep top-N threshold θ starts where it was. ``score`` (:mod:`jetex.ngrams.scores`)
+    ranks the per-row top-K and the global candidates; ``pmi`` needs ``logq`` ``[V]``, the
+    path's log mean output distribution (:func:`column_logq`). ``column_stats``: also return
+    each batch's column log-sums (``col_lse``) from which that distribution is assembled.
     """
+    from jetex.ngrams.scores import check_score
+
+    score = check_score(score)
+    if score == "pmi" and logq is None:
+        raise InputError("score 'pmi' needs the path's mean output distribution (log q); compute it first")
     n_out = model.vocab_size - (1 if exclude_self else 0)
     K = check_top_k(top_k, n_out)
     N = input_count(model, limit_vocab)
@@ -262,7 +299,9 @@ def iter_bigram_batches(
             # softmax, top-K and statistics are taken in float32 (a 16-bit log-sum-exp is too coarse)
             half = model.dtype in (torch.float16, torch.bfloat16)
             buf = torch.empty(min(B, N), V, dtype=torch.float32 if half else model.dtype, device=dev)
-            scratch = torch.empty_like(buf) if G > K else None  # keeps z intact for the deeper top-G
+            # scratch keeps z intact for the deeper top-G and the column statistics
+            scratch = torch.empty_like(buf) if (G > K or column_stats or score == "pmi") else None
+            lq = None if logq is None else torch.as_tensor(logq).to(device=dev, dtype=buf.dtype)
             for bi in range(n_batches):
                 if bi in skip:
                     continue
@@ -277,7 +316,8 @@ def iter_bigram_batches(
                 if bias is not None:
                     out.add_(bias)
                 batch = _post(out, ids, bi, K, G, exclude_self, best.threshold(G) if G else float("inf"),
-                              None if scratch is None else scratch[:b])
+                              None if scratch is None else scratch[:b], score=score, logq=lq,
+                              column_stats=column_stats)
                 if G:
                     best = best.merged(batch.candidates, G)
                 yield batch
@@ -297,52 +337,96 @@ def _post(
     exclude_self: bool,
     theta: float,
     scratch: Tensor | None = None,
+    *,
+    score: str = "logprob",
+    logq: Tensor | None = None,
+    column_stats: bool = False,
 ) -> BigramBatch:
-    """Top-K, log-sum-exp, self statistics and global candidates of one batch of logits.
+    """Top-K, log-sum-exp, row and column statistics, self statistics and global candidates of
+    one batch of logits.
 
-    ``theta``: the G-th best log-probability among the pairs of earlier batches (−inf if
-    none). ``scratch`` (shape of z): where exp runs when whole rows are needed (else z is
-    overwritten, which is fine without a deeper global top-G)."""
+    ``theta``: the G-th best score among the pairs of earlier batches (−inf if none).
+    ``scratch`` (shape of z): where exp runs when whole rows are needed (else z is
+    overwritten, which is fine without a deeper global top-G or column statistics).
+
+    Ranking key per row: z itself for logprob / logit / zlogit (each an increasing function
+    of z within a row), z − log q for pmi; the score of an entry is then key − shift(a)
+    (shift = lse, μ; zlogit also divides by σ)."""
+    from jetex.ngrams.scores import FLAT, row_moments, zero_finite
+
     b = z.shape[0]
     rows = torch.arange(b, device=z.device)
     self_logit = z[rows, ids].clone()
+    mean, std = (row_moments(z, self_logit if exclude_self else None) if score != "logprob" or column_stats
+                 else (None, None))
     if exclude_self:
         z[rows, ids] = float("-inf")
     chunks = RowChunks.of(z)
-    vals, idx = stable_topk(z, K, chunks)
-    m = vals[:, :1]
+    zvals, zidx = stable_topk(z, K if score != "pmi" else 1, chunks)
+    m = zvals[:, :1]
     # log-sum-exp (jetex.ngrams.topk.sum_exp: chunks far below the max skipped, exp floored;
     # an excluded self-transition, now −inf, adds at most 1.6e−38 to a sum ≥ 1); z stays intact
     lse = m[:, 0] + torch.log(sum_exp(z, m[:, 0], chunks, out=scratch))
+    if score == "pmi":
+        assert logq is not None and scratch is not None
+        key = torch.sub(z, logq[None, :], out=scratch)  # −inf stays −inf
+        kvals, idx = stable_topk(key, K)
+        vals = z.gather(1, idx)
+    else:
+        key, kvals, idx, vals = z, zvals, zidx, zvals
     logprobs = vals - lse[:, None]
+
+    def to_score(kv: Tensor, r: Tensor | None = None) -> Tensor:
+        """Scores of key values kv [n, k] of rows r (all rows when None)."""
+        sel = (lambda t: t) if r is None else (lambda t: t[r])  # noqa: E731
+        if score in ("logprob", "pmi"):
+            return kv - sel(lse)[:, None]
+        c = kv - sel(mean)[:, None]
+        if score == "logit":
+            return c
+        sd, mu = sel(std)[:, None], sel(mean)[:, None]
+        flat = sd <= FLAT * (1 + mu.abs())  # a constant row prefers nothing: zlogit 0
+        return torch.where(flat, zero_finite(c), c / torch.where(flat, torch.ones_like(sd), sd))
+
+    top_scores = to_score(kvals)
+    col_lse = None
+    if column_stats:
+        from jetex.ngrams.scores import batch_column_lse
+
+        col_lse = batch_column_lse(z, lse, out=scratch).cpu().numpy()
+        if score == "pmi":  # scratch held the key: rebuild it for the deep search below
+            key = torch.sub(z, logq[None, :], out=scratch)  # type: ignore[index]
     # global candidates: every row's top-K, plus a deeper top-G where the row could still reach
-    # the top-G: rows whose K-th log P is at least θ, the G-th best of the pairs seen so far
+    # the top-G: rows whose K-th score is at least θ, the G-th best of the pairs seen so far
     # (earlier batches and this batch's top-K: real pairs, so θ never exceeds the final G-th best)
     deep_rows = deep_vals = deep_idx = None
     if G > K:
-        if logprobs.numel() >= G:
-            theta = max(theta, float(torch.topk(logprobs.reshape(-1), G).values[-1]))
-        deep = (logprobs[:, K - 1] >= theta).nonzero().flatten()
+        if top_scores.numel() >= G:
+            theta = max(theta, float(torch.topk(top_scores.reshape(-1), G).values[-1]))
+        deep = (top_scores[:, K - 1] >= theta).nonzero().flatten()
         if len(deep):
-            dv, di = stable_topk(z[deep], G)  # at most the whole row
+            dv, di = stable_topk(key[deep], G)  # at most the whole row
             deep_rows, deep_vals, deep_idx = deep, dv[:, K:], di[:, K:]
     if exclude_self:
         lse_full = torch.logaddexp(lse, self_logit)
-        self_top1 = (self_logit > vals[:, 0]) | ((self_logit == vals[:, 0]) & (ids < idx[:, 0]))
+        self_top1 = (self_logit > zvals[:, 0]) | ((self_logit == zvals[:, 0]) & (ids < zidx[:, 0]))
     else:
         lse_full = lse
-        self_top1 = idx[:, 0] == ids
+        self_top1 = zidx[:, 0] == ids
     self_logprob = self_logit - lse_full
     cand = GlobalCandidates.empty()
     if G:
-        ci, co, cl, cp = [ids[:, None].expand(b, K)], [idx], [vals], [logprobs]
+        ci, co, cl, cp, cs = [ids[:, None].expand(b, K)], [idx], [vals], [logprobs], [top_scores]
         if deep_rows is not None:
+            dz = z[deep_rows].gather(1, deep_idx)
             ci.append(ids[deep_rows][:, None].expand(-1, deep_vals.shape[1]))
             co.append(deep_idx)
-            cl.append(deep_vals)
-            cp.append(deep_vals - lse[deep_rows][:, None])
-        flat = [torch.cat([t.reshape(-1) for t in xs]).cpu().numpy() for xs in (ci, co, cl, cp)]
-        cand = cand.merged(GlobalCandidates(flat[0].astype(np.int64), flat[1].astype(np.int64), flat[2], flat[3]), G)
+            cl.append(dz)
+            cp.append(dz - lse[deep_rows][:, None])
+            cs.append(to_score(deep_vals, deep_rows))
+        flat = [torch.cat([t.reshape(-1) for t in xs]).cpu().numpy() for xs in (ci, co, cl, cp, cs)]
+        cand = cand.merged(GlobalCandidates(flat[0].astype(np.int64), flat[1].astype(np.int64), flat[2], flat[3],
+                                            flat[4].astype(np.float32)), G)
     np_ = lambda t: t.cpu().numpy()  # noqa: E731
     return BigramBatch(
         batch_index=batch_index,
@@ -355,7 +439,34 @@ def _post(
         self_logprob=np_(self_logprob),
         self_top1=np_(self_top1),
         candidates=cand,
+        mean_logit=None if mean is None else np_(mean),
+        std_logit=None if std is None else np_(std),
+        col_lse=col_lse,
+        top_scores=np_(top_scores).astype(np.float32),
+        score=score,
     )
+
+
+def column_logq(
+    model: ResidualModel,
+    path: BigramPath,
+    *,
+    order: int = 0,
+    exclude_self: bool = False,
+    limit_vocab: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Float[Tensor, "v"]:
+    """log q(c) ``[V]`` (float64): the path's mean output distribution over the input tokens,
+    q(c) = (1/N) Σ_t P(c | t), by one streamed pass (no top-K)."""
+    from jetex.ngrams.scores import ColumnLSE
+
+    acc = ColumnLSE.empty(model.vocab_size)
+    for batch in iter_bigram_batches(model, path, top_k=1, order=order, exclude_self=exclude_self,
+                                     limit_vocab=limit_vocab, batch_size=batch_size, global_top=0, progress=progress,
+                                     column_stats=True):
+        acc.add_partial(batch.col_lse, len(batch.input_ids))
+    return acc.logq()
 
 
 def bigram_table(
@@ -369,14 +480,32 @@ def bigram_table(
     batch_size: int | None = None,
     global_top: int = 100,
     progress: bool = False,
+    score: str = "logprob",
+    logq: Tensor | np.ndarray | None = None,
 ) -> BigramTable:
-    """Evaluate a bigram path on every input token and keep the results in memory."""
+    """Evaluate a bigram path on every input token and keep the results in memory.
+
+    ``score`` ranks the rows and the global top (:mod:`jetex.ngrams.scores`); for ``pmi`` the
+    mean output distribution is computed first by one more pass (unless ``logq`` is given)."""
+    from jetex.ngrams.scores import ColumnLSE, check_score
+
+    score = check_score(score)
+    if score == "pmi" and logq is None:
+        logq = column_logq(model, path, order=order, exclude_self=exclude_self, limit_vocab=limit_vocab,
+                           batch_size=batch_size, progress=progress)
     batches = list(iter_bigram_batches(model, path, top_k=top_k, order=order, exclude_self=exclude_self,
                                        limit_vocab=limit_vocab, batch_size=batch_size, global_top=global_top,
-                                       progress=progress))
+                                       progress=progress, score=score, logq=logq, column_stats=logq is None))
     cat = lambda f: np.concatenate([getattr(x, f) for x in batches])  # noqa: E731
     best = GlobalCandidates.empty()
     for x in batches:
         best = best.merged(x.candidates, global_top)
+    if logq is None:
+        acc = ColumnLSE.empty(model.vocab_size)
+        for x in batches:
+            acc.add_partial(x.col_lse, len(x.input_ids))
+        logq = acc.logq()
     return BigramTable(path.name, order, exclude_self, cat("input_ids"), cat("top_ids"), cat("top_logits"),
-                       cat("top_logprobs"), cat("lse"), cat("self_logprob"), cat("self_top1"), best)
+                       cat("top_logprobs"), cat("lse"), cat("self_logprob"), cat("self_top1"), best, score=score,
+                       top_scores=cat("top_scores"), mean_logit=cat("mean_logit"), std_logit=cat("std_logit"),
+                       logq=np.asarray(torch.as_tensor(logq).double().cpu()))

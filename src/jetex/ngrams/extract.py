@@ -34,7 +34,15 @@ from jetex.finite import check_finite
 from jetex.models.base import ResidualModel
 from jetex.ngrams.device import DEVICES, dtype_name, place_model, precision_report, resolve_device, resolve_dtype
 from jetex.ngrams.distributed import DEFAULT_RETRIES, LoadSpec
-from jetex.ngrams.engine import check_global_top, check_top_k, compute_threads, default_batch_size, input_count, iter_bigram_batches
+from jetex.ngrams.engine import (
+    check_global_top,
+    check_top_k,
+    column_logq,
+    compute_threads,
+    default_batch_size,
+    input_count,
+    iter_bigram_batches,
+)
 from jetex.ngrams.fidelity import path_fidelity
 from jetex.ngrams.paths import BigramPath, NgramPath, TrigramPath, parse_paths
 from jetex.ngrams.store import NgramStore
@@ -72,9 +80,10 @@ def extract_ngrams(
     db: str | Path,
     top_k: int = 10,
     order: int = 0,
-    exclude_self: bool = False,
+    exclude_self: bool = True,
     limit_vocab: int | None = None,
     global_top: int = 100,
+    score: str | None = None,
     batch_size: int | None = None,
     fidelity_sample: int | None = 1024,
     progress: bool = True,
@@ -95,6 +104,12 @@ def extract_ngrams(
     Bigram paths: every input token's top-``top_k`` next tokens, the global top-``global_top``
     pairs, per-input log-sum-exp and self-transition statistics, and (``fidelity_sample`` > 0)
     the path's fidelity to the model on that many evenly spaced inputs (None: all).
+    Bigram rows and the global top are ranked by ``score`` (:mod:`jetex.ngrams.scores`;
+    None: :data:`~jetex.ngrams.scores.DEFAULT_SCORE`); the per-input logit mean / spread and
+    the path's mean output distribution are stored with every bigram run, so the run can be
+    re-scored later (:meth:`~jetex.ngrams.store.NgramStore.rescore_run`). ``pmi`` needs that
+    distribution before ranking: one more pass over the vocabulary. Self-transitions are
+    excluded by default (``exclude_self``).
     Trigram paths (``attn:L.H``): the head's exact top-``top_k`` skip-trigrams (order 0 only).
     ``limit_vocab`` restricts the input tokens (and, for trigrams, a, b and c) to ids below it.
 
@@ -105,6 +120,9 @@ def extract_ngrams(
     loading the model from ``load_spec`` (its name or folder); see
     :mod:`jetex.ngrams.distributed` for ``shard_batches``, ``retries``, ``cpus_per_worker``.
     """
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+
+    score = check_score(DEFAULT_SCORE if score is None else score)
     plist: list[NgramPath] = []
     for item in [paths] if isinstance(paths, str) else list(paths):
         for p in parse_paths(model, [item]) if isinstance(item, str) else [item]:
@@ -128,6 +146,9 @@ def extract_ngrams(
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     if backend not in ("local", "ray"):
         raise InputError(f"unknown backend {backend!r}; use 'local' or 'ray'")
+    if backend == "ray" and score == "pmi" and any(isinstance(p, BigramPath) for p in plist):
+        raise InputError("--score pmi needs a pass for the mean output distribution first, which the Ray backend does not "
+                         "run; extract locally, or extract with another score")
     dt = resolve_dtype(dtype) if dtype is not None else model.dtype
     if backend == "local":
         # no placement asked: evaluate the model as it is (whatever its dtype, e.g. float64 test models)
@@ -167,7 +188,7 @@ def extract_ngrams(
             out.append(_run_path(store, model, p, top_k=top_k, order=order, exclude_self=exclude_self,
                                  limit_vocab=limit_vocab, n_inputs=N, global_top=global_top if not isinstance(p, TrigramPath) else 0,
                                  batch_size=batch_size, progress=progress, redo=redo, compute_model=eval_model,
-                                 extra_options=extra, precision=precision, runner=backend_runner))
+                                 extra_options=extra, precision=precision, runner=backend_runner, score=score))
         bigrams = [(s, p) for s, p in zip(out, plist) if isinstance(p, BigramPath)]
         todo = [(s, p) for s, p in bigrams if store.fidelity(s.run_id) is None]
         if fidelity_sample != 0 and todo:
@@ -185,7 +206,8 @@ def extract_ngrams(
 def _run_path(store: NgramStore, model: ResidualModel, p: NgramPath, *, top_k: int, order: int, exclude_self: bool,
               limit_vocab: int | None, n_inputs: int, global_top: int, batch_size: int | None, progress: bool,
               redo: bool, compute_model: ResidualModel | None = None, extra_options: dict | None = None,
-              precision: Callable[[NgramPath], dict | None] | None = None, runner: Any = None) -> RunSummary:
+              precision: Callable[[NgramPath], dict | None] | None = None, runner: Any = None,
+              score: str = "logprob") -> RunSummary:
     """One path's run. ``model`` is the store's identity; ``compute_model`` (default: ``model``)
     evaluates; ``runner`` (a :class:`~jetex.ngrams.distributed.RayBackend`) computes remotely."""
     kind = "trigram" if isinstance(p, TrigramPath) else "bigram"
@@ -193,7 +215,7 @@ def _run_path(store: NgramStore, model: ResidualModel, p: NgramPath, *, top_k: i
                exclude_self=bool(exclude_self), n_inputs=n_inputs)
     cm = compute_model if compute_model is not None else model
     extra = extra_options or {}
-    run = store.find_run(**key)
+    run = store.find_run(score=score if kind == "bigram" else None, **key)
     if run is not None and redo:
         store.delete_run(run["run_id"])
         run = None
@@ -210,7 +232,7 @@ def _run_path(store: NgramStore, model: ResidualModel, p: NgramPath, *, top_k: i
     if run is None:
         B = batch_size or (trigram_chunk_size(cm) if kind == "trigram" else default_batch_size(cm))
         nb = n_trigram_chunks(cm, limit_vocab, B) if kind == "trigram" else (n_inputs + B - 1) // B
-        options = {"limit_vocab": limit_vocab, "score": "logprob" if kind == "bigram" else "log p(a|b) + log P_OV(c|a)", **extra}
+        options = {"limit_vocab": limit_vocab, "score": score if kind == "bigram" else "log p(a|b) + log P_OV(c|a)", **extra}
         if precision is not None:
             rep = precision(p)
             if rep is not None:
@@ -225,13 +247,21 @@ def _run_path(store: NgramStore, model: ResidualModel, p: NgramPath, *, top_k: i
     t0 = time.perf_counter()
     if runner is not None:
         runner.run_path(store, run, p, kind=kind, top_k=top_k, order=order, exclude_self=exclude_self,
-                        limit_vocab=limit_vocab, global_top=global_top, done=done)
+                        limit_vocab=limit_vocab, global_top=global_top, done=done, score=score)
     elif kind == "bigram":
         assert isinstance(p, BigramPath)
         seen = store.global_candidates(rid) if global_top else None
+        logq = None
+        if score == "pmi":  # the mean output distribution first (one more pass), committed before the ranking pass
+            logq = store.logq(rid)
+            if logq is None:
+                logq = column_logq(cm, p, order=order, exclude_self=exclude_self, limit_vocab=limit_vocab, batch_size=B,
+                                   progress=progress).numpy()
+                store.write_logq(rid, logq)
         for batch in iter_bigram_batches(cm, p, top_k=top_k, order=order, exclude_self=exclude_self,
                                          limit_vocab=limit_vocab, batch_size=B, global_top=global_top, skip=done,
-                                         seen=seen, progress=progress):
+                                         seen=seen, progress=progress, score=score, logq=logq,
+                                         column_stats=logq is None):
             # nothing non-finite is stored: one line instead (before this batch is written)
             check_finite(batch.top_logits, f"the {p.name} order-{order} bigram logits (batch {batch.batch_index})",
                          "the expansion overflows: try a lower --order")

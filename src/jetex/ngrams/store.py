@@ -17,10 +17,24 @@ Schema (version 1):
   ``input`` (t, or b), ``output_id`` / ``output`` (c), ``logit`` (path logit; the OV logit
   for trigrams), ``logprob`` / ``prob`` (log P(c|t); for trigrams log S and S =
   p(a|b)·P_OV(c|a)), ``attn_prob`` (p(a|b), trigrams only), ``rank``.
-- ``input_stats(run_id, input_id, lse, self_logit, self_logprob, self_top1)``: per input
-  token of a bigram run (log-sum-exp of its softmax; the self-transition in the full softmax).
-- ``top_pairs``: the global top-N (input, output) pairs of a bigram run by log P, ``rank``
-  1..N (while a run is unfinished it holds per-batch candidates with NULL rank).
+- ``input_stats(run_id, input_id, lse, self_logit, self_logprob, self_top1, mean_logit,
+  std_logit)``: per input token of a bigram run (log-sum-exp of its softmax; the
+  self-transition in the full softmax; μ and σ of its logits over the candidate outputs).
+- ``output_stats(run_id, output_id, logq)``: log q(c), the path's mean output distribution
+  q(c) = (1/N) Σ_t P(c | t) over the run's inputs (assembled when the run finishes from
+  ``column_parts(run_id, batch, output_id, log_sum)``, each batch's log Σ_{t ∈ batch} P(c|t),
+  committed with the batch).
+- ``top_pairs``: the global top-N (input, output) pairs of a bigram run by its score
+  (``score``; the run's ``options.score``, :mod:`jetex.ngrams.scores`), ``rank`` 1..N (while
+  a run is unfinished it holds per-batch candidates with NULL rank).
+
+Scores (``options.score`` of a run; runs made before scores existed rank by ``logprob``):
+the ngrams rows of a bigram run are each input's top-K by that score. ``logprob``,
+``logit`` and ``zlogit`` rank a row identically, so a run of one of them can be re-scored into
+another without evaluating the model (:meth:`NgramStore.rescore_run`: a new run, written in
+one transaction); ``pmi`` ranks rows differently and needs its own extraction. A store made
+before the statistics existed (no ``mean_logit`` / ``output_stats``) is refused for the scores
+that need them, with a line saying to re-extract.
 - ``fidelity(run_id, path, sample_size, n_inputs, sample_rule, context, mean_kl,
   top1_agreement, top10_agreement)``.
 - ``done_batches(run_id, batch, n_rows, committed_at)``: committed in the same transaction as
@@ -62,9 +76,12 @@ _DDL = [
         input_id INTEGER, input VARCHAR, output_id INTEGER, output VARCHAR, logit REAL, logprob REAL,
         prob REAL, attn_prob REAL, rank INTEGER)""",
     """CREATE TABLE IF NOT EXISTS input_stats (
-        run_id INTEGER, input_id INTEGER, lse REAL, self_logit REAL, self_logprob REAL, self_top1 BOOLEAN)""",
+        run_id INTEGER, input_id INTEGER, lse REAL, self_logit REAL, self_logprob REAL, self_top1 BOOLEAN,
+        mean_logit REAL, std_logit REAL)""",
     """CREATE TABLE IF NOT EXISTS top_pairs (
-        run_id INTEGER, input_id INTEGER, output_id INTEGER, logit REAL, logprob REAL, rank INTEGER)""",
+        run_id INTEGER, input_id INTEGER, output_id INTEGER, logit REAL, logprob REAL, rank INTEGER, score REAL)""",
+    """CREATE TABLE IF NOT EXISTS output_stats (run_id INTEGER, output_id INTEGER, logq DOUBLE)""",
+    """CREATE TABLE IF NOT EXISTS column_parts (run_id INTEGER, batch INTEGER, output_id INTEGER, log_sum DOUBLE)""",
     """CREATE TABLE IF NOT EXISTS fidelity (
         run_id INTEGER PRIMARY KEY, path VARCHAR, sample_size INTEGER, n_inputs INTEGER, sample_rule VARCHAR,
         context VARCHAR, mean_kl DOUBLE, top1_agreement DOUBLE, top10_agreement DOUBLE)""",
@@ -74,6 +91,14 @@ _DDL = [
 _NGRAM_COLS = ("run_id", "path", "order", "context_id", "context", "input_id", "input", "output_id", "output",
                "logit", "logprob", "prob", "attn_prob", "rank")
 _RUN_KEY = ("kind", "path", "order", "top_k", "global_top", "exclude_self", "n_inputs")
+#: columns and tables added to schema 1 for scores (an older file gets them when opened for writing)
+_ADDED = [
+    "ALTER TABLE input_stats ADD COLUMN IF NOT EXISTS mean_logit REAL",
+    "ALTER TABLE input_stats ADD COLUMN IF NOT EXISTS std_logit REAL",
+    "ALTER TABLE top_pairs ADD COLUMN IF NOT EXISTS score REAL",
+    "CREATE TABLE IF NOT EXISTS output_stats (run_id INTEGER, output_id INTEGER, logq DOUBLE)",
+    "CREATE TABLE IF NOT EXISTS column_parts (run_id INTEGER, batch INTEGER, output_id INTEGER, log_sum DOUBLE)",
+]
 
 
 def _now() -> _dt.datetime:
@@ -103,10 +128,13 @@ class NgramStore:
 
     ``NgramStore(path, model=m)`` opens or creates the file for writing, refusing a file made
     for another model or tokenizer; ``NgramStore(path, read_only=True)`` opens an existing
-    file for reading (no model needed). Use as a context manager or call :meth:`close`.
+    file for reading (no model needed); ``NgramStore(path, check_model=False)`` opens an
+    existing file for writing what needs no model (re-scoring). Use as a context manager or
+    call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike, *, model: ResidualModel | None = None, read_only: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, model: ResidualModel | None = None, read_only: bool = False,
+                 check_model: bool = True) -> None:
         import duckdb
 
         self.path = Path(path)
@@ -118,7 +146,7 @@ class NgramStore:
         exists = self.path.exists()
         if read_only and not exists:
             raise StoreError(f"no n-gram database at {self.path}")
-        if not read_only and model is None:
+        if not read_only and model is None and (check_model or not exists):
             raise StoreError("opening an n-gram database for writing needs the model (to check its fingerprint)")
         self.meta: dict[str, str] = {}
         if exists:
@@ -132,6 +160,10 @@ class NgramStore:
         self.con = self._connect(read_only=False)
         if not exists or not self.meta:
             self._create(model)  # type: ignore[arg-type]
+        else:
+            with self.transaction():
+                for ddl in _ADDED:
+                    self.con.execute(ddl)
 
     # ---- opening ---------------------------------------------------------------------
     def _connect(self, read_only: bool) -> Any:
@@ -249,10 +281,13 @@ class NgramStore:
             raise StoreError(f"cannot read {self.path}: {_one_line(e)}") from None
 
     # ---- runs ------------------------------------------------------------------------
-    def find_run(self, **key: Any) -> dict | None:
-        """The latest run matching ``kind, path, order, top_k, global_top, exclude_self, n_inputs``."""
+    def find_run(self, score: str | None = None, **key: Any) -> dict | None:
+        """The latest run matching ``kind, path, order, top_k, global_top, exclude_self, n_inputs``
+        (and, for bigrams, ranked by ``score`` when given)."""
         where = " AND ".join(f'"{k}" = ?' for k in _RUN_KEY)
-        rows = self._dicts(f"SELECT * FROM runs WHERE {where} ORDER BY run_id DESC LIMIT 1", [key[k] for k in _RUN_KEY])
+        rows = self._dicts(f"SELECT * FROM runs WHERE {where} ORDER BY run_id DESC", [key[k] for k in _RUN_KEY])
+        if score is not None:
+            rows = [r for r in rows if self.run_score(r) in (score, "trigram")]
         return rows[0] if rows else None
 
     def start_run(self, *, description: str, batch_size: int, n_batches: int, options: dict, model: ResidualModel, **key: Any) -> dict:
@@ -285,7 +320,7 @@ class NgramStore:
 
     def delete_run(self, run_id: int) -> None:
         with self.transaction():
-            for t in ("ngrams", "input_stats", "top_pairs", "fidelity", "done_batches", "runs"):
+            for t in ("ngrams", "input_stats", "top_pairs", "fidelity", "done_batches", "output_stats", "column_parts", "runs"):
                 self.con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
 
     def done_batches(self, run_id: int) -> set[int]:
@@ -340,6 +375,8 @@ class NgramStore:
             "self_logit": pa.array(batch.self_logit.astype(np.float32)),
             "self_logprob": pa.array(batch.self_logprob.astype(np.float32)),
             "self_top1": pa.array(batch.self_top1.astype(bool)),
+            "mean_logit": pa.array(batch.mean_logit.astype(np.float32)) if batch.mean_logit is not None else pa.nulls(B, pa.float32()),
+            "std_logit": pa.array(batch.std_logit.astype(np.float32)) if batch.std_logit is not None else pa.nulls(B, pa.float32()),
         })
         c = batch.candidates
         cand = pa.table({
@@ -349,11 +386,23 @@ class NgramStore:
             "logit": pa.array(c.logits.astype(np.float32)),
             "logprob": pa.array(c.logprobs.astype(np.float32)),
             "rank": pa.nulls(len(c), pa.int32()),
+            "score": pa.array(np.asarray(c.scores).astype(np.float32)),
         })
+        parts = None
+        if batch.col_lse is not None:
+            V = len(batch.col_lse)
+            parts = pa.table({
+                "run_id": pa.array(np.full(V, run["run_id"], np.int32)),
+                "batch": pa.array(np.full(V, batch.batch_index, np.int32)),
+                "output_id": pa.array(np.arange(V, dtype=np.int32)),
+                "log_sum": pa.array(np.asarray(batch.col_lse, dtype=np.float64)),
+            })
         with self.transaction():
             self._insert("ngrams", _NGRAM_COLS, ngrams)
             self._insert("input_stats", tuple(stats.column_names), stats)
             self._insert("top_pairs", tuple(cand.column_names), cand)
+            if parts is not None:
+                self._insert("column_parts", tuple(parts.column_names), parts)
             self.con.execute("INSERT INTO done_batches VALUES (?, ?, ?, ?)", [run["run_id"], batch.batch_index, n, _now()])
 
     def write_trigram_chunk(self, run: dict, chunk: Any) -> None:
@@ -385,11 +434,12 @@ class NgramStore:
         """The committed global candidates of a bigram run (to resume the engine's θ)."""
         from jetex.ngrams.engine import GlobalCandidates
 
-        rows = self._q("SELECT input_id, output_id, logit, logprob FROM top_pairs WHERE run_id = ?", [run_id])
+        rows = self._q("SELECT input_id, output_id, logit, logprob, coalesce(score, logprob) FROM top_pairs WHERE run_id = ?", [run_id])
         if not rows:
             return GlobalCandidates.empty()
         a = np.array(rows, dtype=np.float64)
-        g = GlobalCandidates(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2].astype(np.float32), a[:, 3].astype(np.float32))
+        g = GlobalCandidates(a[:, 0].astype(np.int64), a[:, 1].astype(np.int64), a[:, 2].astype(np.float32),
+                             a[:, 3].astype(np.float32), a[:, 4].astype(np.float32))
         return GlobalCandidates.empty().merged(g, len(g))
 
     def finish_run(self, run: dict, seconds: float) -> dict:
@@ -400,11 +450,13 @@ class NgramStore:
                 self.con.execute(
                     """CREATE OR REPLACE TEMP TABLE _ranked AS
                        SELECT run_id, input_id, output_id, logit, logprob,
-                              CAST(row_number() OVER (ORDER BY logprob DESC, input_id, output_id) AS INTEGER) AS rank
+                              CAST(row_number() OVER (ORDER BY coalesce(score, logprob) DESC, input_id, output_id) AS INTEGER) AS rank,
+                              score
                        FROM top_pairs WHERE run_id = ?""", [rid])
                 self.con.execute("DELETE FROM top_pairs WHERE run_id = ?", [rid])
                 self.con.execute("INSERT INTO top_pairs SELECT * FROM _ranked WHERE rank <= ?", [run["global_top"]])
                 self.con.execute("DROP TABLE _ranked")
+                self._assemble_logq(run)
                 st = self.con.execute(
                     """SELECT count(*), avg(CAST(self_top1 AS DOUBLE) ORDER BY input_id), avg(exp(self_logprob) ORDER BY input_id)
                        FROM input_stats WHERE run_id = ?""", [rid]).fetchone()
@@ -427,6 +479,154 @@ class NgramStore:
                 [_now(), float(seconds), json.dumps(stats, sort_keys=True), rid])
         return self.run(rid)
 
+    def _assemble_logq(self, run: dict) -> None:
+        """output_stats of a bigram run from its column_parts (inside the caller's transaction):
+        log q(c) = log Σ_batches exp(log_sum) − log N, summed in batch order (deterministic)."""
+        rid = run["run_id"]
+        parts = self.con.execute("SELECT batch, output_id, log_sum FROM column_parts WHERE run_id = ? ORDER BY batch, output_id",
+                                 [rid]).fetchnumpy()
+        if len(parts["batch"]) == 0:
+            return
+        V = int(parts["output_id"].max()) + 1
+        nb = len(parts["batch"]) // V
+        ls = np.asarray(parts["log_sum"], dtype=np.float64).reshape(nb, V)
+        n = int(self.con.execute("SELECT count(*) FROM input_stats WHERE run_id = ?", [rid]).fetchone()[0])
+        logq = np.logaddexp.reduce(ls, axis=0) - np.log(max(1, n))
+        self.con.execute("DELETE FROM output_stats WHERE run_id = ?", [rid])
+        self._insert("output_stats", ("run_id", "output_id", "logq"), pa.table({
+            "run_id": pa.array(np.full(V, rid, np.int32)), "output_id": pa.array(np.arange(V, dtype=np.int32)),
+            "logq": pa.array(logq)}))
+        self.con.execute("DELETE FROM column_parts WHERE run_id = ?", [rid])
+
+    def write_logq(self, run_id: int, logq: Any) -> None:
+        """Store log q(c) ``[V]`` of a run computed before its ranking pass (pmi runs), in one transaction."""
+        lq = np.asarray(logq, dtype=np.float64)
+        with self.transaction():
+            self.con.execute("DELETE FROM output_stats WHERE run_id = ?", [run_id])
+            self._insert("output_stats", ("run_id", "output_id", "logq"), pa.table({
+                "run_id": pa.array(np.full(len(lq), run_id, np.int32)),
+                "output_id": pa.array(np.arange(len(lq), dtype=np.int32)), "logq": pa.array(lq)}))
+
+    def logq(self, run_id: int) -> np.ndarray | None:
+        """log q(c) ``[V]`` of a bigram run (None when the store does not keep it)."""
+        if not self._has_table("output_stats"):
+            return None
+        cols = self.con.execute("SELECT output_id, logq FROM output_stats WHERE run_id = ? ORDER BY output_id",
+                                [run_id]).fetchnumpy()
+        if len(cols["output_id"]) == 0:
+            return None
+        return np.asarray(cols["logq"], dtype=np.float64)
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._q("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])[0][0])
+
+    def _has_column(self, table: str, col: str) -> bool:
+        return bool(self._q("SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                            [table, col])[0][0])
+
+    def run_score(self, run: dict) -> str:
+        """The score a run's rows are ranked by (``logprob`` for runs made before scores)."""
+        return str(json.loads(run.get("options") or "{}").get("score", "logprob")) if run["kind"] == "bigram" else "trigram"
+
+    def input_stats(self, run_id: int) -> dict[str, np.ndarray]:
+        """Per-input statistics of a bigram run: ``input_id, lse, mean_logit, std_logit`` ``[N]``
+        (``mean_logit`` / ``std_logit`` NaN in stores made before scores)."""
+        has = self._has_column("input_stats", "mean_logit")
+        cols = "input_id, lse, " + ("mean_logit, std_logit" if has else "CAST(NULL AS REAL) AS mean_logit, CAST(NULL AS REAL) AS std_logit")
+        d = self.con.execute(f"SELECT {cols} FROM input_stats WHERE run_id = ? ORDER BY input_id", [run_id]).fetchnumpy()
+        return {k: np.asarray(np.ma.filled(v, np.nan) if np.ma.isMaskedArray(v) else v, dtype=np.float64 if k != "input_id" else np.int64)
+                for k, v in d.items()}
+
+    def check_rescorable(self, run: dict, score: str) -> None:
+        """Refuse (one-line :class:`StoreError`) to read ``run`` under ``score`` when its rows are
+        ranked in another order or the store lacks the statistics ``score`` needs."""
+        from jetex.ngrams.scores import check_score, row_family
+
+        score = check_score(score)
+        have = self.run_score(run)
+        where = f"run {run['run_id']} ({run['path']}) of {self.path}"
+        if have == score:
+            return
+        if row_family(have) != row_family(score):
+            raise StoreError(f"{where} ranks each input's outputs by {have}, which orders them differently from {score}; "
+                             f"re-extract with `jetex ngrams extract --score {score}`")
+        st = self.input_stats(run["run_id"])
+        if score in ("logit", "zlogit") and (len(st["mean_logit"]) == 0 or np.isnan(st["mean_logit"]).any()):
+            raise StoreError(f"{where} was made without the per-input logit statistics that score {score!r} needs "
+                             f"(an older store); re-extract it with `jetex ngrams extract --redo`")
+
+    def rescored(self, run: dict, score: str, n: int) -> tuple[dict, np.ndarray, np.ndarray, bool]:
+        """A bigram run's rows under another ``score`` (same row order), without writing:
+        (rows: input_id / output_id / logit / logprob / rank arrays, their score values, the
+        indices of the global top-``n`` by score (ties: lower input, then output id), and whether
+        that top-n is certified exact: its n-th value ≥ every row's K-th kept value)."""
+        from jetex.ngrams.scores import check_score, score_values
+
+        score = check_score(score)
+        self.check_rescorable(run, score)
+        rid = run["run_id"]
+        rows = self.con.execute("SELECT input_id, output_id, logit, logprob, rank FROM ngrams WHERE run_id = ? ORDER BY input_id, rank",
+                                [rid]).fetchnumpy()
+        rows = {k: np.asarray(v) for k, v in rows.items()}
+        st = self.input_stats(rid)
+        pos = np.searchsorted(st["input_id"], rows["input_id"])
+        logq = self.logq(rid)
+        vals = score_values(score, rows["logit"], st["lse"][pos], st["mean_logit"][pos], st["std_logit"][pos],
+                            None if logq is None else logq[rows["output_id"]])
+        K = int(run["top_k"])
+        kth = vals.reshape(-1, K)[:, -1] if len(vals) else np.zeros(1)
+        order = np.lexsort((rows["output_id"], rows["input_id"], -vals))[:n]
+        exact = bool(len(order) == n and n > 0 and (vals[order[-1]] >= kth.max() or K >= int(run["n_inputs"])))
+        return rows, vals, order, exact
+
+    def rescore_run(self, run_id: int, score: str) -> dict:
+        """A new finished run: ``run_id``'s rows under another ``score`` of the same row order
+        (per-input top-K re-valued; the global top-N re-ranked from the kept per-input top-K,
+        flagged ``top_exact`` in its stats when certified), written in ONE transaction: nothing
+        is changed if it fails. No model evaluation. Returns the new run (the existing one
+        when ``score`` is already the run's score)."""
+        from jetex.ngrams.scores import check_score
+
+        score = check_score(score)
+        run = self.run(run_id)
+        if run["kind"] != "bigram" or run["status"] != "done":
+            raise StoreError(f"run {run_id} of {self.path} is not a finished bigram run")
+        if self.run_score(run) == score:
+            return run
+        rows, vals, order, exact = self.rescored(run, score, int(run["global_top"]))
+        opts = json.loads(run["options"] or "{}")
+        opts["score"] = score
+        opts["rescored_from"] = run_id
+        stats = json.loads(run["stats"] or "{}")
+        stats["top_exact"] = exact
+        with self.transaction():
+            rid = self.con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM runs").fetchone()[0]
+            self.con.execute(
+                """INSERT INTO runs SELECT ?, kind, path, description, "order", top_k, global_top, exclude_self, n_inputs,
+                          batch_size, n_batches, ?, model_name, model_fingerprint, tokenizer_fingerprint, ?, ?, 'done', 0, ?
+                   FROM runs WHERE run_id = ?""", [rid, json.dumps(opts, sort_keys=True), _now(), _now(),
+                                                   json.dumps(stats, sort_keys=True), run_id])
+            cols = ", ".join(f'"{c}"' for c in _NGRAM_COLS[1:])
+            self.con.execute(f"INSERT INTO ngrams SELECT ?, {cols} FROM ngrams WHERE run_id = ?", [rid, run_id])
+            self.con.execute("""INSERT INTO input_stats SELECT ?, input_id, lse, self_logit, self_logprob, self_top1, mean_logit,
+                                std_logit FROM input_stats WHERE run_id = ?""", [rid, run_id])
+            self.con.execute("INSERT INTO output_stats SELECT ?, output_id, logq FROM output_stats WHERE run_id = ?", [rid, run_id])
+            self.con.execute("INSERT INTO done_batches SELECT ?, batch, n_rows, committed_at FROM done_batches WHERE run_id = ?",
+                             [rid, run_id])
+            self._insert("top_pairs", ("run_id", "input_id", "output_id", "logit", "logprob", "rank", "score"), pa.table({
+                "run_id": pa.array(np.full(len(order), rid, np.int32)),
+                "input_id": pa.array(rows["input_id"][order].astype(np.int32)),
+                "output_id": pa.array(rows["output_id"][order].astype(np.int32)),
+                "logit": pa.array(rows["logit"][order].astype(np.float32)),
+                "logprob": pa.array(rows["logprob"][order].astype(np.float32)),
+                "rank": pa.array(np.arange(1, len(order) + 1, dtype=np.int32)),
+                "score": pa.array(vals[order].astype(np.float32))}))
+            fid = self.fidelity(run_id)
+            if fid is not None:
+                self.con.execute("INSERT INTO fidelity SELECT ?, path, sample_size, n_inputs, sample_rule, context, mean_kl, "
+                                 "top1_agreement, top10_agreement FROM fidelity WHERE run_id = ?", [rid, run_id])
+        return self.run(rid)
+
     def write_fidelity(self, run_id: int, fid: Any) -> None:
         d = fid.as_dict()
         with self.transaction():
@@ -440,11 +640,23 @@ class NgramStore:
         rows = self._dicts("SELECT * FROM fidelity WHERE run_id = ?", [run_id])
         return rows[0] if rows else None
 
-    def top_pairs(self, run_id: int, n: int) -> list[dict]:
-        """The global top-n (input, output) pairs of a finished bigram run."""
+    def top_pairs(self, run_id: int, n: int, score: str | None = None) -> list[dict]:
+        """The global top-n (input, output) pairs of a finished bigram run, by its own score, or
+        re-scored in memory under ``score`` (same row order; rows then carry ``exact``: whether
+        the list is certified exact, see :meth:`rescored`)."""
+        run = self.run(run_id)
+        if score is not None and self.run_score(run) != score:
+            rows, vals, order, exact = self.rescored(run, score, n)
+            strings = dict(self._q("SELECT token_id, token FROM tokens WHERE token_id IN (SELECT unnest(?))",
+                                   [sorted({int(x) for i in order for x in (rows["input_id"][i], rows["output_id"][i])})]))
+            return [dict(rank=r + 1, input_id=int(rows["input_id"][i]), input=strings.get(int(rows["input_id"][i])),
+                         output_id=int(rows["output_id"][i]), output=strings.get(int(rows["output_id"][i])),
+                         logit=float(rows["logit"][i]), logprob=float(rows["logprob"][i]),
+                         prob=float(np.exp(float(rows["logprob"][i]))), score=float(vals[i]), exact=exact)
+                    for r, i in enumerate(order.tolist())]
         return self._dicts(
-            """SELECT p.rank, p.input_id, ti.token AS input, p.output_id, tout.token AS output, p.logit, p.logprob,
-                      exp(p.logprob) AS prob
+            f"""SELECT p.rank, p.input_id, ti.token AS input, p.output_id, tout.token AS output, p.logit, p.logprob,
+                      exp(p.logprob) AS prob, {'coalesce(p.score, p.logprob)' if self._has_column('top_pairs', 'score') else 'p.logprob'} AS score
                FROM top_pairs p JOIN tokens ti ON ti.token_id = p.input_id JOIN tokens tout ON tout.token_id = p.output_id
                WHERE p.run_id = ? AND p.rank IS NOT NULL AND p.rank <= ? ORDER BY p.rank""", [run_id, n])
 

@@ -28,6 +28,25 @@ the (i+1)(j+1) entries above-left of it in the sorted grid); merging those candi
 all a gives the exact top-K. Cost O(V² (d_h + d)) for the tables instead of O(V³).
 
 The b_O bias of the attention block belongs to no head and is left out.
+
+**Key-specific trigrams in the head's real context** (:func:`top_keyed_trigrams`; see
+``docs/ngram_scores.md``). The score above has two weaknesses on real models: the 2-key
+softmax over [a, b] ignores the BOS token every real context starts with (the attention
+sink: in SmolLM2's first layer it takes a third or more of b's attention), so p(a|b) is
+≈ 1 almost everywhere; and P_OV(c|a) is dominated by what the head outputs for ANY key
+(its default output), so most "trigrams" share one c. The keyed score places the context
+as the model sees it, [BOS, a, b] (BOS at position 0, a at 1, b at 2; just [a, b] at 0, 1
+for tokenizers without a BOS token), and centres the OV logits over the keys:
+
+    p(a | b)  = softmax over the keys {BOS@0, a@1, b@2} of q(b@2)·k(·)·scale, entry a@1
+    ΔO(a, c)  = z(a, c) − mean_{a'} z(a', c)      (z as above, a' over the N key tokens)
+    K(a, b, c) = p(a | b) · ΔO(a, c)
+
+i.e. how much the head, attending to a from b in the real context, moves the logit of c
+beyond its default output. K factors like S (a non-negative query–key table times an OV
+table sharing a), so the same staircase search finds the exact top-K among the triples
+with K > 0 (for ΔO < 0 the product's order reverses and the staircase bound does not
+apply; such triples are never in a top list while K positive triples exist).
 ``limit_vocab=N`` restricts a, b and c to ids 0..N−1 (P_OV is still normalised over the
 whole vocabulary).
 """
@@ -146,8 +165,8 @@ class _Head:
 
         if self._pe is None:
             like = self.W_Q.new_zeros(1, 2, self.W_Q.shape[0])
-            cos, sin = self.block.position_embeddings(2, like)
-            self._pe = (cos[0].to(v.dtype), sin[0].to(v.dtype))  # [2, r]
+            cos, sin = self.block.position_embeddings(3, like)
+            self._pe = (cos[0].to(v.dtype), sin[0].to(v.dtype))  # [3, r]: positions 0, 1, 2
         cos, sin = self._pe[0][pos], self._pe[1][pos]
         r = cos.shape[-1]
         return torch.cat((apply_rotary(v[..., :r], cos, sin), v[..., r:]), dim=-1)
@@ -391,3 +410,194 @@ def head_summaries(
     from jetex.ngrams.paths import parse_path
 
     return [top_trigrams(model, p, top_k=top_k, limit_vocab=limit_vocab) for p in parse_path(model, f"attn:{layer}")]  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------
+# key-specific trigrams in the head's real context
+# ---------------------------------------------------------------------------------------
+@dataclass
+class KeyedTrigramTable:
+    """Top-K key-specific skip-trigrams (a … b → c) of one head (module doc), best first.
+
+    ``context``: the context the head sees (``"[BOS, a, b]"`` or ``"[a, b]"``);
+    ``context_ids`` a, ``input_ids`` b, ``output_ids`` c, ``score`` K = ``attn_prob`` ·
+    ``ov_centred``, ``attn_prob`` p(a | b) in that context, ``ov_centred`` z(a, c) − mean_a' z(a', c),
+    ``ov_logit`` z(a, c): ``[K]`` each.
+    """
+
+    path: str
+    layer: int
+    head: int
+    context: str
+    context_ids: np.ndarray
+    input_ids: np.ndarray
+    output_ids: np.ndarray
+    score: np.ndarray
+    attn_prob: np.ndarray
+    ov_centred: np.ndarray
+    ov_logit: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.context_ids)
+        for f in ("input_ids", "output_ids", "score", "attn_prob", "ov_centred", "ov_logit"):
+            if getattr(self, f).shape != (n,):
+                raise ValueError(f"KeyedTrigramTable.{f} must have shape [{n}]")
+
+    def __len__(self) -> int:
+        return len(self.context_ids)
+
+    def __repr__(self) -> str:
+        return f"KeyedTrigramTable({self.path}, {len(self)} trigrams, context {self.context})"
+
+    def rows(self, model: ResidualModel | None = None) -> list[dict]:
+        """One dict per trigram (with token strings when a model with a tokenizer is given)."""
+        strs = (lambda ids: model.token_strings(ids)) if model is not None else (lambda ids: [f"<{i}>" for i in ids])
+        a, b, c = strs(self.context_ids.tolist()), strs(self.input_ids.tolist()), strs(self.output_ids.tolist())
+        return [
+            dict(rank=i + 1, context_id=int(self.context_ids[i]), context=a[i], input_id=int(self.input_ids[i]),
+                 input=b[i], output_id=int(self.output_ids[i]), output=c[i], score=float(self.score[i]),
+                 attn_prob=float(self.attn_prob[i]), ov_centred=float(self.ov_centred[i]), ov_logit=float(self.ov_logit[i]))
+            for i in range(len(self))
+        ]
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "layer": self.layer, "head": self.head, "context": self.context, "rows": self.rows()}
+
+
+def _bos_id(model: ResidualModel) -> int | None:
+    tok = getattr(model, "tokenizer", None)
+    bos = getattr(tok, "bos_token_id", None) if tok is not None else None
+    return None if bos is None else int(bos)
+
+
+def keyed_attention_logprob_table(
+    model: ResidualModel, path: TrigramPath, a_ids: Int[Tensor, "na"], b_ids: Int[Tensor, "nb"], bos: int | None = None,
+) -> Float[Tensor, "nb na"]:
+    """log p(a | b) ``[nb, na]`` in the context [BOS, a, b] (positions 0, 1, 2; without ``bos``:
+    [a, b] at 0, 1, the paper's two keys): the head's softmax over all keys, entry a."""
+    head = _Head(model, path)
+    with torch.inference_mode():
+        return _keyed_attention(head, a_ids, b_ids, bos).clone()
+
+
+def _keyed_attention(head: _Head, a_ids: Tensor, b_ids: Tensor, bos: int | None) -> Tensor:
+    pa, pb = (1, 2) if bos is not None else (0, 1)
+    xb = head.normed(b_ids, pb)
+    qb = head.q(xb, pb)  # [nb, e]
+    sbb = (qb * head.k(xb, pb)).sum(-1) * head.scale  # [nb]
+    ka = head.k(head.normed(a_ids, pa), pa)  # [na, e]
+    sab = qb @ ka.T * head.scale  # [nb, na]
+    others = sbb[:, None]
+    if bos is not None:
+        kbos = head.k(head.normed(torch.tensor([bos], device=b_ids.device), 0), 0)  # [1, e]
+        sbos = (qb @ kbos.T)[:, 0] * head.scale
+        others = torch.logaddexp(sbb, sbos)[:, None]
+    return sab - torch.logaddexp(sab, others)
+
+
+def top_keyed_trigrams(
+    model: ResidualModel,
+    path: TrigramPath,
+    *,
+    top_k: int = 10,
+    limit_vocab: int | None = None,
+    chunk_size: int | None = None,
+    bos: int | None | str = "model",
+) -> KeyedTrigramTable:
+    """The exact top-K key-specific skip-trigrams of one head by K(a, b, c) (module doc), over
+    a, b, c < N (N = ``limit_vocab`` or V). ``bos``: the BOS token id placed at position 0
+    (``"model"``: the tokenizer's; None: the two-key context [a, b])."""
+    N = input_count(model, limit_vocab)
+    check_top_k(top_k, N**3, of="possible trigrams")
+    b0 = _bos_id(model) if bos == "model" else bos
+    cs = chunk_size or trigram_chunk_size(model)
+    head = _Head(model, path)
+    dev = model.device
+    tables = []
+    with torch.inference_mode():
+        all_ids = torch.arange(N, device=dev)
+        # mean OV logit over the N keys, per output c < N
+        zbar = torch.zeros(N, dtype=torch.float64, device=dev)
+        for start in range(0, N, cs):
+            zbar += head.ov_logits(all_ids[start : start + cs])[:, :N].double().sum(0)
+        zbar /= N
+        kb = min(top_k, N)
+        si, sj = _staircase(top_k, kb, kb, dev)
+        for start in range(0, N, cs):
+            a_ids = all_ids[start : start + cs]
+            T = _keyed_attention(head, a_ids, all_ids, b0).T.exp()  # [Ca, N]: p(a | b)
+            Tv, Bi = stable_topk(T, kb)
+            z = head.ov_logits(a_ids)[:, :N]
+            O = z.double() - zbar[None, :]
+            Ov, Ci = stable_topk(O, kb)
+            cand = Tv.double()[:, si] * Ov[:, sj]  # [Ca, P]
+            flat = cand.reshape(-1)
+            kk = min(top_k, flat.numel())
+            cut = torch.topk(flat, kk).values.min()
+            top = (flat >= cut).nonzero().flatten()
+            r, p = top // cand.shape[1], top % cand.shape[1]
+            i, j = si[p], sj[p]
+            tables.append(dict(context_ids=a_ids[r].cpu().numpy(), input_ids=Bi[r, i].cpu().numpy(),
+                               output_ids=Ci[r, j].cpu().numpy(), score=cand[r, p].cpu().numpy(),
+                               attn_prob=Tv[r, i].double().cpu().numpy(), ov_centred=Ov[r, j].cpu().numpy(),
+                               ov_logit=z.gather(1, Ci)[r, j].double().cpu().numpy()))
+    return _select_keyed(tables, top_k, path, "[BOS, a, b]" if b0 is not None else "[a, b]")
+
+
+def _select_keyed(tables: list[dict], k: int, path: TrigramPath, context: str) -> KeyedTrigramTable:
+    cat = {f: np.concatenate([t[f] for t in tables]) for f in tables[0]}
+    o = _order(cat["context_ids"], cat["input_ids"], cat["output_ids"], cat["score"])[:k]
+    return KeyedTrigramTable(path.name, path.layer, path.head, context, **{f: v[o] for f, v in cat.items()})
+
+
+def top_keyed_trigrams_brute_force(
+    model: ResidualModel,
+    path: TrigramPath,
+    *,
+    top_k: int = 10,
+    limit_vocab: int | None = None,
+    bos: int | None | str = "model",
+) -> KeyedTrigramTable:
+    """The oracle of :func:`top_keyed_trigrams`: K(a, b, c) for every one of the N³ triples, the
+    attention p(a | b) read from the full head attention on each context (all its keys,
+    causal mask, softmax). Only for small N."""
+    from jetex.models.adapters import apply_rotary
+
+    N = input_count(model, limit_vocab)
+    b0 = _bos_id(model) if bos == "model" else bos
+    head = _Head(model, path)
+    hw = head.hw
+    dev = model.device
+    with torch.inference_mode():
+        ids = torch.arange(N, device=dev)
+        z = head.ov_logits(ids)[:, :N].double()
+        O = z - z.mean(0, keepdim=True)  # [a, c]
+        a = ids.repeat_interleave(N)
+        b = ids.repeat(N)
+        cols = ([torch.full_like(a, b0)] if b0 is not None else []) + [a, b]
+        T = len(cols)
+        X = torch.stack([head.normed(c, p) for p, c in enumerate(cols)], dim=1)  # [N·N, T, d]
+        q = X @ head.W_Q + (0 if head.b_Q is None else head.b_Q)
+        k = X @ head.W_K + (0 if head.b_K is None else head.b_K)
+        if hw.q_norm is not None:
+            q = hw.q_norm(q)
+        if hw.k_norm is not None:
+            k = hw.k_norm(k)
+        if hw.rotary:
+            cos, sin = head.block.position_embeddings(T, X)
+            r = cos.shape[-1]
+            q = torch.cat((apply_rotary(q[..., :r], cos, sin), q[..., r:]), dim=-1)
+            k = torch.cat((apply_rotary(k[..., :r], cos, sin), k[..., r:]), dim=-1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=dev).triu(1)
+        scores = (q @ k.transpose(-1, -2) * hw.scale).masked_fill(causal, float("-inf"))
+        p = torch.softmax(scores, -1)[:, T - 1, T - 2].reshape(N, N).double()  # [a, b]: p(a | b)
+        S = p[:, :, None] * O[:, None, :]  # [a, b, c]
+        flat = S.reshape(-1)
+        o = _order(np.repeat(np.arange(N), N * N), np.tile(np.repeat(np.arange(N), N), N), np.tile(np.arange(N), N * N),
+                   flat.cpu().numpy())[:top_k]
+        ai, rem = o // (N * N), o % (N * N)
+        bi, ci = rem // N, rem % N
+        return KeyedTrigramTable(path.name, path.layer, path.head, "[BOS, a, b]" if b0 is not None else "[a, b]",
+                                 context_ids=ai, input_ids=bi, output_ids=ci, score=flat.cpu().numpy()[o],
+                                 attn_prob=p.cpu().numpy()[ai, bi], ov_centred=O.cpu().numpy()[ai, ci],
+                                 ov_logit=z.cpu().numpy()[ai, ci])

@@ -163,7 +163,7 @@ def diff_html(res: DiffResult, highlight: Callable[[str, str], bool] | None = No
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Jet bigram diff — path <code>{html.escape(res.path)}</code></h1>",
         f"<p>A = <b>{html.escape(res.name_a)}</b>, B = <b>{html.escape(res.name_b)}</b>; tokenizer "
-        f"<code>{res.tokenizer_fp}</code>; bigrams ranked by P(b|a)"
+        f"<code>{res.tokenizer_fp}</code>; bigrams ranked by <b>{html.escape(res.score)}</b>"
         + (" (self-transitions excluded, renormalised)" if res.exclude_self else "")
         + f"; top-{res.top_n} lists from the top-{res.k} of every input token"
         + ("" if res.top_a_exact and res.top_b_exact else " (<b>not certified exact</b>)")
@@ -172,10 +172,14 @@ def diff_html(res: DiffResult, highlight: Callable[[str, str], bool] | None = No
     if res.identical:
         parts.append("<p><b>No difference</b>: the two bigram tables are identical.</p>")
     parts.append(f"<h2>Side by side (every {res.step}th rank, Table 5 style)</h2><table><tr><th>rank</th>"
-                 f"<th>A: {html.escape(res.name_a)}</th><th>P</th><th>B: {html.escape(res.name_b)}</th><th>P</th></tr>")
+                 f"<th>A: {html.escape(res.name_a)}</th><th>score</th><th>P</th><th>B: {html.escape(res.name_b)}</th>"
+                 "<th>score</th><th>P</th></tr>")
+    empty = "<td></td><td></td><td></td>"
     for r, x, y in res.side_by_side:
-        cx = f"<td{cls(x[0], x[1])}>{_pair(x[0], x[1])}</td><td class='n'>{x[2]:.3f}</td>" if x else "<td></td><td></td>"
-        cy = f"<td{cls(y[0], y[1])}>{_pair(y[0], y[1])}</td><td class='n'>{y[2]:.3f}</td>" if y else "<td></td><td></td>"
+        cx = (f"<td{cls(x[0], x[1])}>{_pair(x[0], x[1])}</td><td class='n'>{x[3]:.3f}</td><td class='n'>{x[2]:.3f}</td>"
+              if x else empty)
+        cy = (f"<td{cls(y[0], y[1])}>{_pair(y[0], y[1])}</td><td class='n'>{y[3]:.3f}</td><td class='n'>{y[2]:.3f}</td>"
+              if y else empty)
         parts.append(f"<tr><td class='n'>{r}</td>{cx}{cy}</tr>")
     parts.append("</table>")
 

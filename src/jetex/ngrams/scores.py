@@ -1,0 +1,237 @@
+"""Scores that rank bigrams (a → b) of a jet path (``docs/ngram_scores.md``).
+
+For a bigram path with logits z(a, ·) ``[V]`` for input token a (see
+:mod:`jetex.ngrams.paths`), let C(a) be the candidate outputs: all V tokens, or the V − 1
+tokens b ≠ a when self-transitions are excluded (``exclude_self``). Over C(a):
+
+- ``logprob``: log P(b | a) = z(a, b) − log Σ_{b' ∈ C(a)} exp z(a, b')   (the softmax,
+  renormalised without the self-transition);
+- ``logit``: the path's logit centred per input row, z(a, b) − μ(a), with
+  μ(a) = mean_{b' ∈ C(a)} z(a, b');
+- ``zlogit``: the centred logit in units of the row's spread, (z(a, b) − μ(a)) / σ(a), with
+  σ(a) the (population) standard deviation of z(a, ·) over C(a) (0 for a constant row,
+  σ(a) ≤ 1e−12·(1 + |μ(a)|): such a row prefers nothing);
+- ``pmi``: log P(b | a) − log q(b), with q(b) = (1/N) Σ_{a'} P(b | a') the path's mean
+  output distribution over the N input tokens of the table (P as in ``logprob``).
+
+``logprob``, ``logit`` and ``zlogit`` are increasing functions of z within one row, so they
+rank the outputs of one input token identically (the same per-row top-K); they differ in how
+rows compare with each other, i.e. in every global ranking. ``pmi`` re-ranks within rows too
+(it favours outputs the path gives to few inputs): its per-row top-K is another set.
+
+What re-scoring needs (kept by the n-gram database, :mod:`jetex.ngrams.store`): per input
+token lse(a) (log-sum-exp over C(a)), μ(a), σ(a); per output token log q(b).
+
+The default score is :data:`DEFAULT_SCORE`, chosen by measurement (``docs/ngram_scores.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from jetex.errors import InputError
+
+#: the scores, in the order they are listed
+SCORES: dict[str, str] = {
+    "logprob": "log P(b|a), the path's softmax over the candidate outputs",
+    "logit": "the path's logit centred per input row, z(a,b) − mean_b' z(a,b')",
+    "zlogit": "the centred logit divided by the row's standard deviation",
+    "pmi": "log P(b|a) − log mean_a' P(b|a'), against the path's mean output distribution",
+}
+#: the measured default (docs/ngram_scores.md)
+DEFAULT_SCORE = "zlogit"
+#: a row whose logit spread is at most FLAT·(1 + |mean|) is constant: its zlogit is 0
+FLAT = 1e-12
+#: scores whose per-row ranking is the ranking of the raw logits (same per-row top-K)
+ROW_ORDER_Z = ("logprob", "logit", "zlogit")
+
+
+def zero_finite(x: Tensor) -> Tensor:
+    """0 where x is finite, x elsewhere (an excluded −inf entry stays −inf): the zlogit of a constant row."""
+    return torch.where(torch.isfinite(x), torch.zeros_like(x), x)
+
+
+def check_score(name: object) -> str:
+    """The canonical score name, or a one-line :class:`InputError`."""
+    if not isinstance(name, str) or name.strip().lower() not in SCORES:
+        raise InputError(f"unknown score {name!r}; use one of: {', '.join(SCORES)}")
+    return name.strip().lower()
+
+
+def row_family(score: str) -> str:
+    """``"z"`` for scores that rank a row like its logits, ``"pmi"`` for pmi."""
+    return "z" if check_score(score) in ROW_ORDER_Z else "pmi"
+
+
+def score_label(score: str) -> str:
+    """A short readable name of a score, for table headers."""
+    return {"logprob": "log P(b|a)", "logit": "centred logit", "zlogit": "z-scored logit", "pmi": "PMI"}[check_score(score)]
+
+
+# ---------------------------------------------------------------------------------------
+# per-row statistics
+# ---------------------------------------------------------------------------------------
+def row_moments(z: Float[Tensor, "b v"], self_logit: Float[Tensor, "b"] | None = None) -> tuple[Float[Tensor, "b"], Float[Tensor, "b"]]:
+    """(μ, σ) ``[B]`` of each row of z over its candidates: all V entries, or, with
+    ``self_logit`` (the self-transition's logit, excluded), the other V − 1.
+
+    ``z`` must hold the full rows (self entry included, finite). Removing one value from
+    (n, mean, M2) uses Welford's update, so no catastrophic cancellation."""
+    var, mean = torch.var_mean(z, dim=1, correction=0)
+    if self_logit is None:
+        return mean, var.clamp_min(0).sqrt()
+    n = z.shape[1]
+    x = self_logit.to(mean.dtype)
+    mean2 = (n * mean - x) / (n - 1)
+    m2 = var * n - (x - mean) * (x - mean2)
+    return mean2, (m2 / (n - 1)).clamp_min(0).sqrt()
+
+
+@dataclass
+class ColumnLSE:
+    """Streamed log Σ_a P(b | a) over input rows, per output b: ``value [V]`` (−inf before any row),
+    ``n_rows`` rows added. log q(b) = value − log n_rows."""
+
+    value: Tensor
+    n_rows: int = 0
+
+    @staticmethod
+    def empty(V: int) -> "ColumnLSE":
+        return ColumnLSE(torch.full((V,), float("-inf"), dtype=torch.float64))
+
+    def add_logprobs(self, logp: Float[Tensor, "b v"]) -> None:
+        """Add rows of log P(· | a) ``[B, V]`` (−inf for an excluded self-transition)."""
+        part = torch.logsumexp(logp.float(), dim=0).double().cpu()
+        self.value = torch.logaddexp(self.value, part)
+        self.n_rows += int(logp.shape[0])
+
+    def add_partial(self, part: np.ndarray | Tensor, n_rows: int) -> None:
+        """Add a batch's log Σ_{a ∈ batch} P(b | a) ``[V]`` over ``n_rows`` rows."""
+        self.value = torch.logaddexp(self.value, torch.as_tensor(part, dtype=torch.float64))
+        self.n_rows += int(n_rows)
+
+    def logq(self) -> Float[Tensor, "v"]:
+        """log q(b) ``[V]`` (float64)."""
+        if self.n_rows < 1:
+            raise ValueError("ColumnLSE.logq needs at least one row")
+        return self.value - math.log(self.n_rows)
+
+
+def batch_column_lse(z: Float[Tensor, "b v"], lse: Float[Tensor, "b"], out: Tensor | None = None) -> Float[Tensor, "v"]:
+    """log Σ_{rows a} P(b | a) ``[V]`` of one batch: log-sum-exp over rows of z − lse.
+
+    ``z`` holds the ranking logits (−inf where a self-transition is excluded); ``out`` (shape
+    of z) is scratch space (z is left intact)."""
+    x = torch.sub(z, lse[:, None], out=out) if out is not None else z - lse[:, None]
+    m = x.amax(dim=0)  # ≤ 0 (or −inf: a column every row excludes)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    x.sub_(m[None, :]).exp_()
+    return m + torch.log(x.sum(dim=0))
+
+
+# ---------------------------------------------------------------------------------------
+# scores of given entries
+# ---------------------------------------------------------------------------------------
+def score_values(
+    score: str,
+    logit: Tensor | np.ndarray | float,
+    lse: Tensor | np.ndarray | float,
+    mean: Tensor | np.ndarray | float | None = None,
+    std: Tensor | np.ndarray | float | None = None,
+    logq: Tensor | np.ndarray | float | None = None,
+) -> np.ndarray:
+    """The score of entries (a, b) from their logit z(a, b), the row's lse / μ / σ and log q(b)
+    (all broadcastable; numpy float64 out). Raises :class:`InputError` when a needed statistic is None."""
+    s = check_score(score)
+    f = lambda x: np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)  # noqa: E731
+    z = f(logit)
+    if s == "logprob":
+        return z - f(lse)
+    if s in ("logit", "zlogit"):
+        if mean is None or (s == "zlogit" and std is None):
+            raise InputError(f"score {s!r} needs the per-input logit mean{' and spread' if s == 'zlogit' else ''}")
+        c = z - f(mean)
+        if s == "logit":
+            return c
+        sd = np.broadcast_to(f(std), np.broadcast(c, f(std)).shape)
+        flat = sd <= FLAT * (1 + np.abs(f(mean)))
+        return np.where(flat, np.where(np.isfinite(c), 0.0, c), c / np.where(flat, 1.0, sd))
+    if logq is None:
+        raise InputError("score 'pmi' needs the path's mean output distribution")
+    return z - f(lse) - f(logq)
+
+
+def score_matrix(
+    score: str,
+    z: Float[Tensor, "b v"],
+    ids: Int[Tensor, "b"],
+    *,
+    exclude_self: bool = True,
+    logq: Float[Tensor, "v"] | None = None,
+) -> Float[Tensor, "b v"]:
+    """The score of every (a, b) of full logit rows z ``[B, V]`` for input ids ``[B]``
+    (float64; an excluded self-transition is −inf). A reference implementation (tests, oracles)."""
+    s = check_score(score)
+    z = z.double()
+    rows = torch.arange(z.shape[0])
+    zc = z.clone()
+    if exclude_self:
+        zc[rows, ids] = float("-inf")
+    lse = torch.logsumexp(zc, dim=1, keepdim=True)
+    if s == "logprob":
+        return zc - lse
+    if s == "pmi":
+        if logq is None:
+            raise InputError("score 'pmi' needs the path's mean output distribution")
+        return zc - lse - logq.double()[None, :]
+    mask = torch.ones_like(z, dtype=torch.bool)
+    if exclude_self:
+        mask[rows, ids] = False
+    n = mask.sum(1, keepdim=True)
+    mean = (z * mask).sum(1, keepdim=True) / n
+    std = (((z - mean) ** 2) * mask).sum(1, keepdim=True).div(n).sqrt()
+    out = zc - mean
+    if s == "logit":
+        return out
+    flat = std <= FLAT * (1 + mean.abs())
+    return torch.where(flat, zero_finite(out), out / torch.where(flat, torch.ones_like(std), std))
+
+
+def score_rows(
+    score: str,
+    z: Float[Tensor, "b v"],
+    ids: Int[Tensor, "b"],
+    *,
+    exclude_self: bool = True,
+    logq: Float[Tensor, "v"] | None = None,
+) -> tuple[Float[Tensor, "b v"], Float[Tensor, "b v"]]:
+    """(score, log P) ``[B, V]`` (float32) of full logit rows z for input ids (an excluded
+    self-transition is −inf in both): the fast form of :func:`score_matrix` for streamed tables."""
+    s = check_score(score)
+    z = z.float()
+    rows = torch.arange(z.shape[0])
+    self_logit = z[rows, ids].clone()
+    mean = std = None
+    if s in ("logit", "zlogit"):
+        mean, std = row_moments(z, self_logit if exclude_self else None)
+    zc = z.clone()
+    if exclude_self:
+        zc[rows, ids] = float("-inf")
+    lp = torch.log_softmax(zc, dim=-1)
+    if s == "logprob":
+        return lp, lp
+    if s == "pmi":
+        if logq is None:
+            raise InputError("score 'pmi' needs the path's mean output distribution")
+        return lp - logq.float()[None, :], lp
+    c = zc - mean[:, None]
+    if s == "logit":
+        return c, lp
+    flat = std <= FLAT * (1 + mean.abs())
+    return torch.where(flat[:, None], zero_finite(c), c / torch.where(flat, torch.ones_like(std), std)[:, None]), lp
