@@ -161,3 +161,19 @@ def test_top_lists_by_score_match_brute_force(model_a, model_b, score):
             side_rank, exact = (d.rank_a, d.rank_a_exact) if model is model_a else (d.rank_b, d.rank_b_exact)
             if exact:
                 assert side_rank == rank[(d.a, d.b)]
+
+
+def test_cli_diff_of_stores_with_different_tokenizers_is_one_line(model_a, tmp_path, capsys):
+    from jetex.cli.main import main
+    from jetex.ngrams import extract_ngrams
+
+    other = tiny(name="other", tokenizer=other_tokenizer())
+    for m, name in ((model_a, "a"), (other, "b")):
+        extract_ngrams(m, ["direct"], db=tmp_path / f"{name}.duckdb", top_k=5, global_top=10, progress=False,
+                       fidelity_sample=0)
+    capsys.readouterr()
+    assert main(["diff", str(tmp_path / "a.duckdb"), str(tmp_path / "b.duckdb")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "their tokenizers differ" in err[0]
+    assert main(["diff", str(tmp_path / "a.duckdb"), str(tmp_path / "a.duckdb"), "--score", "bogus"]) != 0
+    assert "unknown score 'bogus'" in capsys.readouterr().err

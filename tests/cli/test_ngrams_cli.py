@@ -78,7 +78,7 @@ def test_readable_tables(tiny_llama_dir, tmp_path, capsys):
         (["--path", "nope"], "unknown path 'nope'"),
         (["--path", "mlp:9"], "MLP layer 9 out of range"),
         (["--path", "attn:0.7"], "head 7 out of range"),
-        (["--top", "500"], "top K = 500 is larger than the 77 possible next tokens"),
+        (["--top", "500"], "top K = 500 is larger than the 76 possible next tokens"),  # self excluded by default
         (["--path", "attn:0.1", "--order", "1"], "order 0 only"),
         (["--order", "-2"], "order"),
         (["--limit-vocab", "0"], "limit-vocab"),

@@ -706,16 +706,29 @@ class NgramStore:
         return rows[0][0] if rows else f"<{token_id}>"
 
     def export_parquet(self, out: str | os.PathLike) -> int:
-        """Write every n-gram row, with its run's model and options, to a Parquet file; return the row count."""
+        """Write every n-gram row, with its run's model and options and its value under the run's score
+        (``score_name``, ``score``), to a Parquet file; return the row count."""
         out = Path(out)
         if out.is_dir():
             raise StoreError(f"{out} is a folder; give a .parquet file name")
         if not out.parent.exists():
             raise StoreError(f"folder {out.parent} does not exist")
         tmp = out.with_name(out.name + ".tmp")
-        sql = """SELECT n.*, r.kind, r.top_k, r.exclude_self, r.model_name, r.model_fingerprint, r.tokenizer_fingerprint
-                 FROM ngrams n JOIN runs r USING (run_id) WHERE r.status = 'done'
-                 ORDER BY n.run_id, n.rank, n.input_id"""
+        # each row's value under its run's score (options.score; trigram runs: log S)
+        has = self._has_column("input_stats", "mean_logit") and self._has_table("output_stats")
+        mu, sd = ("s.mean_logit", "s.std_logit") if has else ("CAST(NULL AS REAL)", "CAST(NULL AS REAL)")
+        lq = "o.logq" if has else "CAST(NULL AS DOUBLE)"
+        joins = ("LEFT JOIN input_stats s ON s.run_id = n.run_id AND s.input_id = n.input_id AND r.kind = 'bigram' "
+                 "LEFT JOIN output_stats o ON o.run_id = n.run_id AND o.output_id = n.output_id" if has else "")
+        name = "CASE WHEN r.kind = 'trigram' THEN 'trigram' ELSE coalesce(json_extract_string(r.options, '$.score'), 'logprob') END"
+        sql = f"""SELECT n.*, r.kind, r.top_k, r.exclude_self, r.model_name, r.model_fingerprint, r.tokenizer_fingerprint,
+                         {name} AS score_name,
+                         CASE {name} WHEN 'logit' THEN n.logit - {mu}
+                                     WHEN 'zlogit' THEN CASE WHEN {sd} > 0 THEN (n.logit - {mu}) / {sd} ELSE 0 END
+                                     WHEN 'pmi' THEN n.logprob - {lq}
+                                     ELSE n.logprob END AS score
+                  FROM ngrams n JOIN runs r USING (run_id) {joins} WHERE r.status = 'done'
+                  ORDER BY n.run_id, n.rank, n.input_id"""
         try:
             n = self.con.execute(f"SELECT count(*) FROM ({sql})").fetchone()[0]
             path_sql = str(tmp).replace("'", "''")
