@@ -43,7 +43,8 @@ def stores(tiny_llama_dir, tmp_path_factory):
 def test_rescoring_gives_the_extraction_of_that_score(stores, capsys, tmp_path):
     capsys.readouterr()
     for path in ("direct", "mlp:1"):
-        assert main(["ngrams", "top", "--db", str(stores["logprob"]), "--path", path, "-n", "25", "--json"]) == 0
+        assert main(["ngrams", "top", "--db", str(stores["logprob"]), "--path", path, "-n", "25", "--score", "logprob",
+                     "--json"]) == 0
         want = _json(capsys)["paths"][0]["rows"]
         # read-only re-scoring in memory
         assert main(["ngrams", "top", "--db", str(stores["zlogit"]), "--path", path, "-n", "25", "--score", "logprob",
@@ -129,6 +130,7 @@ def test_export_carries_each_rows_score(stores, capsys, tmp_path):
     capsys.readouterr()
     out = tmp_path / "x.parquet"
     assert main(["ngrams", "export", "--db", str(stores["zlogit"]), "--parquet", str(out)]) == 0
+    assert "n-gram rows" in capsys.readouterr().out
     t = pq.read_table(out).to_pylist()
     assert {r["score_name"] for r in t} == {"zlogit"}
     assert main(["ngrams", "top", "--db", str(stores["zlogit"]), "--path", "mlp:1", "-n", "10", "--json"]) == 0
