@@ -20,9 +20,10 @@ from _tiny import save_tiny  # noqa: E402
 
 import jetex  # noqa: E402
 from jetex.apps.corpus import unigram_probs  # noqa: E402
-from jetex.apps.dynamics import bigram_dynamics, bigram_dynamics_ray, checkpoint_summary, pair_logprobs  # noqa: E402
+from jetex.apps.dynamics import bigram_dynamics, checkpoint_summary, pair_logprobs  # noqa: E402
+from jetex.apps.dynamics_ray import CheckpointBackend, bigram_dynamics_ray  # noqa: E402
 from jetex.errors import InputError  # noqa: E402
-from jetex.ngrams.distributed import FAULT_ENV, CheckpointBackend, ClusterError  # noqa: E402
+from jetex.ngrams.distributed import FAULT_ENV, ClusterError  # noqa: E402
 
 TEXT = "the cat sat on the mat .\n\nthe dog sat on the mat .\n\na king and a queen ."
 KW = dict(top=40, k=20, exclude_self=True)

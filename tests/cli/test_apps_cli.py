@@ -140,12 +140,14 @@ def test_roles(ckpts, capsys, tmp_path):
     assert main(["roles", "--model", m, "--layers", "1", "--corpus", str(small)]) != 0
     err = _err(capsys)
     assert "contexts containing its top n-grams" in err and len(err.strip().splitlines()) == 1
-    assert main(["roles", "--model", m, "--layers", "1", "--no-ablate"]) == 0
+    assert main(["roles", "--model", m, "--layers", "mlp.1", "--no-ablate"]) == 0
     assert "mlp.1" in capsys.readouterr().out
     assert main(["roles", "--model", m, "--layers", "5"]) != 0
     assert "out of range" in _err(capsys)
     assert main(["roles", "--model", m, "--layers", "x"]) != 0
-    assert "bad layer list" in _err(capsys)
+    assert "unknown --layers entry 'x'; valid: mlp.0" in _err(capsys)
+    assert main(["roles", "--model", m, "--layers", "attn.0", "--no-ablate"]) != 0
+    assert "is not a block of kind mlp" in _err(capsys)
 
 
 def _closed_port() -> int:

@@ -49,11 +49,15 @@ def test_single_attribution_terminal(capsys, model_dir):
 def test_json_matches_library(capsys, model_dir, loaded):
     from jetex.attribution import attribute
 
-    code, out, err = run(capsys, "attribute", TEXT, "--model", model_dir, "--json", "--method", "logat", "--layer", "2")
+    code, out, err = run(capsys, "attribute", TEXT, "--model", model_dir, "--json", "--method", "logat", "--layer", "mlp.0")
     assert code == 0, err
     d = json.loads(out)
-    a = attribute(loaded, TEXT, method="logat", layer=2)
-    assert d["method"] == "logat" and d["options"] == {"layer": 2}
+    a = attribute(loaded, TEXT, method="logat", layer=2)  # h_2: the stream after blocks attn.0, mlp.0
+    assert d["method"] == "logat" and d["options"] == {"layer": 2} and d["stream"] == "mlp.0"
+    # a bare number is a transformer layer (the stream at its end): layer 0 ends with mlp.0
+    code, out0, err = run(capsys, "attribute", TEXT, "--model", model_dir, "--json", "--method", "logat", "--layer", "0")
+    assert code == 0, err
+    assert json.loads(out0)["options"] == {"layer": 2}
     assert d["tokens"] == list(a.tokens) and d["target_id"] == a.target_id
     assert d["scores"] == pytest.approx(a.scores.tolist(), rel=1e-6, abs=1e-6)
 
@@ -83,13 +87,13 @@ def test_eval_over_a_prompt_file(capsys, model_dir, tmp_path):
     f = tmp_path / "prompts.txt"
     f.write_text("# three prompts\nThe cat sat on the\nThe sun rises in the east and sets in the\nThank you very much for your\n")
     code, out, err = run(
-        capsys, "attribute", "--eval", str(f), "--methods", "normxlogit,random,saliency,jetxlogit@2:2",
+        capsys, "attribute", "--eval", str(f), "--methods", "normxlogit,random,saliency,jetxlogit@mlp.0:2",
         "--model", model_dir, "--json",
     )
     assert code == 0, err
     d = json.loads(out)
     assert d["n_prompts"] == 3 and d["ratios"] == [0.01, 0.05, 0.1, 0.2, 0.5]
-    assert [m["method"] for m in d["methods"]] == ["normxlogit", "random", "saliency", "jetxlogit@2:2"]
+    assert [m["method"] for m in d["methods"]] == ["normxlogit", "random", "saliency", "jetxlogit@mlp.0:2"]
     for m in d["methods"]:
         assert m["n_prompts"] == 3 and m["seconds_per_prompt"] > 0
         assert m["aopc_comprehensiveness"] == pytest.approx(sum(m["comprehensiveness"]) / 5)
@@ -107,6 +111,7 @@ def test_eval_shipped_set_table(capsys, model_dir):
         (["attribute", ""], "empty text"),
         (["attribute", TEXT, "--method", "lime"], "unknown attribution method"),
         (["attribute", TEXT, "--layer", "99"], "out of range"),
+        (["attribute", TEXT, "--layer", "mlp.9"], "unknown --layer 'mlp.9'; valid: emb, attn.0"),
         (["attribute", TEXT, "--method", "jetxlogit"], "needs a layer"),
         (["attribute", TEXT, "--method", "saliency", "--layer", "1"], "takes no layer"),
         (["attribute"], "give a TEXT"),
@@ -166,11 +171,11 @@ def test_missing_captum_is_one_line(capsys, model_dir, tmp_path, monkeypatch):
     """Without Captum a gradient method is one line and a non-zero exit, before the model is loaded;
     the forward-only methods still work."""
     monkeypatch.setitem(sys.modules, "captum", None)  # `import captum` raises ImportError
-    import jetex
+    import jetex.models.load as loader
 
     loads = []
-    real_load = jetex.load
-    monkeypatch.setattr(jetex, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = loader.load
+    monkeypatch.setattr(loader, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     for argv in (["attribute", TEXT, "--method", "integrated_gradients"],
                  ["attribute", "--eval", "--limit", "1", "--methods", "normxlogit,saliency"]):
         code, out, err = run(capsys, *argv, "--model", model_dir)
@@ -181,3 +186,4 @@ def test_missing_captum_is_one_line(capsys, model_dir, tmp_path, monkeypatch):
     assert not loads  # refused before loading the model
     code, out, err = run(capsys, "attribute", TEXT, "--model", model_dir, "--method", "normxlogit", "--json")
     assert code == 0, err
+    assert len(loads) == 1  # the patched loader is the one the command uses

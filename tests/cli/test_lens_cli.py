@@ -24,7 +24,8 @@ def test_lens_joint_optimised_table_and_files(tiny_llama_dir, tmp_path, capsys):
     out_json = tmp_path / "lens.json"
     assert main(["lens", TEXT, "--model", tiny_llama_dir, "--kind", "joint", "--centres", "blocks", "--optimize", "--out", str(out_json)]) == 0
     text = capsys.readouterr().out
-    assert "joint jet lens" in text and "expansion" in text
+    # with --out: a one-line summary instead of the table
+    assert text.startswith(f"wrote {out_json}: joint jet lens, order 1") and len(text.strip().splitlines()) == 1
     data = json.loads(out_json.read_text())
     assert data["rows"] == ["emb", "attn.0", "mlp.0", "attn.1", "mlp.1"]
     weights = [[c["weight"] for c in row] for row in data["cells"]]
@@ -46,11 +47,11 @@ def test_paths_ranked(tiny_llama_dir, capsys):
         (["lens", "   "], "empty text"),
         (["lens", TEXT, "--order", "-1"], "order"),
         (["lens", TEXT, "--layers", "7"], "out of range"),
-        (["lens", TEXT, "--layers", "x"], "bad layer list"),
+        (["lens", TEXT, "--layers", "x"], "unknown --layers entry 'x'; valid: emb, attn.0, attn.1, mlp.0, mlp.1, final"),
         (["lens", TEXT, "--out", "f.bmp"], ""),
         (["paths", TEXT, "--use", "mlp.9"], "unknown block"),
         (["paths", TEXT, "--max-len", "4", "--limit", "3"], "narrow the filters"),
-        (["lens", TEXT, "--kind", "joint", "--centres", "1,2"], "do not sum to the stream"),
+        (["lens", TEXT, "--kind", "joint", "--centres", "mlp.0"], "do not sum to the stream"),
     ],
 )
 def test_bad_input_one_line_error(tiny_llama_dir, capsys, argv, msg):
@@ -119,7 +120,7 @@ def test_paths_single_token_target(tiny_llama_dir, capsys):
 def test_lens_trust_in_json_table_and_one_warning(tiny_llama_dir, capsys):
     """Diagnostics reach --json (per cell and per row); a lens dominated by untrusted cells prints
     exactly one warning line on stderr naming the failure and what to try; boundaries ending at L work."""
-    assert main(["lens", TEXT, "--model", tiny_llama_dir, "--kind", "joint", "--centres", "2,4", "--order", "3", "--json"]) == 0
+    assert main(["lens", TEXT, "--model", tiny_llama_dir, "--kind", "joint", "--centres", "mlp.0,mlp.1", "--order", "3", "--json"]) == 0
     cap = capsys.readouterr()
     out = json.loads(cap.out)
     d = out["diagnostics"]
@@ -150,3 +151,38 @@ def test_paths_readable_scale_json(tiny_llama_dir, capsys):
     w = json.loads(capsys.readouterr().out)
     assert w["scale"] == "weighted"
     assert max(abs(p["logit"]) for p in w["paths"]) < max(abs(p["logit"]) for p in un["paths"])
+
+
+def test_block_names_everywhere(tiny_llama_dir, capsys):
+    """Streams and blocks are chosen by name (emb, attn.N, mlp.N, final) or by layer number,
+    the same way in lens --layers, lens --centres and paths --use/--avoid."""
+    def run(*argv):
+        assert main([*argv, "--model", tiny_llama_dir, "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert run("lens", TEXT, "--layers", "emb,attn.1,final")["rows"] == ["emb", "attn.1", "mlp.1"]
+    # a number is a transformer layer: its end, the stream after mlp.N
+    assert run("lens", TEXT, "--layers", "-1,0-1")["rows"] == ["emb", "mlp.0", "mlp.1"]
+    assert run("lens", TEXT, "--kind", "joint", "--centres", "mlp.0,final")["rows"] == ["emb", "attn.0…mlp.0", "attn.1…mlp.1"]
+    out = run("paths", TEXT, "--use", "mlp.1", "--avoid", "attn", "--max-len", "2")
+    assert out["n_paths"] == 2 and all("mlp.1" in p["path"] and "attn" not in p["path"] for p in out["paths"])
+    out = run("paths", TEXT, "--use", "0", "--max-len", "2")  # every block of layer 0
+    assert out["n_paths"] == 1 and "attn.0" in out["paths"][0]["path"] and "mlp.0" in out["paths"][0]["path"]
+
+
+def test_terminal_table_fits_width_escapes_and_keys(tiny_llama_dir, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    assert main(["lens", "the cat \x1b[31m sat on the mat", "--model", tiny_llama_dir, "--kind", "joint", "--optimize"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and all(len(line) <= 60 for line in out.splitlines())
+    assert "colour: P(top-1)" in out and "rows: one term per centre" in out
+    assert "·" in out  # weight-0 cells of the optimised joint lens
+    for scale, key in (("rank", "rank of the model's top-1"), ("logprob", "log P(top-1)"), ("logit", "top-1 logit")):
+        assert main(["lens", TEXT, "--model", tiny_llama_dir, "--color-by", scale]) == 0
+        assert key in capsys.readouterr().out
+
+
+def test_non_utf8_argument_is_one_line(capsys):
+    assert main(["predict", "caf\udce9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument 2 is not valid UTF-8 text") and len(err.strip().splitlines()) == 1

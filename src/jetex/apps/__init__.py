@@ -11,7 +11,8 @@ tables that a jet path evaluates exhaustively over the vocabulary:
 """
 
 from jetex.apps.diff import BigramDelta, DiffResult, diff_bigrams
-from jetex.apps.dynamics import DynamicsResult, bigram_dynamics, bigram_dynamics_ray
+from jetex.apps.dynamics import DynamicsResult, bigram_dynamics
+from jetex.apps.dynamics_ray import bigram_dynamics_ray
 from jetex.apps.index import IndexResult, knowledge_index, load_keywords
 from jetex.apps.ablation import AblationResult, Component, EffectSize, ablation_study
 from jetex.apps.roles import ComponentRole, component_roles, head_roles, label_role, mlp_roles

@@ -31,8 +31,8 @@ The work splits in two passes over the checkpoints: :func:`checkpoint_summary` (
 table read as a global top-N, and the corpus bigrams: the expensive part) and
 :func:`pair_logprobs` of the traced bigrams (chosen from all the top lists: cheap); the rest
 is assembled from those. :func:`bigram_dynamics` runs both here on loaded models;
-:func:`bigram_dynamics_ray` runs them on Ray workers that each load a checkpoint from its
-path (:class:`~jetex.ngrams.distributed.CheckpointBackend`), with the same numbers.
+:func:`jetex.apps.dynamics_ray.bigram_dynamics_ray` runs them on Ray workers that each load a
+checkpoint from its path (:class:`~jetex.apps.dynamics_ray.CheckpointBackend`), with the same numbers.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ class DynamicsResult:
         return asdict(self)
 
 
-def _arch_signature(m: ResidualModel) -> tuple:
+def arch_signature(m: ResidualModel) -> tuple:
+    """What two checkpoints of one model share: (model type, L, d, V, block names)."""
     cfg = getattr(m, "config", None)
     mtype = getattr(cfg, "model_type", type(m).__name__)
     return (mtype, m.n_blocks, m.d_model, m.vocab_size, tuple(m.block_names))
@@ -113,9 +114,9 @@ def check_series(models: Sequence[ResidualModel]) -> None:
     if len(models) < 2:
         raise InputError("dynamics needs at least two checkpoints")
     ref = models[0]
-    sig, tfp = _arch_signature(ref), ref.tokenizer_fingerprint()
+    sig, tfp = arch_signature(ref), ref.tokenizer_fingerprint()
     for m in models[1:]:
-        check_compatible(ref.name, sig, tfp, m.name, _arch_signature(m), m.tokenizer_fingerprint())
+        check_compatible(ref.name, sig, tfp, m.name, arch_signature(m), m.tokenizer_fingerprint())
 
 
 def corpus_bigrams(tokenizer: Any, text: str, n: int, exclude_self: bool = True) -> list[tuple[int, int, int]]:
@@ -190,7 +191,7 @@ def checkpoint_summary(
     g, ex = tbl.global_top(top)
     lps = [tbl.lookup(a, b) for a, b, _ in g]
     corpus = pair_logprobs(model, path, corpus_pairs, exclude_self, order) if corpus_pairs else None
-    return CheckpointSummary(model.name, _arch_signature(model), model.tokenizer_fingerprint(), model.fingerprint(),
+    return CheckpointSummary(model.name, arch_signature(model), model.tokenizer_fingerprint(), model.fingerprint(),
                              [(a, b, float(lp)) for (a, b, _), lp in zip(g, lps)], ex, corpus, sc, [v for _, _, v in g])
 
 
@@ -328,7 +329,7 @@ def bigram_dynamics(
     ``unigram``: p(a) ``[V]`` for the pseudo-joint masses (None: not computed);
     ``corpus_text``: the text whose most frequent bigrams give mass_corpus (needs ``unigram``);
     ``bigrams``: (a, b) id pairs to trace (None: chosen automatically).
-    For checkpoints evaluated on a Ray cluster see :func:`bigram_dynamics_ray`.
+    For checkpoints evaluated on a Ray cluster see :func:`jetex.apps.dynamics_ray.bigram_dynamics_ray`.
     """
     models = list(models)
     check_series(models)
@@ -342,68 +343,6 @@ def bigram_dynamics(
 
     return _assemble(summaries, pair_values, models[-1], labels=labels, steps=steps, path=path, top=top, n_show=n_show,
                      unigram=unigram, corpus_pairs=cpairs, bigrams=bigrams, losses=losses, exclude_self=exclude_self)
-
-
-def bigram_dynamics_ray(
-    checkpoints: Sequence[str],
-    *,
-    reference: ResidualModel | None = None,
-    labels: Sequence[str] | None = None,
-    steps: Sequence[int | None] | None = None,
-    path: str = "direct",
-    top: int = 1000,
-    k: int = 128,
-    n_show: int = 10,
-    unigram: Float[Tensor, "v"] | None = None,
-    corpus_text: str | None = None,
-    bigrams: Sequence[tuple[int, int]] | None = None,
-    losses: Sequence[float] | None = None,
-    exclude_self: bool = True,
-    order: int = 0,
-    score: str | None = None,
-    granularity: str = "sublayer",
-    address: str | None = None,
-    workers: int | None = None,
-    cpus_per_worker: int = 1,
-    retries: int | None = None,
-    progress: bool = False,
-) -> DynamicsResult:
-    """:func:`bigram_dynamics` of the checkpoints named by ``checkpoints`` (names or paths every
-    Ray node can read), each loaded and evaluated by a Ray worker (:class:`~jetex.ngrams.distributed.CheckpointBackend`).
-
-    The driver holds one model only: ``reference``, the LAST checkpoint (loaded here when
-    None). It gives the tokenizer (corpus bigrams, token strings) and the identity the
-    workers' copy of that checkpoint is checked against (fingerprint); every other checkpoint
-    is checked against its architecture and tokenizer on the worker that loads it. The result
-    is the local function's, number for number, when the workers and the local run use the
-    same torch thread count. ``address``, ``workers``, ``cpus_per_worker``, ``retries``: as
-    for ``jetex ngrams extract --backend ray``.
-    """
-    from pathlib import Path
-
-    from jetex.ngrams.distributed import DEFAULT_RETRIES, CheckpointBackend
-
-    sources = [str(c) for c in checkpoints]
-    _check_args(len(sources), labels, steps, losses, top)
-    # workers may run in another folder: give them absolute paths
-    sources = [str(Path(s).expanduser().resolve()) if Path(s).expanduser().exists() else s for s in sources]
-    if reference is None:
-        from jetex.models.load import load
-
-        reference = load(sources[-1], granularity=granularity)
-    bigram_path(reference, path)  # an unknown path fails here, before Ray starts
-    cpairs = _corpus_pairs(reference, unigram, corpus_text, top, exclude_self)
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
-
-    backend = CheckpointBackend(sources, reference, path=path, top=top, k=k, exclude_self=exclude_self, order=order,
-                                score=check_score(DEFAULT_SCORE if score is None else score), granularity=granularity, address=address, workers=workers,
-                                cpus_per_worker=cpus_per_worker,
-                                retries=DEFAULT_RETRIES if retries is None else retries, progress=progress)
-    with backend:
-        summaries = backend.summaries(cpairs)
-        return _assemble(summaries, backend.pair_values, reference, labels=labels, steps=steps, path=path, top=top,
-                         n_show=n_show, unigram=unigram, corpus_pairs=cpairs, bigrams=bigrams, losses=losses,
-                         exclude_self=exclude_self)
 
 
 def _md_token(s: str) -> str:

@@ -195,6 +195,7 @@ class MethodSpec:
     method: str
     layer: int | None = None
     order: int = 1
+    layer_name: str | None = None  # how the stream is shown in labels (e.g. ``mlp.14``); default its index
 
     @classmethod
     def parse(cls, spec: str, layer: int | None = None, order: int = 1) -> MethodSpec:
@@ -217,7 +218,8 @@ class MethodSpec:
     def label(self) -> str:
         if self.layer is None:
             return self.method
-        return f"{self.method}@{self.layer}" + (f":{self.order}" if self.method == "jetxlogit" else "")
+        where = self.layer if self.layer_name is None else self.layer_name
+        return f"{self.method}@{where}" + (f":{self.order}" if self.method == "jetxlogit" else "")
 
 
 @dataclass(frozen=True)

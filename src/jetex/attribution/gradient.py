@@ -26,7 +26,7 @@ U's target row), the same computation whose h_0 and h_L NormXLogit reads.
   avoids it.)
 
 Gradients need ordinary (non-inference) weights. A user meets
-:class:`~jetex.attribution.core.GradientUnavailableError` by loading or building the
+:class:`~jetex.attribution.common.GradientUnavailableError` by loading or building the
 model inside ``torch.inference_mode()`` (its parameters are then inference tensors,
 which autograd cannot save), or with a view whose forward does not reach the logits
 differentiably from h_0. Calling a gradient method *inside* ``torch.inference_mode()``
@@ -42,7 +42,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from jetex.attribution.core import GradientUnavailableError, has_bos, predicted_target, target_logits
+from jetex.attribution.common import GradientUnavailableError, has_bos, predicted_target, target_logits
 from jetex.errors import InputError, JetexError
 from jetex.models.base import ResidualModel
 

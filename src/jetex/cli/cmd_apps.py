@@ -9,25 +9,29 @@ from pathlib import Path
 
 import click
 
-from jetex.cli.common import DEFAULT_MODEL, address_option, allow_nonfinite_option, check_result, cpus_per_worker_option, emit_json, json_option
+from jetex.cli.common import DEFAULT_MODEL, address_option, allow_nonfinite_option, check_result, cpus_per_worker_option, emit_json, json_option, with_numbering
 from jetex.errors import InputError
 
 
-def _ints(spec: str | None, what: str) -> list[int] | None:
-    if spec is None or spec.strip() in ("", "all"):
+def _mlp_layers(m, spec: str | None) -> list[int] | None:
+    """Transformer layers of the MLP blocks named by --layers (names, layer numbers, ranges; None: all)."""
+    from jetex.models.naming import layers_of, resolve_blocks
+
+    if spec is None or spec.strip().lower() in ("", "all"):
         return None
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(range(int(a), int(b) + 1))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise InputError(f"bad {what} list {spec!r}: use e.g. 0,5,10 or 0-29") from None
-    return out
+    kind = "mlp" if any(b.kind == "mlp" for b in m.blocks) else None
+    return layers_of(m, resolve_blocks(m, spec, kind=kind, what="--layers entry"))
+
+
+def _attention_layer(m, spec: str) -> int:
+    """The transformer layer of the one attention block --head-layer names (attn.N or N)."""
+    from jetex.models.naming import layers_of, resolve_blocks
+
+    kind = "attn" if any(b.kind == "attn" for b in m.blocks) else None
+    found = layers_of(m, resolve_blocks(m, spec, kind=kind, what="--head-layer"))
+    if len(found) != 1:
+        raise InputError(f"--head-layer names one attention block, got {spec!r}")
+    return found[0]
 
 
 SCORE_HELP = ("How bigrams are ranked: logprob (log P(b|a)), logit (logit centred per input), zlogit (centred logit / "
@@ -59,9 +63,9 @@ def _is_store(spec: str) -> bool:
 
 
 def _show(s: str, width: int = 14) -> str:
-    from rich.markup import escape
+    from jetex.viz.text import cell
 
-    return escape(repr(s)[1:-1][:width])
+    return cell(repr(s)[1:-1], width)
 
 
 def _rank(r: int | None, exact: bool) -> str:
@@ -221,7 +225,7 @@ def register(group: click.Group) -> None:
     @group.command("diff")
     @click.argument("a")
     @click.argument("b")
-    @click.option("--path", default="direct", show_default=True, help="Bigram path: direct, mlp:N, mlp:N,M, mlps, attn-free.")
+    @click.option("--path", default="direct", show_default=True, help="Bigram path: direct, mlp:N (or mlp.N), mlp:N,M, mlps, attn-free.")
     @click.option("--top", type=int, default=1000, show_default=True, help="N of the global top-N lists.")
     @click.option("--k", "k", type=int, default=128, show_default=True, help="Outputs kept per input token (rank exactness).")
     @click.option("--step", type=int, default=50, show_default=True, help="Rank stride of the side-by-side table.")
@@ -337,7 +341,8 @@ def register(group: click.Group) -> None:
         """Training dynamics of jet bigrams over checkpoints of one model (paper Table 4, Fig. 4, Fig. 5)."""
         import re
 
-        from jetex.apps.dynamics import bigram_dynamics, bigram_dynamics_ray
+        from jetex.apps.dynamics import bigram_dynamics
+        from jetex.apps.dynamics_ray import bigram_dynamics_ray
         from jetex.models.load import load
 
         if len(checkpoints) < 2:
@@ -408,13 +413,14 @@ def register(group: click.Group) -> None:
             for p in written:
                 click.echo(f"wrote {p}")
 
+    @with_numbering
     @group.command("roles")
     @click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True, help="Model name, folder or .gguf file.")
-    @click.option("--layers", default=None, help="MLP layers, e.g. 0,5,10 or 0-3 (default: all; 'none': no MLP).")
+    @click.option("--layers", default=None, help="MLP blocks: names or layer numbers, e.g. mlp.0,mlp.29 or 0,5,10 or 0-3 (default: all; 'none': no MLP).")
     @click.option("--limit-vocab", type=int, default=None, help="Only input tokens with ids below N for the n-gram tables (faster).")
     @click.option("--top", type=int, default=10, show_default=True, help="N-grams listed per component.")
     @click.option("--heads", is_flag=True, help="Also the heads of one attention layer, from jet skip-trigrams.")
-    @click.option("--head-layer", type=int, default=0, show_default=True, help="Attention layer for --heads.")
+    @click.option("--head-layer", default="0", show_default=True, help="Attention block for --heads: attn.N or layer number N.")
     @click.option("--head-list", default=None, help="Only these heads of --head-layer, e.g. 0,1,2.")
     @click.option("--corpus", default="stdlib-docs", show_default=True,
                   help="Text for the ablation contexts (UTF-8 file or 'stdlib-docs').")
@@ -448,7 +454,8 @@ def register(group: click.Group) -> None:
         if controls < 1 or rows < 2 or window < 4:
             raise InputError("--controls must be >= 1, --rows >= 2 and --window >= 4")
         m = load(model)
-        mlps = [] if layers is not None and layers.strip() == "none" else _ints(layers, "layer")
+        mlps = [] if layers is not None and layers.strip() == "none" else _mlp_layers(m, layers)
+        head_layer = _attention_layer(m, head_layer)
         hl = _ints(head_list, "head") if head_list else None
         progress = (lambda s: click.echo(f"jetex: {s}", err=True)) if sys.stderr.isatty() or as_json else None
         opts = dict(mode=mode, score=score, rows=rows, n_controls=controls, min_contexts=min_contexts,

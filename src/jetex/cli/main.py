@@ -3,7 +3,16 @@
 Each ``jetex/cli/cmd_<name>.py`` module defines ``register(group: click.Group)`` that
 adds its subcommand(s); they are discovered at start-up, so features add commands
 without touching this file. Every command takes ``--model`` and ``--json`` (see
-:mod:`jetex.cli.common`). A :class:`~jetex.errors.JetexError` (or a few well-known
+:mod:`jetex.cli.common`).
+
+Start-up is fast by design: ``jetex --help``, ``jetex COMMAND --help`` and argument errors
+import neither torch nor transformers. ``import jetex`` is light (its public names resolve
+lazily), and a ``cmd_*`` module imports only click, :mod:`jetex.cli.common` and
+:mod:`jetex.errors` at its top; everything heavy (models, lenses, torch, rich) is imported
+inside the command body, once its arguments are parsed. These function-local imports are
+lazy loading for speed, never a way around an import cycle: they point downwards like every
+other import (``tests/test_layering.py`` reads them too), and ``tests/cli/test_fast_cli.py``
+checks that help and argument errors load no heavy module. A :class:`~jetex.errors.JetexError` (or a few well-known
 OS errors) becomes one line on stderr and a non-zero exit, never a traceback. Any other
 exception is a bug: it is reported as one line too,
 ``error: internal error (<Type>): <message> (set JETEX_DEBUG=1 for the traceback)``,
@@ -18,6 +27,7 @@ import os
 import pkgutil
 import sys
 import traceback
+import warnings
 
 import click
 
@@ -64,6 +74,12 @@ def _report(line: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning  # a warning is one line on stderr too
+    bad = _not_utf8(args)
+    if bad is not None:
+        click.echo(f"error: {bad}", err=True)
+        return 2
     try:
         cli.main(args=args, prog_name="jetex", standalone_mode=False)
     except click.exceptions.Exit as e:
@@ -96,7 +112,28 @@ def main(argv: list[str] | None = None) -> int:
         else:
             click.echo(f"error: internal error ({type(e).__name__}): {msg} (set JETEX_DEBUG=1 for the traceback)", err=True)
         return INTERNAL_ERROR_EXIT
+    finally:
+        warnings.showwarning = shown
     return 0
+
+
+def _not_utf8(args: list[str]) -> str | None:
+    """The complaint about the first argument that is not valid UTF-8 (Python keeps such bytes
+    as lone surrogates, which no tokenizer accepts), or None."""
+    for n, a in enumerate(args, 1):
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raw = a.encode("utf-8", "surrogateescape")
+            from jetex.viz.text import visible
+
+            shown = visible(raw[max(0, e.start - 10): e.start + 10].decode("utf-8", "backslashreplace"))
+            return f"argument {n} is not valid UTF-8 text (byte {e.start}: ...{shown}...); give UTF-8 text"
+    return None
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    click.echo(f"warning: {_one_line(message if isinstance(message, Warning) else Warning(message))}", err=True)
 
 
 def torch_oom() -> type[BaseException]:

@@ -1,6 +1,6 @@
 """The Taylor-mode engine: all coefficients c_0..c_k of J^k f(x)(y) in one pass.
 
-Pipeline (cached per function, input shape/dtype/device and order):
+Pipeline (cached per function, its modules' train/eval modes, input shape/dtype/device and order):
 
 1. **Trace** f once at the centre x into an aten-level FX graph
    (:func:`~jetex.jets.tracing.record`; functionalised when f mutates variate-dependent
@@ -113,9 +113,9 @@ def _fn_key(f: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     over other tensors or modules does not.
     """
     if isinstance(f, nn.Module):
-        return ("module", id(f), f.training), (f,)
+        return ("module", id(f), _modes(f)), (f,)
     if inspect.ismethod(f):
-        return ("method", id(f.__func__), id(f.__self__), getattr(f.__self__, "training", None)), (f.__func__, f.__self__)
+        return ("method", id(f.__func__), id(f.__self__), _modes(f.__self__)), (f.__func__, f.__self__)
     code = getattr(f, "__code__", None)
     if code is None:
         return ("object", id(f)), (f,)
@@ -129,8 +129,16 @@ def _fn_key(f: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     refs.extend((f.__kwdefaults__ or {}).values())
     g = getattr(f, "__globals__", {})
     refs.extend(g[name] for name in code.co_names if name in g)
-    mods = [getattr(r, "training", None) for r in refs if isinstance(r, nn.Module)]
+    mods = [_modes(r) for r in refs if isinstance(r, nn.Module)]
     return ("function", id(code), tuple(id(r) for r in refs), tuple(mods)), (code, *refs)
+
+
+def _modes(obj: Any) -> tuple[bool, ...] | None:
+    """The train/eval flag of a module and of every submodule (a child switched alone, e.g.
+    ``model.hf.train()`` under a block wrapper, changes what the traced code computes)."""
+    if not isinstance(obj, nn.Module):
+        return None
+    return tuple(m.training for m in obj.modules())
 
 
 def _named_tensors(module: nn.Module) -> tuple[list[str], list[Tensor]]:

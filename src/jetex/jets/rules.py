@@ -478,6 +478,11 @@ def _mul_scalar(K: int, x: Series, other: float) -> Series:
         _S(lambda z, _w0=_W(4): _cast(_w0, z) / z, positive=True),
         _S(lambda z: z.sin() / z, positive=True),
         _S(lambda z: z / z.sum(-1, keepdim=True), positive=True),
+        # non-linear denominators: every Taylor coefficient of b is non-zero, so a reciprocal
+        # that used only b's first two coefficients (a linear b) would be caught
+        _S(lambda z: z / (z * z + 1.0)),
+        _S(lambda z: z.sin() / (z.exp() + z * z), positive=True),
+        _S(lambda z, _w0=_W(4): _cast(_w0, z) / z.tanh().exp()),
     ],
 )
 def _div(K: int, a: Any, b: Any) -> Any:

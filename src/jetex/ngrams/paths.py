@@ -198,8 +198,20 @@ def _check_order(order: object) -> int:
     return check_max_order(order)
 
 
-_SPEC_HELP = ("direct, mlp:N, mlp:N,M (a chain), mlp:all, mlps, attn-free, attn:L.H, attn:L (all heads of layer L) "
-              "or attn (all heads of the first attention layer)")
+_SPEC_HELP = ("direct, mlp:N (or mlp.N), mlp:N,M (a chain), mlp:all, mlps, attn-free, attn:L.H, attn:L (or attn.L: "
+              "all heads of layer L) or attn (all heads of the first attention layer)")
+
+
+def canonical_spec(spec: str) -> str:
+    """A path spec with block names written the n-gram way: ``mlp.14`` → ``mlp:14``,
+    ``mlp.3,mlp.5`` → ``mlp:3,5``, ``attn.2`` → ``attn:2``, ``attn.2.5`` → ``attn:2.5`` (lower case)."""
+    s = spec.strip().lower()
+    if re.fullmatch(r"mlp\.\d+(?:\s*,\s*mlp\.\d+)*", s):
+        return "mlp:" + ",".join(re.findall(r"mlp\.(\d+)", s))
+    m = re.fullmatch(r"attn\.(\d+)(?:\.(\d+))?", s)
+    if m:
+        return f"attn:{m.group(1)}" + (f".{m.group(2)}" if m.group(2) is not None else "")
+    return s
 
 
 def parse_path(model: ResidualModel, spec: str) -> list[NgramPath]:
@@ -209,7 +221,7 @@ def parse_path(model: ResidualModel, spec: str) -> list[NgramPath]:
     """
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"empty path name; use one of: {_SPEC_HELP}")
-    s = spec.strip().lower()
+    s = canonical_spec(spec)
     mlps = mlp_blocks(model)
     mlp_layers = sorted(mlps)
     if s == "direct":

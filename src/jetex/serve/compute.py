@@ -18,7 +18,7 @@ import torch
 from jetex.attribution import METHODS, attribute
 from jetex.attribution.core import GRADIENT_METHODS, LAYERWISE_METHODS
 from jetex.attribution.faithfulness import faithfulness
-from jetex.cli.cmd_models import predict_payload
+from jetex.models.predict import predict_payload
 from jetex.errors import JetexError
 from jetex.expand import PathFilter, exp_jet_expansion
 from jetex.lenses import iterative_lens, joint_lens

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from jetex.attribution.core import Attribution
 from jetex.results import register_renderer, write_atomic
+from jetex.viz.text import cell, visible
 
 _RED = (214, 39, 40)
 _BLUE = (31, 119, 180)
@@ -47,14 +48,15 @@ def _text_colour(rgb: tuple[int, int, int]) -> str:
 
 
 def display_token(tok: str) -> str:
-    """A token as shown: newlines and tabs made visible, empty tokens as ∅."""
-    t = tok.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "")
+    """A token as shown: newlines and tabs made visible, other control characters escaped
+    (:func:`jetex.viz.text.visible`), empty tokens as ∅."""
+    t = visible(tok.replace("\t", "⇥").replace("\r", ""), newlines="⏎")
     return t if t else "∅"
 
 
 def _describe(attr: Attribution) -> str:
     opts = ", ".join(f"{k}={v}" for k, v in attr.options.items())
-    return f"{attr.method}{f' ({opts})' if opts else ''} → target {attr.target!r} (id {attr.target_id})"
+    return f"{attr.method}{f' ({opts})' if opts else ''} → target '{visible(attr.target)}' (id {attr.target_id})"
 
 
 def to_rich_text(attr: Attribution) -> Text:
@@ -79,7 +81,7 @@ def render_terminal(attr: Attribution, console: Console | None = None, *, top: i
     table.add_column("score", justify="right")
     s = attr.scores.tolist()
     for r, i in enumerate(attr.ranking()[:top], 1):
-        table.add_row(str(r), str(i), repr(attr.tokens[i]), f"{s[i]:+.4g}")
+        table.add_row(str(r), str(i), cell(repr(attr.tokens[i])), f"{s[i]:+.4g}")
     console.print(table)
     if "convergence_delta" in attr.extras:
         console.print(f"integrated-gradients convergence delta: {attr.extras['convergence_delta']:+.3g}")

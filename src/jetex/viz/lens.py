@@ -6,7 +6,9 @@ only layout and colours.
 - :func:`plot_lens`: the lens table of a :class:`~jetex.lenses.LensResult`. Rows are the
   lens rows (streams h_l for the iterative lens, centres for the joint lens), columns the
   input positions (column i shows what is predicted *after* reading token i). Each cell
-  shows the row's top-1 token, coloured by its logit on a diverging colormap centred at 0;
+  shows the row's top-1 token, coloured (``color_by``, :class:`CellScale`) by its probability
+  under the row's softmax (default; fixed scale [0, 1], so figures of several orders or runs
+  compare), its log-probability, the rank of the model's top-1 in the row, or its logit;
   bold tokens agree with the model's own top-1 at that position. On the right: the mean
   cosine similarity between the row's logits and the model's logits (and, for the joint
   lens, the mean jet weight w̄ of the row). Bottom rows: the model's top-1 prediction and,
@@ -55,6 +57,7 @@ from jetex.results import register_renderer
 
 # Diverging colormap for logits and cosines (centred at 0), sequential for weights.
 LOGIT_CMAP = "RdBu_r"
+PROB_CMAP = "YlGnBu"  # sequential: probabilities, log-probabilities, ranks (reversed)
 WEIGHT_CMAP = "Greens"
 _EXTRA_BG = (0.94, 0.94, 0.94, 1.0)  # background of the model / expansion rows
 _BLANK_BG = (0.985, 0.985, 0.985, 1.0)  # cells carrying no term (weight 0)
@@ -203,6 +206,84 @@ def _tick_label(v: float) -> str:
     return ("−" if v < 0 else "") + text
 
 
+#: what a lens cell's colour shows (``color_by``); the default, ``prob``, is comparable across
+#: orders, rows and models (a probability in [0, 1], no clipping), unlike raw logits, whose
+#: range grows with the order (±35 at k = 0, ±339 at k = 1 on SmolLM2)
+COLOR_BY = ("prob", "logprob", "rank", "logit")
+LOGPROB_FLOOR = -10.0  # log-probabilities below are clipped (and the clipping is shown)
+RANK_CEIL = 1000  # ranks above are clipped (and the clipping is shown)
+
+
+class CellScale:
+    """The colour of each lens cell under ``color_by`` (fixed scales, so figures of several
+    orders or runs share one scale): ``value(r, i)``, ``norm``, ``cmap``, a ``label`` for the
+    key, and ``clipped``: how many cells lie outside the scale (drawn at its end)."""
+
+    def __init__(self, result: LensResult, color_by: str, active: list[tuple[int, int]]) -> None:
+        if color_by not in COLOR_BY:
+            raise InputError(f"unknown colour scale {color_by!r}; choose one of: {', '.join(COLOR_BY)}")
+        if color_by != "logit" and (result.top_logprobs is None or result.model_rank is None):
+            color_by = "logit"  # a result without probabilities (e.g. built by hand): its logits
+        self.color_by = color_by
+        self.result = result
+        self.extend = "neither"
+        if color_by == "prob":
+            self.norm, self.cmap = mcolors.Normalize(0.0, 1.0), matplotlib.colormaps[PROB_CMAP]
+            self.label = "P(top-1) of the row"
+        elif color_by == "logprob":
+            self.norm = mcolors.Normalize(LOGPROB_FLOOR, 0.0, clip=True)
+            self.cmap = matplotlib.colormaps[PROB_CMAP]
+            self.label = "log P(top-1) of the row"
+        elif color_by == "rank":
+            self.norm = mcolors.LogNorm(1, RANK_CEIL, clip=True)
+            self.cmap = matplotlib.colormaps[PROB_CMAP + "_r"]
+            self.label = "rank of the model's top-1 in the row"
+        else:
+            self.norm, scale = _logit_norm(result, active)
+            self.cmap = matplotlib.colormaps[LOGIT_CMAP]
+            self.label = "top-1 logit of the row" + (" (symlog scale)" if scale == "symlog" else "")
+            self.symlog = scale == "symlog"
+        vals = [self.value(r, i) for r, i in active]
+        if color_by == "logprob":
+            self.clipped = sum(v < LOGPROB_FLOOR for v in vals)
+            self.extend = "min" if self.clipped else "neither"
+        elif color_by == "rank":
+            self.clipped = sum(v > RANK_CEIL for v in vals)
+            self.extend = "max" if self.clipped else "neither"
+        elif color_by == "logit" and not self.symlog:
+            self.clipped = sum(abs(v) > self.norm.vmax for v in vals)
+            self.extend = "both" if self.clipped else "neither"
+        else:
+            self.clipped = 0
+        if self.clipped:
+            self.label += f" ({self.clipped} clipped)"
+
+    def value(self, r: int, i: int) -> float:
+        res = self.result
+        if self.color_by == "prob":
+            return math.exp(float(res.top_logprobs[r, i, 0]))  # type: ignore[index]
+        if self.color_by == "logprob":
+            return float(res.top_logprobs[r, i, 0])  # type: ignore[index]
+        if self.color_by == "rank":
+            return float(res.model_rank[r, i]) + 1.0  # type: ignore[index]
+        return float(res.top_logits[r, i, 0])
+
+    def rgba(self, r: int, i: int):
+        return self.cmap(self.norm(self.value(r, i)))
+
+    def ticks(self) -> tuple[list[float], list[str]] | None:
+        if self.color_by == "rank":
+            vals = [v for v in (1, 10, 100, 1000) if v <= RANK_CEIL]
+            return vals, [("≥" if v == RANK_CEIL and self.clipped else "") + str(v) for v in vals]
+        if self.color_by == "logprob":
+            vals = [LOGPROB_FLOOR, LOGPROB_FLOOR / 2, 0.0]
+            return vals, [("≤" if self.clipped else "") + f"{LOGPROB_FLOOR:g}", f"{LOGPROB_FLOOR / 2:g}", "0"]
+        if self.color_by == "logit" and getattr(self, "symlog", False):
+            ticks = _symlog_ticks(self.norm)  # type: ignore[arg-type]
+            return ticks, [_tick_label(v) for v in ticks]
+        return None
+
+
 def _active(result: LensResult, r: int, i: int) -> bool:
     return result.weights is None or float(result.weights[r, i]) > _ZERO_WEIGHT
 
@@ -224,18 +305,19 @@ _UNTRUSTED_NOTE = "hatched: untrusted cell (divergent series, remainder > output
 # --------------------------------------------------------------------------- PNG table
 
 
-def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_chars: int = 8) -> Figure:
+def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_chars: int = 8, color_by: str = "prob") -> Figure:
     """Draw the lens table of ``result`` (see the module docstring); save a PNG when ``path`` is given.
 
     The figure grows with the number of rows R and positions t (about 0.8 in per column and
     0.26 in per row; 0.36 in per row for an optimised joint lens, whose cells also print w_i).
+    ``color_by``: what a cell's colour shows (:data:`COLOR_BY`; see :class:`CellScale`).
     """
     R, t = len(result.row_names), len(result.tokens)
     joint = result.kind == "joint"
     show_w = joint and result.optimized and result.weights is not None
     cells = _cell_tokens(result)
     active = [(r, i) for r in range(R) for i in range(t) if _active(result, r, i)]
-    norm, scale = _logit_norm(result, active)
+    cs = CellScale(result, color_by, active)
     cmap = matplotlib.colormaps[LOGIT_CMAP]
     wcmap = matplotlib.colormaps[WEIGHT_CMAP]
     cos_norm = mcolors.Normalize(vmin=-1.0, vmax=1.0)
@@ -278,7 +360,7 @@ def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_cha
     img = [[_EXTRA_BG] * t for _ in range(n_rows)]
     for r in range(R):
         for i in range(t):
-            img[r][i] = cmap(norm(float(result.top_logits[r, i, 0]))) if _active(result, r, i) else _BLANK_BG
+            img[r][i] = cs.rgba(r, i) if _active(result, r, i) else _BLANK_BG
     for b, (_, _, cols) in enumerate(extra):
         if cols is not None:
             img[R + b] = cols
@@ -389,12 +471,12 @@ def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_cha
 
     # ---- colorbar for the lens logits
     cax = box(x + cbar_gap - 0.06, cbar_w, bottom + grid_h * 0.25, grid_h * 0.5)
-    saturates = scale == "linear" and any(abs(float(result.top_logits[r, i, 0])) > norm.vmax for r, i in active)
-    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, extend="both" if saturates else "neither")
-    if scale == "symlog":
-        cb.set_ticks(_symlog_ticks(norm))  # type: ignore[arg-type]
-        cb.set_ticklabels([_tick_label(v) for v in _symlog_ticks(norm)])  # type: ignore[arg-type]
-    cb.set_label("top-1 logit of the row" + (" (symlog scale)" if scale == "symlog" else ""), fontsize=7.5)
+    cb = fig.colorbar(ScalarMappable(norm=cs.norm, cmap=cs.cmap), cax=cax, extend=cs.extend)
+    ticks = cs.ticks()
+    if ticks is not None:
+        cb.set_ticks(ticks[0])  # type: ignore[arg-type]
+        cb.set_ticklabels(ticks[1])  # type: ignore[arg-type]
+    cb.set_label(cs.label, fontsize=7.5)
     cb.ax.tick_params(labelsize=7)
 
     # ---- titles and notes
@@ -566,7 +648,7 @@ def lens_data(result: LensResult) -> dict:
     return out
 
 
-def lens_html(result: LensResult) -> str:
+def lens_html(result: LensResult, *, color_by: str = "prob") -> str:
     """A self-contained HTML page (inline CSS and JS, no external assets) with the lens table.
 
     Cells are coloured like :func:`plot_lens`; hovering a cell shows its top-k tokens with
@@ -579,7 +661,7 @@ def lens_html(result: LensResult) -> str:
     cmap = matplotlib.colormaps[LOGIT_CMAP]
     wcmap = matplotlib.colormaps[WEIGHT_CMAP]
     active = [(r, i) for r in range(R) for i in range(t) if _active(result, r, i)]
-    norm, scale = _logit_norm(result, active)
+    cs = CellScale(result, color_by, active)
     cos_norm = mcolors.Normalize(vmin=-1.0, vmax=1.0)
     cells = _cell_tokens(result)
     model_ids = result.model_top_ids[:, 0]
@@ -600,7 +682,7 @@ def lens_html(result: LensResult) -> str:
             if not _active(result, r, i):
                 tds.append(f"<td class='cell blank' data-r='{r}' data-i='{i}'>·</td>")
                 continue
-            rgba = cmap(norm(float(result.top_logits[r, i, 0])))
+            rgba = cs.rgba(r, i)
             cls = "cell agree" if int(result.top_ids[r, i, 0]) == int(model_ids[i]) else "cell"
             if _untrusted(result, r, i):
                 cls += " untrusted"
@@ -638,12 +720,17 @@ def lens_html(result: LensResult) -> str:
             + "".join(side_cell(c, cmap(cos_norm(c)), _fmt(c)) for c in ecos)
             + blank_side + "</tr>"
         )
-    lo, hi = norm.vmin, norm.vmax
-    ticks = (lo, lo / 2, 0.0, hi / 2, hi) if scale == "linear" else (lo, lo / 10, -norm.linthresh, 0.0, norm.linthresh, hi / 10, hi)
+    t_k = cs.ticks()
+    if t_k is None:
+        lo, hi = cs.norm.vmin, cs.norm.vmax
+        vals = [lo + (hi - lo) * f for f in (0.0, 0.25, 0.5, 0.75, 1.0)]
+        labels = [f"{v:.3g}" if cs.color_by == "prob" else f"{v:+.3g}" for v in vals]
+    else:
+        vals, labels = t_k
     legend = "".join(
-        f"<span style='background:{_css_colour(cmap(norm(v)))};color:{_text_colour(cmap(norm(v)))}'>{v:+.3g}</span>"
-        for v in ticks
-    ) + (" (symmetric-log scale)" if scale == "symlog" else "")
+        f"<span style='background:{_css_colour(cs.cmap(cs.norm(v)))};color:{_text_colour(cs.cmap(cs.norm(v)))}'>{esc(lab)}</span>"
+        for v, lab in zip(vals, labels)
+    )
     title = esc(lens_title(result))
     notes = (
         "<p class='note'>Cell: top-1 token of the row's logits; column i predicts the token after input i. "
@@ -660,7 +747,7 @@ def lens_html(result: LensResult) -> str:
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>{title}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{title}</h1>{notes}<div class='legend'>top-1 logit: {legend}</div>"
+        f"<h1>{title}</h1>{notes}<div class='legend'>{esc(cs.label)}: {legend}</div>"
         f"<table class='lens'>{head}<tbody>{''.join(body)}</tbody></table>"
         "<div id='tip'></div>"
         f"<script type='application/json' id='lens-data'>{_json_for_script(lens_data(result))}</script>"
@@ -668,9 +755,9 @@ def lens_html(result: LensResult) -> str:
     )
 
 
-def save_lens_html(result: LensResult, path: PathLike) -> Path:
+def save_lens_html(result: LensResult, path: PathLike, *, color_by: str = "prob") -> Path:
     """Write :func:`lens_html` to ``path`` (atomically); returns the path."""
-    return _write_atomic(path, lens_html(result).encode("utf-8"))
+    return _write_atomic(path, lens_html(result, color_by=color_by).encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- cosine curve
@@ -720,16 +807,16 @@ def plot_cosine_curve(curve: CosineCurve, path: PathLike | None = None) -> Figur
 # --------------------------------------------------------------------------- saving
 
 
-def save_lens(result: LensResult, path: PathLike) -> Path:
+def save_lens(result: LensResult, path: PathLike, *, color_by: str = "prob") -> Path:
     """Write ``result`` to ``path`` by suffix: ``.png`` (:func:`plot_lens`), ``.html``
     (:func:`lens_html`) or ``.json`` (``result.to_dict()``). Rendering happens in memory
     before anything touches the file, which is then replaced atomically."""
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix == ".png":
-        data = _png_bytes(plot_lens(result))
+        data = _png_bytes(plot_lens(result, color_by=color_by))
     elif suffix in (".html", ".htm"):
-        data = lens_html(result).encode("utf-8")
+        data = lens_html(result, color_by=color_by).encode("utf-8")
     elif suffix == ".json":
         data = (json.dumps(result.to_dict(), ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     else:
