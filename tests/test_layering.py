@@ -1,6 +1,6 @@
 """The package layers import downwards only, and no import cycle hides anywhere.
 
-    errors, progress ← results, jets, models ← expand ← lenses, attribution, ngrams ← apps ← viz ← serve ← cli
+    errors ← progress, finite, results ← jets, models ← expand ← lenses, attribution, ngrams ← apps ← viz ← serve ← cli
 
 The import graph is read from the source with ``ast``: EVERY import statement counts,
 including imports inside functions (the lazy imports of heavy dependencies for start-up
@@ -22,18 +22,19 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "jetex"
 #: modules only within itself, and any lower layer)
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "progress": 0,
+    "progress": 1,  # stderr progress (no jetex imports)
+    "finite": 1,  # non-finite checks of weights and results
     "results": 1,  # the result base class (renderers are looked up by module name, at call time)
-    "jets": 1,
-    "models": 1,
-    "expand": 2,
-    "lenses": 3,
-    "attribution": 3,
-    "ngrams": 3,
-    "apps": 4,
-    "viz": 5,
-    "serve": 6,
-    "cli": 7,  # the command line also starts the explorer (jetex serve)
+    "jets": 2,
+    "models": 2,
+    "expand": 3,
+    "lenses": 4,
+    "attribution": 4,
+    "ngrams": 4,
+    "apps": 5,
+    "viz": 6,
+    "serve": 7,
+    "cli": 8,  # the command line also starts the explorer (jetex serve)
 }
 
 

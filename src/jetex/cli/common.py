@@ -38,6 +38,8 @@ cpus_per_worker_option = click.option(
 
 def _set_allow_nonfinite(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     """--allow-nonfinite: let non-finite weights and results through for this command only."""
+    if not value:  # the default: nothing to switch (and no torch import for help or argument errors)
+        return False
     from jetex.finite import ALLOW_NONFINITE  # torch is imported only once a command runs
 
     token = ALLOW_NONFINITE.set(bool(value))
