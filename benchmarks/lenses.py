@@ -51,7 +51,9 @@ def main() -> int:
         action="store_true",
         help="time with process CPU time and one torch thread (robust on a shared machine; wall time otherwise)",
     )
+    ap.add_argument("--parts", default="1,2,3,4", help="which targets to measure, e.g. 3")
     args = ap.parse_args()
+    parts = {int(p) for p in args.parts.split(",")}
     global CLOCK
     if args.cpu_time:
         torch.set_num_threads(1)
@@ -63,6 +65,18 @@ def main() -> int:
     print(f"model {model.name}: L = {model.n_blocks} blocks, {ids.shape[-1]} tokens, threads = {torch.get_num_threads()}, {clock}")
     ok = True
 
+    if parts & {1, 2}:
+        ok &= _targets_1_2(model, ids, args)
+    if 3 in parts:
+        ok &= _target_3(model, ids, args)
+    if 4 in parts:
+        ok &= _target_4(model, ids, args)
+    print("\nALL PASS" if ok else "\nSOME TARGETS FAILED")
+    return 0 if ok else 1
+
+
+def _targets_1_2(model, ids, args) -> bool:
+    ok = True
     # 1. joint lens with optimised weights, 5 centres, k = 1
     t_joint, res = timed(lambda: joint_lens(model, ids, order=1, centres=5, optimize=True), args.repeats)
     t_unif, _ = timed(lambda: joint_lens(model, ids, order=1, centres=5, optimize=False), args.repeats)
@@ -102,9 +116,14 @@ def main() -> int:
     print(f"    k=0 (logit lens) {t0_lens:.3f} s   k=1 {t1_lens:.3f} s   ratio {ratio:.2f}x  target <= 2x: {'PASS' if p2 else 'FAIL'}")
     mid = len(r0.row_names) // 2
     print(f"    mean cosine at row {r0.row_names[mid]}: logit lens {r0.cosine[mid].mean():+.3f}, order-1 jet lens {r1.cosine[mid].mean():+.3f}")
+    return ok
+
+
+def _target_3(model, ids, args) -> bool:
+    ok = True
     # 3. issue 11: diagnostics and float64 accumulation, ratios measured here (interleaved repeats)
     from jetex.expand import numerics
-    from jetex.lenses.lens import _iterative_core, _joint_core, joint_centres, layer_streams
+    from jetex.lenses.lens import _iterative_core, _joint_core, layer_streams
 
     with torch.no_grad():
         hs = model.stream(ids)
@@ -147,6 +166,12 @@ def main() -> int:
     print(f"    diagnostics overhead, k=1: iterative {r_it:+.1%} ({it_on:.3f} vs {it_off:.3f} s), joint {r_jt:+.1%} ({jt_on:.3f} vs {jt_off:.3f} s)  target <= +5%")
     print(f"    float64 accumulation, k=2: iterative {r_i64:+.1%} ({i64:.3f} vs {i32:.3f} s), joint {r_j64:+.1%} ({j64:.3f} vs {j32:.3f} s)  target <= +30%")
     print(f"    {'PASS' if p3 else 'FAIL'}")
+    return ok
+
+
+def _target_4(model, ids, args) -> bool:
+    ok = True
+    t1_lens, _ = timed(lambda: iterative_lens(model, ids, order=1), args.repeats)
     # 4. fitted lenses: readout over all layers vs the logit lens and vs a forward pass
     from jetex.lenses.jacobian import JacobianLens
     from jetex.lenses.tuned import TunedLens
@@ -171,8 +196,7 @@ def main() -> int:
     print(f"    Jacobian lens {t_jac:.3f} s ({r_j:.2f}x logit lens, {t_jac / t_fwd:.2f}x forward)")
     print(f"    order-1 jet lens {t1_lens:.3f} s ({t1_lens / t_fwd:.2f}x forward)   [lens times include the forward pass]")
     print(f"    target fitted readout <= 1.5x the logit lens: {'PASS' if p4 else 'FAIL'}")
-    print("\nALL PASS" if ok else "\nSOME TARGETS FAILED")
-    return 0 if ok else 1
+    return ok
 
 
 if __name__ == "__main__":

@@ -124,6 +124,12 @@ def run_model(name: str, out: Path, sample: str, curve_too: bool = True) -> dict
           + "  ".join(f"k={k}: {float(curve.cosine[oi, inner].mean()):+.3f}" for oi, k in enumerate(curve.orders)))
     print("  layers with negative mean cosine:  "
           + "  ".join(f"k={k}: {int((curve.cosine[oi] < 0).sum())}/{n}" for oi, k in enumerate(curve.orders)))
+    if curve.rest_cosine is not None:  # issue 11: what the lens adds beyond the model's own output
+        print("  rest cosine (row minus its part along q), mean over the same rows:  "
+              + "  ".join(f"k={k}: {float(curve.rest_cosine[oi, inner].mean()):+.3f}" for oi, k in enumerate(curve.orders)))
+    if curve.trusted is not None:
+        print("  share of trusted cells (docs/trust.md), all rows:  "
+              + "  ".join(f"k={k}: {float(curve.trusted[oi].mean()):.0%}" for oi, k in enumerate(curve.orders)))
 
     print("wrote " + ", ".join(p.name for p in written))
     return {"curve": curve, "lenses": lenses, "joints": joints}

@@ -454,13 +454,15 @@ def _along_q(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """q_coef, rest_cosine, q_share ``[R, t]`` of the iterative lens rows (see :class:`LensResult`)."""
     alpha, _ = split_along_output(terms, lens0, target)  # [R, t]
-    qt = model_logits.double()
+    qt = model_logits
     if model.unembedding_bias is not None:
-        qt = qt - model.unembedding_bias.double()
-    rest = logits.double() - alpha[..., None] * qt.unsqueeze(0)  # [R, t, V]
-    rest_cos = F.cosine_similarity(rest, model_logits.double().unsqueeze(0), dim=-1)
-    along = alpha.abs() * qt.norm(dim=-1).unsqueeze(0)
-    share = ratio(along, along + rest.norm(dim=-1))
+        qt = qt - model.unembedding_bias
+    a = alpha.to(logits.dtype)
+    # in the logits' dtype: the rows are only as precise as their own float32 entries anyway
+    rest = logits - a[..., None] * qt.unsqueeze(0)  # [R, t, V]
+    rest_cos = F.cosine_similarity(rest, model_logits.unsqueeze(0), dim=-1).double()
+    along = alpha.abs() * qt.double().norm(dim=-1).unsqueeze(0)
+    share = ratio(along, along + rest.norm(dim=-1).double())
     return alpha.float().cpu(), rest_cos.float().cpu(), share.float().cpu()
 
 
