@@ -140,7 +140,8 @@ def test_diagnostics_flag_divergent_orders_smollm2(smollm2):
     j = joint_lens(m, z, order=2, centres="blocks")
     d = j.diagnostics
     assert d is not None and int(d.trusted.sum()) == 0
-    assert d.dominant() == "divergent"
+    assert float(d.flags()["divergent"].double().mean()) > 0.5  # most centres are outside their radius
+    assert bool(d.flags()["cancellation"].all())  # and the terms cancel at every position
     assert d.warning("cells") is not None
     it = iterative_lens(m, z, order=1)
     di = it.diagnostics

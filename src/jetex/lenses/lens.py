@@ -410,16 +410,16 @@ def _iterative_core(model: ResidualModel, h: Float[Tensor, "l1 1 t d"], streams:
     terms = coeffs.sum(0)
     logits = unembed(model, terms.to(model.dtype), bias=True)  # [R, t, V]
     model_logits = model.decode(h[-1])[0]  # [t, V]
-    rem = (model_logits.unsqueeze(0) - logits).double().norm(dim=-1)
+    rem = (model_logits.unsqueeze(0) - logits).norm(dim=-1).double()
     if not diagnose:  # (benchmarks/lenses.py times the diagnostics against this)
         return dict(logits=logits, model_logits=model_logits, rem=rem)
-    q_norm = model_logits.double().norm(dim=-1)  # [t]
+    q_norm = model_logits.norm(dim=-1).double()  # [t]
     diag = Diagnostics(
         order=k,
         decay=decay_from_norms(coeffs.norm(dim=-1)).cpu(),
         distance=relative_distance(h[list(streams), 0], h[-1, 0].unsqueeze(0)).cpu(),
         remainder_share=ratio(rem, q_norm).cpu(),
-        cancellation=ratio(logits.double().norm(dim=-1) + rem, q_norm).cpu(),
+        cancellation=ratio(logits.norm(dim=-1).double() + rem, q_norm).cpu(),
         unit_roundoff=unit_roundoff(model.dtype),
     )
     target = model.final_norm(h[-1, 0])  # [t, d]
@@ -461,7 +461,7 @@ def _along_q(
     # in the logits' dtype: the rows are only as precise as their own float32 entries anyway
     rest = logits - a[..., None] * qt.unsqueeze(0)  # [R, t, V]
     rest_cos = F.cosine_similarity(rest, model_logits.unsqueeze(0), dim=-1).double()
-    along = alpha.abs() * qt.double().norm(dim=-1).unsqueeze(0)
+    along = alpha.abs() * qt.norm(dim=-1).double().unsqueeze(0)
     share = ratio(along, along + rest.norm(dim=-1).double())
     return alpha.float().cpu(), rest_cos.float().cpu(), share.float().cpu()
 
@@ -633,10 +633,10 @@ def _joint_core(
     total = terms.sum(0)  # summed before U, in the accumulation dtype
     exp_logits = unembed(model, total.to(model.dtype))
     delta = model.final_norm(h[-1]).to(total.dtype) - total  # δ in final-norm space
-    rem = unembed(model, delta.to(model.dtype), bias=True).double().norm(dim=-1)  # [t]
+    rem = unembed(model, delta.to(model.dtype), bias=True).norm(dim=-1).double()  # [t]
     if not diagnose:  # (benchmarks/lenses.py times the diagnostics against this)
         return dict(logits=logits, W=W, model_logits=model_logits, exp_logits=exp_logits, rem=rem)
-    q_norm = model_logits.double().norm(dim=-1)
+    q_norm = model_logits.norm(dim=-1).double()
     n = len(segs)
     active = W > 0
     nan = torch.full(W.shape, float("nan"), dtype=torch.float64, device=W.device)
@@ -645,7 +645,7 @@ def _joint_core(
         decay=torch.where(active, decay_from_norms(coeffs.norm(dim=-1)), nan).cpu(),
         distance=torch.where(active, relative_distance(X, h[-1].unsqueeze(0)), nan).cpu(),
         remainder_share=ratio(rem, q_norm).expand(n, -1).cpu(),
-        cancellation=ratio(logits.double().norm(dim=-1).sum(0) + rem, q_norm).expand(n, -1).cpu(),
+        cancellation=ratio(logits.norm(dim=-1).double().sum(0) + rem, q_norm).expand(n, -1).cpu(),
         unit_roundoff=unit_roundoff(model.dtype),
     )
     exp_cos = F.cosine_similarity(exp_logits.double(), model_logits.double(), dim=-1).float().cpu()
