@@ -25,7 +25,7 @@ SENTENCES = ["the cat sat on the mat .", "the dog ran to the door .", "a king an
 
 
 def test_mlp_bigrams_match_brute_force(model_a):
-    top, added = mlp_bigrams(model_a, 1, n_top=10, min_prob=0.0)
+    top, added = mlp_bigrams(model_a, 1, n_top=10, min_prob=0.0, score="logprob")  # the P-ranked oracle below
     lm, ld = full_logprobs(model_a, "mlp:1"), full_logprobs(model_a, "direct")
     V = lm.shape[0]
     best = sorted(((a, b) for a in range(V) for b in range(V) if a != b), key=lambda p: -float(lm[p]))[:10]
