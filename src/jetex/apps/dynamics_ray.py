@@ -73,7 +73,7 @@ class CheckpointTask:
     pairs: tuple[tuple[int, int], ...] | None = None
     expect: tuple[str, tuple, str] | None = None
     fingerprint: str | None = None
-    score: str = "logprob"
+    score: str | None = None  # None: checkpoint_summary's default score, as the local run
 
     def __post_init__(self) -> None:
         if self.kind not in ("summary", "pairs"):
@@ -138,7 +138,7 @@ class CheckpointBackend(RayBackend):
     """
 
     def __init__(self, sources: Sequence[str], reference: Any, *, path: str = "direct", top: int = 1000, k: int = 128,
-                 exclude_self: bool = True, order: int = 0, granularity: str = "sublayer", score: str = "logprob",
+                 exclude_self: bool = True, order: int = 0, granularity: str = "sublayer", score: str | None = None,
                  **backend: Any) -> None:
         self.sources = [str(s) for s in sources]
         if len(self.sources) < 1 or any(not s for s in self.sources):
