@@ -24,3 +24,15 @@ def test_quick_start_two_block_walkthrough():
 def test_real_model_example(smollm2):
     code = _blocks()[1]
     exec(compile(code, "README real-model example", "exec"), {})
+
+
+@pytest.mark.real
+def test_own_model_batch_example(smollm2, tmp_path, monkeypatch):
+    pytest.importorskip("pandas", reason="the README's DataFrame example needs the jetex[pandas] extra")
+    code = _blocks()[2]
+    assert "from_hf" in code and "to_dataframe" in code
+    monkeypatch.chdir(tmp_path)  # the example writes lens.png into the current directory
+    ns: dict = {}
+    exec(compile(code, "README own-model example", "exec"), ns)
+    assert len(ns["lenses"]) == 2 and len(ns["df"]) > 0
+    assert (tmp_path / "lens.png").stat().st_size > 0
