@@ -1,6 +1,6 @@
 """The package layers import downwards only, and no import cycle hides anywhere.
 
-    errors ← progress, finite, results ← jets, models ← expand ← lenses, attribution, ngrams ← apps ← viz ← serve ← cli
+    errors ← progress, finite, results, orders ← jets, models ← expand ← lenses, attribution, ngrams ← apps ← viz ← serve ← cli
 
 The import graph is read from the source with ``ast``: EVERY import statement counts,
 including imports inside functions (the lazy imports of heavy dependencies for start-up
@@ -23,6 +23,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "jetex"
 LAYERS: dict[str, int] = {
     "errors": 0,
     "progress": 1,  # stderr progress (no jetex imports)
+    "orders": 1,  # the accepted jet orders (torch-free: checked before a model loads)
     "finite": 1,  # non-finite checks of weights and results
     "results": 1,  # the result base class (renderers are looked up by module name, at call time)
     "jets": 2,

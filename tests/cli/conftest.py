@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from jetex.finite import ALLOW_NONFINITE
+
 
 def _stamp(source: object) -> tuple:
     p = Path(os.fspath(source)).expanduser() if isinstance(source, (str, os.PathLike)) else None
@@ -36,11 +38,16 @@ def _load_once_per_module(request):
     real = loader.load
     cache: dict[tuple, object] = {}
 
-    def load(name_or_path=loader.DEFAULT_MODEL, granularity="sublayer", dtype="float32", device="cpu"):
+    def load(name_or_path=loader.DEFAULT_MODEL, granularity="sublayer", dtype="float32", device="cpu", allow_nonfinite=None):
+        # whether non-finite weights may load (the argument, else --allow-nonfinite's context
+        # variable) is part of the key: a model let through by the flag must not be handed to
+        # a later command without it
+        allowed = ALLOW_NONFINITE.get() if allow_nonfinite is None else bool(allow_nonfinite)
         key = (os.fspath(name_or_path), _stamp(name_or_path), granularity, str(dtype), str(device),
-               os.environ.get("JETEX_CACHE"), torch.is_inference_mode_enabled())  # inference mode changes the weights' kind
+               os.environ.get("JETEX_CACHE"), torch.is_inference_mode_enabled(),  # inference mode changes the weights' kind
+               allowed)
         if key not in cache:
-            cache[key] = real(name_or_path, granularity=granularity, dtype=dtype, device=device)
+            cache[key] = real(name_or_path, granularity=granularity, dtype=dtype, device=device, allow_nonfinite=allow_nonfinite)
         return cache[key]
 
     loader.load = load

@@ -71,13 +71,15 @@ def test_server_errors_are_one_line(explorer, capsys, monkeypatch):
     assert rc == 0 and json.loads(out)["top"], err  # the environment variable names the server
 
 
-def test_client_imports_no_torch(explorer):
+@pytest.mark.parametrize("cmd", [["lens", "the cat"], ["lens", "the cat", "--order", "2"], ["paths", "the cat", "--max-len", "1"],
+                                 ["predict", "the cat"], ["attribute", "the cat", "--method", "logat"]],
+                         ids=["lens", "lens-order", "paths", "predict", "attribute"])
+def test_client_imports_no_torch(explorer, cmd):
     env = dict(os.environ, PYTHONPATH=SRC)
     pkg = subprocess.run([sys.executable, "-c", "import sys, jetex.cli.main; print('torch' in sys.modules)"],
                          capture_output=True, text=True, timeout=120, env=env)
-    if pkg.stdout.strip() == "True":
-        pytest.skip("importing the jetex command line itself loads torch in this build (no lazy package imports yet)")
-    code = ("import sys; from jetex.cli.main import main; rc = main(['lens', 'the cat', '-m', 'tiny', '--json', '--server', "
+    assert pkg.stdout.strip() == "False", "importing the jetex command line loads torch"
+    code = (f"import sys; from jetex.cli.main import main; rc = main({cmd!r} + ['-m', 'tiny', '--json', '--server', "
             f"{explorer.url!r}]); print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr

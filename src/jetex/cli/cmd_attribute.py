@@ -118,8 +118,7 @@ def _ratios(text: str | None) -> tuple[float, ...] | None:
 @remote.server_option
 def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline, seed, eval_file, methods, limit, ratios, progress, html_out, texts_file, model, as_json, server):
     """Attribute the next-token prediction after TEXT to its input tokens."""
-    from jetex.attribution import METHODS, MethodSpec, attribute, evaluate_faithfulness, load_prompts
-    from jetex.jets import check_max_order
+    from jetex.orders import check_max_order
 
     check_max_order(order)  # before loading the model
     if target is not None and target_id is not None:
@@ -137,6 +136,7 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
             raise InputError("--texts attributes each text; --eval FILE evaluates faithfulness: give one of them")
         if html_out is not None:
             raise InputError("--html renders a single attribution; it does not apply to --eval")
+        from jetex.attribution import MethodSpec, evaluate_faithfulness, load_prompts
         if text is not None:
             raise InputError("give either TEXT or --eval FILE, not both")
         if target is not None or target_id is not None:
@@ -187,8 +187,11 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         raise InputError("give a TEXT to attribute (or --texts FILE, or --eval FILE for the faithfulness evaluation)")
     if text is not None and not text.strip():
         raise InputError("empty text: give at least one non-blank character")
-    if method not in METHODS:
-        raise InputError(f"unknown attribution method {method!r}; choose one of: {', '.join(METHODS)}")
+    if remote.url_of(server) is None:  # a server checks the method itself (the client imports no torch)
+        from jetex.attribution import METHODS
+
+        if method not in METHODS:
+            raise InputError(f"unknown attribution method {method!r}; choose one of: {', '.join(METHODS)}")
     if methods is not None or limit is not None or ratios is not None:
         raise InputError("--methods, --limit and --ratios apply to --eval only")
     if kw and method != "integrated_gradients":
@@ -208,6 +211,7 @@ def attribute_cmd(text, target, target_id, method, layer, order, steps, baseline
         return remote.attribute(url, text=text, target=target, target_id=target_id, method=method, layer=layer, order=order,
                                 steps=steps, model=model, model_given=given, as_json=as_json)
     _need_captum([method])
+    from jetex.attribution import METHODS, attribute
     from jetex.results import write_atomic
 
     m = _load(model)

@@ -7,6 +7,7 @@ import click
 from jetex.cli import remote
 from jetex.cli.common import check_result, common_options, emit_json, numbered, texts_of, texts_option, with_numbering
 from jetex.errors import InputError
+from jetex.orders import check_max_order
 
 
 def _parse_ints(spec: str | None, what: str) -> list[int] | None:
@@ -116,61 +117,12 @@ def _compute_lens(m, text, kind, order, layers, centres, optimize, top, lens_fil
     return joint_lens(m, text, order=order, centres=_centres(m, centres), optimize=optimize, top_k=top)
 
 
-def _print_lens(d: dict) -> None:
+def _print_lens(d: dict, color_by: str = "prob") -> None:
     """The lens table from :meth:`LensResult.to_dict` (the same for a local result and for the
-    answer of a ``jetex serve`` server)."""
-    from rich.console import Console
-    from rich.table import Table
+    answer of a ``jetex serve`` server, so both print the same text)."""
+    from jetex.viz.lens_text import DictLens, render_lens
 
-    console = Console()
-    kind = d["kind"]
-    title = (f"{kind} lens" if kind in ("logit", "tuned", "jacobian") else f"{kind} jet lens, order {d['order']}") + (" (optimised weights)" if d["optimized"] else "") + f" — {d['model']}"
-    table = Table(title=title, show_lines=False, header_style="bold")
-    table.add_column("row", style="bold")
-    shown = list(range(len(d["tokens"])))
-    for i in shown:
-        table.add_column(repr(d["tokens"][i])[1:-1][:10], overflow="fold")
-    table.add_column("cos", justify="right")
-    honest = d.get("mean_rest_cosine") is not None and d.get("mean_q_share") is not None
-    if honest:
-        table.add_column("cos⊥q", justify="right")
-        table.add_column("q share", justify="right")
-    flags = [[c.get("trusted", True) for c in row] for row in d["cells"]]
-
-    def cell(c: dict, ok: bool) -> str:
-        colour = "red" if (c["logits"][0] if c["logits"] else 0.0) > 0 else "blue"
-        text = repr(c["top"][0] if c["top"] else "")[1:-1][:10]
-        if not ok:
-            return f"[dim {colour} strike]{text}[/dim {colour} strike]†"
-        return f"[{colour}]{text}[/{colour}]"
-
-    def num(x, spec: str) -> str:
-        return "nan" if x is None else format(float(x), spec)
-
-    for r, name in enumerate(d["rows"]):
-        row = [name]
-        for i in shown:
-            row.append(cell(d["cells"][r][i], bool(flags[r][i])))
-        row.append(num(d["mean_cosine"][r], "+.3f"))
-        if honest:
-            row.append(num(d["mean_rest_cosine"][r], "+.3f"))
-            row.append(num(d["mean_q_share"][r], ".2f"))
-        table.add_row(*row)
-    table.add_section()
-    pad = [""] * (2 if honest else 0)
-    table.add_row("model", *[repr(t)[1:-1][:10] for t in d["model_top"]], "", *pad)
-    if kind == "joint":
-        ec = [x for x in d["expansion_cosine"] if x is not None]
-        table.add_row("expansion", *[repr(t)[1:-1][:10] for t in d["expansion_top"]], num(sum(ec) / len(ec) if ec else None, "+.3f"))
-    console.print(table)
-    notes = []
-    bad = sum(1 for row in flags for ok in row if not ok)
-    if bad:
-        notes.append(f"†: untrusted cell ({bad} of {sum(len(row) for row in flags)}; see docs/trust.md)")
-    if honest:
-        notes.append("cos⊥q: cosine with q of each row minus its part along the model's own logits q; q share: part of the row that is q")
-    for n in notes:
-        console.print(n, style="dim", highlight=False)
+    render_lens(DictLens(d), color_by=color_by)
 
 
 def paths_warning(d: dict) -> str | None:
@@ -259,8 +211,6 @@ def register(group: click.Group) -> None:
 
         Rows: emb is the embedding stream; mlp.N (attn.N) the residual stream right after
         layer N's MLP (attention) block."""
-        from jetex.jets import check_max_order
-
         check_max_order(order)  # before loading the model
 
         texts = texts_of(text, texts_file)
@@ -287,7 +237,7 @@ def register(group: click.Group) -> None:
                 raise InputError(f"--server serves the jet lenses (iterative, joint); run the {kind} lens locally")
             return remote.lens(url, text=text, kind=kind, order=order, layers=layers, centres=centres, centres_given=_given("centres"),
                                optimize=optimize, top=top, out=out, model=model, model_given=_given("model"), as_json=as_json,
-                               printer=_print_lens)
+                               printer=lambda d: _print_lens(d, color_by))
         from jetex.progress import step
 
         m = _load(model)
@@ -302,7 +252,7 @@ def register(group: click.Group) -> None:
             _check_lens(r)  # every readout, before anything is printed or written
         if texts is not None:
             from jetex.viz.lens import save_lens
-            from jetex.viz.lens_text import lens_summary, render_lens
+            from jetex.viz.lens_text import lens_summary
 
             outs = [numbered(out, i) for i in range(len(res))] if out else [None] * len(res)
             for i, (r, o) in enumerate(zip(res, outs)):
@@ -318,7 +268,7 @@ def register(group: click.Group) -> None:
                     if o:
                         click.echo(lens_summary(r, o))
                     else:
-                        render_lens(r, color_by=color_by)
+                        _print_lens(r.to_dict(), color_by)
             return
         if out:
             from jetex.viz.lens import save_lens
@@ -334,9 +284,7 @@ def register(group: click.Group) -> None:
 
             click.echo(lens_summary(res, out))
         else:
-            from jetex.viz.lens_text import render_lens
-
-            render_lens(res, color_by=color_by)
+            _print_lens(res.to_dict(), color_by)
 
     @with_numbering
     @group.command("paths")
@@ -376,14 +324,11 @@ def register(group: click.Group) -> None:
 
         The scale is the unweighted path (its own jets composed, every 1/|ξ| weight set to 1);
         --weighted ranks Algorithm 2's terms, which all shrink like 2^-L. docs/trust.md."""
-        from jetex.expand import PathFilter, exp_jet_expansion
-        from jetex.expand.algorithm import check_order
-
         texts = texts_of(text, texts_file)
         if texts is not None and remote.url_of(server) is not None:
             raise InputError("--texts runs on the local model: drop --server")
 
-        check_order(order)  # before loading the model
+        check_max_order(order)  # before loading the model
         if top < 1:
             raise InputError("--top must be >= 1")
         if degrees is not None and not split_degrees:
@@ -399,6 +344,8 @@ def register(group: click.Group) -> None:
                                 token=token, position=position, top=top, split_degrees=split_degrees, degrees=degrees,
                                 model=model, model_given=_given("model"), as_json=as_json, printer=_print_paths,
                                 warning=paths_warning)
+        from jetex.expand import PathFilter, exp_jet_expansion
+
         m = _load(model)
         all_ids = [m.tokenize(x) for x in (texts if texts is not None else [text])]
         for x, ids in zip(texts or [text], all_ids):

@@ -119,7 +119,7 @@ def register(group: click.Group) -> None:
         from jetex.ngrams.extract import extract_ngrams
         from jetex.ngrams.paths import parse_paths
 
-        from jetex.jets import check_max_order
+        from jetex.orders import check_max_order
 
         check_max_order(order)  # before loading the model
         if fidelity_sample is not None and fidelity_sample < -1:

@@ -139,7 +139,6 @@ def render_lens(res: Any, *, color_by: str = "prob", console: Console | None = N
         table.add_column("cos⊥q", justify="right", no_wrap=True)
         table.add_column("q share", justify="right", no_wrap=True)
     trusted = getattr(res, "trusted", None)
-    model_ids = res.model_top_ids[:, 0]
     for r, name in enumerate(res.row_names):
         row: list[Any] = [Text(name)]
         for i in shown:
@@ -148,7 +147,7 @@ def render_lens(res: Any, *, color_by: str = "prob", console: Console | None = N
                 continue
             ok = trusted is None or bool(trusted[r, i])
             tok = _cut(_tok(res.vocab[r][i][0]), col_w - (0 if ok else 1)) + ("" if ok else "†")
-            bold = " bold" if int(res.top_ids[r, i, 0]) == int(model_ids[i]) else ""
+            bold = " bold" if res.vocab[r][i][0] == res.model_vocab[i] else ""  # the model's top-1 (by its string)
             row.append(Text(tok, style=_style(scale.rgb(r, i)) + bold + ("" if ok else " dim strike")))
         row.append(f"{float(res.cosine[r].mean()):+.3f}")
         if honest:
@@ -167,7 +166,7 @@ def render_lens(res: Any, *, color_by: str = "prob", console: Console | None = N
                            "with --out FILE.html (or widen the terminal)", style="yellow"))
     console.print(scale.key())
     if trusted is not None and not bool(trusted.all()):
-        console.print(Text(f"†: untrusted cell ({int((~trusted).sum())} of {trusted.numel()}; see docs/trust.md)", style="dim"))
+        console.print(Text(f"†: untrusted cell ({int((~trusted).sum())} of {R * t}; see docs/trust.md)", style="dim"))
     if honest:
         console.print(Text("cos⊥q: cosine with q of each row minus its part along the model's own logits q; "
                            "q share: part of the row that is q", style="dim"))
@@ -191,3 +190,42 @@ def lens_summary(res: Any, out: str) -> str:
     return (f"wrote {out}: {res.kind} jet lens, order {res.order}, {R} rows × {t} positions of {visible(res.model_name)}; "
             f"model's next token '{visible(res.model_vocab[-1])}'; row {last}: '{visible(res.vocab[-1][-1][0])}', "
             f"mean cosine {float(res.cosine[-1].mean()):+.3f}")
+
+
+class DictLens:
+    """A lens read back from :meth:`LensResult.to_dict` (or a ``jetex serve`` answer), with the
+    attributes :func:`render_lens` reads, as NumPy arrays: no torch needed.
+
+    The command line prints every lens table through this view, for a local result and for a
+    server's answer alike, so both print the same text (the dict's values are rounded to 4
+    decimals; a server writes non-finite numbers as null, read back as NaN).
+    """
+
+    def __init__(self, d: dict) -> None:
+        import numpy as np
+
+        def arr(key: str, dtype: Any = float) -> Any:
+            cells = d["cells"]
+            if not cells or not cells[0] or key not in cells[0][0]:
+                return None
+            nan = float("nan")
+            return np.array([[nan if c.get(key) is None else c[key] for c in row] for row in cells], dtype=dtype)
+
+        self.kind, self.order, self.optimized = d["kind"], d["order"], d["optimized"]
+        self.model_name, self.tokens, self.row_names = d["model"], d["tokens"], d["rows"]
+        self.vocab = [[c["top"] for c in row] for row in d["cells"]]
+        self.model_vocab = d["model_top"]
+        nan = float("nan")
+        self.top_logits = np.array([[[nan if x is None else x for x in c["logits"]] or [nan] for c in row] for row in d["cells"]], dtype=float)
+        lp = d["cells"][0][0].get("logprobs") if d["cells"] and d["cells"][0] else None
+        self.top_logprobs = (np.array([[[nan if x is None else x for x in c["logprobs"]] or [nan] for c in row] for row in d["cells"]], dtype=float)
+                             if lp is not None else None)
+        self.model_rank = arr("model_rank")
+        self.weights = arr("weight")
+        self.cosine = arr("cosine")
+        self.rest_cosine = arr("rest_cosine")
+        self.q_share = arr("q_share")
+        self.trusted = arr("trusted", dtype=bool)
+        self.expansion_vocab = d.get("expansion_top")
+        ec = d.get("expansion_cosine")
+        self.expansion_cosine = None if ec is None else np.array([nan if x is None else x for x in ec], dtype=float)
