@@ -98,7 +98,7 @@ def test_bfloat16_extraction_on_cpu(tiny_llama_f32, tmp_path):
         rows = sorted(s.ngrams(run["run_id"]), key=lambda r: (r["input_id"], r["rank"]))
     # the rows are the engine's on the bfloat16 copy (softmax statistics in float32)
     (p,) = parse_path(m, "mlp:1")
-    t = bigram_table(place_model(m, "cpu", "bfloat16"), p, top_k=4, global_top=30, batch_size=8)
+    t = bigram_table(place_model(m, "cpu", "bfloat16"), p, top_k=4, global_top=30, batch_size=8, exclude_self=True)  # as extract_ngrams (self-transitions excluded by default)
     np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
     np.testing.assert_allclose([r["logprob"] for r in rows], t.top_logprobs.reshape(-1), rtol=1e-6)
     assert t.top_logprobs.dtype == np.float32
@@ -145,7 +145,7 @@ def test_float16_extraction_on_cpu(tiny_llama_f32, tmp_path):
     assert res[1].precision["max_abs_logprob_diff"] == pytest.approx(float(lp))
     assert res[1].precision["top1_agreement"] == pytest.approx(float((zlo.argmax(-1) == z32.argmax(-1)).float().mean()))
     # the rows are the engine's on the float16 copy (softmax statistics in float32)
-    t = bigram_table(h, p, top_k=4, global_top=30, batch_size=8)
+    t = bigram_table(h, p, top_k=4, global_top=30, batch_size=8, exclude_self=True)  # as extract_ngrams (self-transitions excluded by default)
     np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
     np.testing.assert_allclose([r["logprob"] for r in rows], t.top_logprobs.reshape(-1), rtol=1e-6)
     assert t.top_logprobs.dtype == np.float32
@@ -209,7 +209,7 @@ def test_extraction_on_a_device_float32_and_bfloat16(tiny_llama_f32, tmp_path, d
         assert rep is not None and rep["dtype"] == "bfloat16" and rep["device"].startswith(device), r.path
         assert rep["sample_size"] == 32 and 0 < rep["max_abs_logit_diff"] < 0.5 and rep["topk_overlap"] > 0.8
     (p,) = parse_path(m, "mlp:1")
-    t = bigram_table(place_model(m, device, "bfloat16"), p, top_k=4, global_top=30, batch_size=8)
+    t = bigram_table(place_model(m, device, "bfloat16"), p, top_k=4, global_top=30, batch_size=8, exclude_self=True)  # as extract_ngrams (self-transitions excluded by default)
     _, rows = _rows(db, "mlp:1")
     np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
     np.testing.assert_allclose([r["logprob"] for r in rows], t.top_logprobs.reshape(-1), rtol=1e-6)
