@@ -55,3 +55,14 @@ def request(url: str, method: str, path: str, body=None, *, raw: bytes | None = 
         return r.status, json.loads(payload)
     except json.JSONDecodeError:
         return r.status, payload
+
+
+def finite(obj):
+    """``obj`` with every non-finite float as None (the API writes NaN/Inf as null)."""
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite(v) for v in obj]
+    return obj

@@ -15,24 +15,14 @@ import time
 import pytest
 import torch
 
-from serve_helpers import SlowBlocks, request
+from serve_helpers import SlowBlocks, finite, request
 
 TEXT = "the cat sat on the mat ."
 
 
-def _finite(obj):
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def _roundtrip(obj):
     """``obj`` as the API sends it: JSON, with non-finite numbers as null (browsers refuse NaN)."""
-    return _finite(json.loads(json.dumps(obj)))
+    return finite(json.loads(json.dumps(obj)))
 
 
 def test_lens_result_is_the_library_result(explorer):

@@ -11,18 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from serve_helpers import finite
+
 TEXT = "the cat sat on the mat ."
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-
-
-def _finite(obj):
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _run(capsys, argv):
@@ -50,7 +42,7 @@ def test_server_answers_print_like_the_local_command(explorer, serve_files, caps
         rc, remote, err = _run(capsys, args + extra + ["-m", "tiny", "--server", explorer.url])
         assert rc == 0, err
         if extra:  # the API's JSON writes non-finite numbers as null (browsers refuse NaN)
-            local, remote = _finite(json.loads(local)), json.loads(remote)
+            local, remote = finite(json.loads(local)), json.loads(remote)
             if args[0] == "attribute":  # the model field echoes --model
                 assert local.pop("model") == serve_files["a_dir"] and remote.pop("model") == "tiny"
         assert remote == local

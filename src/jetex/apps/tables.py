@@ -158,35 +158,6 @@ def iter_scores(
             bar.close()
 
 
-def iter_logprobs(
-    model: ResidualModel,
-    path: str,
-    rows: Int[Tensor, "n"] | None = None,
-    *,
-    order: int = 0,
-    batch_size: int | None = None,
-    desc: str | None = None,
-) -> Iterator[tuple[Int[Tensor, "b"], Float[Tensor, "b v"]]]:
-    """Stream (input ids ``[B]``, log P_p(· | a) ``[B, V]``) over ``rows`` (default: the whole vocabulary)."""
-    V = model.vocab_size
-    p = bigram_path(model, path)
-    rows = torch.arange(V) if rows is None else rows.reshape(-1).long().cpu()
-    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= V):
-        raise InputError(f"token ids must be in 0..{V - 1}")
-    bs = batch_size or default_batch(V)
-    bar = _progress(rows.numel(), desc or f"{model.name} {path}")
-    try:
-        for s in range(0, rows.numel(), bs):
-            ids = rows[s : s + bs]
-            logits = path_logits(model, p, ids, order)
-            yield ids, torch.log_softmax(logits, dim=-1).cpu()
-            if bar is not None:
-                bar.update(ids.numel())
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def _progress(total: int, desc: str):
     """A tqdm bar on stderr (rate and time left) on a terminal, else None."""
     if total < 2048 or not sys.stderr.isatty():

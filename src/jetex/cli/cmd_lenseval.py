@@ -129,15 +129,10 @@ def register(group: click.Group) -> None:
         report = {"heldout": held.to_dict(), "concepts": conc.to_dict()}
         if out:
             import json
-            import os
-            import tempfile
-            from pathlib import Path
 
-            p = Path(out)
-            fd, tmp = tempfile.mkstemp(dir=str(p.parent or "."), suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump(report, f, indent=1)
-            os.replace(tmp, p)
+            from jetex.results import write_atomic
+
+            write_atomic(out, json.dumps(report, indent=1).encode("utf-8"))
         for d in conc.dropped:
             click.echo(f"dropped ({d['set']}): {d['prompt']!r}: {d['reason']}", err=True)
         if as_json:

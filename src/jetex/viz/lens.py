@@ -41,7 +41,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,7 +52,7 @@ from matplotlib.transforms import offset_copy
 
 from jetex.errors import InputError
 from jetex.lenses.lens import CosineCurve, LensResult
-from jetex.results import register_renderer
+from jetex.results import register_renderer, write_atomic
 
 # Diverging colormap for logits and cosines (centred at 0), sequential for weights.
 LOGIT_CMAP = "RdBu_r"
@@ -497,7 +496,7 @@ def plot_lens(result: LensResult, path: PathLike | None = None, *, max_token_cha
                  ha="left", color="0.3", parse_math=False)
 
     if path is not None:
-        _write_atomic(path, _png_bytes(fig))
+        write_atomic(path, _png_bytes(fig))
     return fig
 
 
@@ -757,7 +756,7 @@ def lens_html(result: LensResult, *, color_by: str = "prob") -> str:
 
 def save_lens_html(result: LensResult, path: PathLike, *, color_by: str = "prob") -> Path:
     """Write :func:`lens_html` to ``path`` (atomically); returns the path."""
-    return _write_atomic(path, lens_html(result, color_by=color_by).encode("utf-8"))
+    return write_atomic(path, lens_html(result, color_by=color_by).encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- cosine curve
@@ -800,7 +799,7 @@ def plot_cosine_curve(curve: CosineCurve, path: PathLike | None = None) -> Figur
     ax.set_title(f"{curve.model_name} · {curve.kind} lens vs model logits, mean over {curve.n_sentences} sentences", fontsize=10)
     fig.subplots_adjust(bottom=0.25, top=0.9, left=0.6 / fig.get_figwidth() + 0.04, right=0.98)
     if path is not None:
-        _write_atomic(path, _png_bytes(fig))
+        write_atomic(path, _png_bytes(fig))
     return fig
 
 
@@ -821,31 +820,7 @@ def save_lens(result: LensResult, path: PathLike, *, color_by: str = "prob") -> 
         data = (json.dumps(result.to_dict(), ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     else:
         raise InputError(f"cannot save a lens as {suffix or 'a file without suffix'!r} ({p.name}): use .png, .html or .json")
-    return _write_atomic(p, data)
-
-
-def _write_atomic(path: PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file next to ``path`` and rename it over ``path``."""
-    p = Path(path)
-    if not p.parent.is_dir():
-        raise InputError(f"cannot write {p}: directory {p.parent} does not exist")
-    if p.is_dir():
-        raise InputError(f"cannot write {p}: it is a directory")
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        mode = (p.stat().st_mode & 0o777) if p.exists() else 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, p)
-        tmp = None
-    except OSError as e:
-        raise InputError(f"cannot write {p}: {e.strerror or e}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return p
+    return write_atomic(p, data)
 
 
 register_renderer(LensResult, plot=plot_lens, html=lambda result, **kw: lens_html(result))
