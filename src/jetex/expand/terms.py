@@ -192,6 +192,9 @@ class EvalContext:
         self.h: Float[Tensor, "l1 *b t d"] = torch.stack(hs)
         self.gamma: Float[Tensor, "l *b t d"] = torch.stack(gs) if gs else self.h[:0]
         self.cache: dict[int, Tensor] = {}
+        #: the terms whose values ``cache`` holds, kept alive: the cache is keyed by id(term),
+        #: and an id is reused once its object is freed (a later term would read a stale value)
+        self._held: dict[int, Term] = {}
         #: per jet term: norms of its Taylor coefficients ``[k+1, *b, t]`` (unweighted), for diagnostics
         self.coefficient_norms: dict[int, Tensor] = {}
         self._final: Tensor | None = None
@@ -214,8 +217,12 @@ class EvalContext:
             if isinstance(term, JetTerm):
                 self.evaluate([term])
             else:
-                self.cache[key] = term.compute(self)
+                self._store(term, term.compute(self))
         return self.cache[key]
+
+    def _store(self, term: Term, value: Tensor) -> None:
+        self._held[id(term)] = term
+        self.cache[id(term)] = value
 
     def values(self, terms: Sequence[Term]) -> Tensor:
         """Values of ``terms`` stacked: ``[n, *b, t, d]`` (jets of the same block batched), in the
@@ -258,7 +265,7 @@ class EvalContext:
                 if isinstance(t, JetTerm):
                     jets[t.group_key()].append(t)
                 else:
-                    self.cache[id(t)] = t.compute(self)
+                    self._store(t, t.compute(self))
             for group in jets.values():
                 self._jet_batch(group)
 
@@ -284,5 +291,5 @@ class EvalContext:
         full = coeffs.sum(0)
         for i, t in enumerate(group):
             val = full[i] if t.degree is None else coeffs[t.degree, i]
-            self.cache[id(t)] = _scale(t.weight, val)
+            self._store(t, _scale(t.weight, val))
             self.coefficient_norms[id(t)] = coeffs[:, i].norm(dim=-1)  # [k+1, *b, t]
