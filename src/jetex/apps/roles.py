@@ -46,6 +46,7 @@ from jetex.apps.ablation import AblationResult, Component, ablation_study, parag
 from jetex.apps.tables import bigram_path, default_batch, row_topk
 from jetex.errors import InputError
 from jetex.models.base import ResidualModel
+from jetex.expand.numerics import logsumexp
 
 
 
@@ -131,7 +132,7 @@ def _direct_stats(
             logits = model.unembed(e).float().cpu()
             logits[torch.arange(len(ids)), ids] = float("-inf")
             es.append(e.float().cpu())
-            lses.append(torch.logsumexp(logits, dim=-1))
+            lses.append(logsumexp(logits, dim=-1))
     return torch.cat(es), torch.cat(lses)
 
 

@@ -50,6 +50,7 @@ from torch import Tensor
 
 from jetex.errors import InputError
 from jetex.models.base import ResidualModel
+from jetex.expand.numerics import logsumexp
 
 #: elements (rows × V) of one streamed batch of logits: 2^25 floats = 128 MiB
 BATCH_ELEMENTS = 1 << 25
@@ -172,7 +173,7 @@ def mask_self(logp: Float[Tensor, "b v"], ids: Int[Tensor, "b"]) -> Float[Tensor
     over the other V − 1 outputs (the convention of :mod:`jetex.ngrams.engine`)."""
     out = logp.clone()
     out[torch.arange(len(ids)), ids.long()] = float("-inf")
-    return out - torch.logsumexp(out, dim=-1, keepdim=True)
+    return out - logsumexp(out, dim=-1, keepdim=True)
 
 
 def row_topk(logp: Float[Tensor, "b v"], k: int) -> tuple[Float[Tensor, "b k"], Int[Tensor, "b k"]]:

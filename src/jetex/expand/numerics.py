@@ -39,6 +39,29 @@ def accumulation_dtype(dtype: torch.dtype, order: int) -> torch.dtype:
     return dtype
 
 
+#: exp() of anything below this is a float32 subnormal (e^−87.3 is the smallest normal float32)
+EXP_FLOOR = -87.0
+
+
+def logsumexp(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
+    """log Σ exp(x) along ``dim``, as :func:`torch.logsumexp`, without its slow path.
+
+    ``torch.logsumexp`` on the CPU slows down ~5× when many shifted terms x − max fall below
+    −87 (their exp is subnormal: measured 0.40 s against 0.09 s for a [512, 49152] float32
+    block of logits spread over ±100, as the lens rows and order-0 n-gram paths are). Here the
+    shifted terms are floored at ``EXP_FLOOR`` before exp: each floored term then adds at most
+    e^−87 = 1.6e−38 to a sum that is ≥ 1, so the result changes by ≤ V·1.6e−38 relative
+    (nothing in float32 or float64 for any vocabulary). Rows that are all −inf give −inf,
+    a +inf entry gives +inf and NaN propagates, as in torch.
+    """
+    m = x.amax(dim, keepdim=True)
+    finite = torch.isfinite(m)
+    m0 = torch.where(finite, m, torch.zeros_like(m))
+    s = (x - m0).clamp_(min=EXP_FLOOR).exp_().sum(dim, keepdim=True)
+    out = torch.where(finite | torch.isnan(m), m0 + s.log(), m)
+    return out if keepdim else out.squeeze(dim)
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     """u = eps/2 of a floating dtype (float32: 6.0e-8, float16: 4.9e-4, bfloat16: 3.9e-3)."""
     return float(torch.finfo(dtype).eps) / 2

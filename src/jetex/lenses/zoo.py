@@ -30,7 +30,7 @@ from torch import Tensor
 from jetex.errors import InputError
 from jetex.expand.algorithm import check_order
 from jetex.lenses.jacobian import JacobianLens
-from jetex.lenses.lens import LensResult, _ids, _rows, iterative_lens_logits, layer_streams
+from jetex.lenses.lens import LensResult, _ids, _row_stats, _rows, iterative_lens_logits, layer_streams
 from jetex.lenses.tuned import TunedLens
 from jetex.models.base import ResidualModel
 
@@ -147,5 +147,5 @@ def zoo_lens(
     h = model.stream(ids)
     logits = lens_logits(model, kind, h, streams, lens=lens, order=k)[:, 0]
     model_logits = model.decode(h[-1])[0]
-    rem = (model_logits.unsqueeze(0) - logits).norm(dim=-1)
-    return LensResult(kind=kind, order=k, remainder_norm=rem.float().cpu(), **_rows(model, ids, names, logits, model_logits, top_k))  # type: ignore[arg-type]
+    stats = _row_stats(logits, model_logits, top_k)
+    return LensResult(kind=kind, order=k, remainder_norm=stats["rem"].float().cpu(), **_rows(model, ids, names, stats, model_logits, top_k))  # type: ignore[arg-type]

@@ -67,6 +67,7 @@ from jetex.models.base import ResidualModel
 from jetex.ngrams.engine import check_top_k, input_count
 from jetex.ngrams.paths import TrigramPath
 from jetex.ngrams.topk import stable_topk  # noqa: F401  (re-exported)
+from jetex.expand.numerics import logsumexp
 
 
 @dataclass
@@ -290,7 +291,7 @@ def iter_trigram_chunks(
             Dv, Bi = stable_topk(D, kb)
             A = torch.nn.functional.logsigmoid(Dv)
             z = head.ov_logits(a_ids)  # [Ca, V]
-            lse = torch.logsumexp(z, -1, keepdim=True)
+            lse = logsumexp(z, -1, keepdim=True)
             Zv, Ci = stable_topk(z[:, :N], kb)
             C = Zv - lse
             cand = A[:, si] + C[:, sj]  # [Ca, P]

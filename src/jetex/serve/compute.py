@@ -26,6 +26,7 @@ from jetex.lenses.lens import iterative_lens_logits, joint_centres, joint_lens_l
 from jetex.models.base import ResidualModel
 from jetex.serve.jobs import check_cancelled
 from jetex.serve.limits import Limits, Params, RequestError
+from jetex.expand.numerics import logsumexp
 
 COLOUR_SCALES = ("probability", "logprob", "rank", "logit")
 
@@ -164,7 +165,7 @@ def _lens_view(model: ResidualModel, kw: dict[str, Any], top: int) -> dict[str, 
     check_cancelled()
     lg, ml = lg.float(), ml.float().log_softmax(-1)
     k = min(top, lg.shape[-1])
-    lse = lg.logsumexp(-1)  # [R, t]
+    lse = logsumexp(lg, -1)  # [R, t]
     top_lp = lg.topk(k, dim=-1).values - lse[..., None]
     mv, mi = ml.topk(k, dim=-1)  # [t, k]
     mlog = lg.gather(-1, mi[None, :, :1].expand(lg.shape[0], -1, 1))[..., 0]  # [R, t]
