@@ -284,3 +284,41 @@ def test_optimal_weights_and_joint_lens_on_cuda(toy):
     b = joint_lens(gpu, z, order=1, optimize=True)
     assert torch.allclose(a.weights, b.weights, atol=1e-5)
     assert torch.equal(a.top_ids, b.top_ids)
+
+
+def test_unembedding_gram_disk_cache(toy, tmp_path, monkeypatch):
+    """G = UᵀU is read back from <cache>/grams/ by a fresh process (simulated: the in-memory
+    cache cleared), recomputed when the file is corrupt, and never served for changed weights."""
+    from jetex.lenses import weights as W
+
+    monkeypatch.setenv("JETEX_CACHE", str(tmp_path))
+    monkeypatch.setattr(W, "GRAM_DISK_MIN", 0)
+    U = toy.unembedding_matrix.detach()
+    exact = U.T.double() @ U.double()
+    W._GRAMS.clear()
+    assert torch.equal(W.unembedding_gram(toy), exact)
+    files = list((tmp_path / "grams").iterdir())
+    assert len(files) == 1
+    # a fresh process reads the file (checked by poisoning it with a recognisable value)
+    from safetensors.torch import save
+
+    files[0].write_bytes(save({"gram": torch.full_like(exact, 7.0)}))
+    W._GRAMS.clear()
+    assert float(W.unembedding_gram(toy)[0, 0]) == 7.0
+    # a truncated file is recomputed and rewritten
+    files[0].write_bytes(b"\x00\x01")
+    W._GRAMS.clear()
+    assert torch.equal(W.unembedding_gram(toy), exact)
+    W._GRAMS.clear()
+    assert torch.equal(W.unembedding_gram(toy), exact)
+    # changed weights: another digest, another file, the right value
+    with torch.no_grad():
+        toy.unembedding_matrix.mul_(2.0)
+    try:
+        W._GRAMS.clear()
+        assert torch.equal(W.unembedding_gram(toy), 4.0 * exact)
+        assert len(list((tmp_path / "grams").iterdir())) == 2
+    finally:
+        with torch.no_grad():
+            toy.unembedding_matrix.mul_(0.5)
+        W._GRAMS.clear()

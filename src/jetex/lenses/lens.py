@@ -15,7 +15,6 @@ taken in d-dimensional final-norm space and only then mapped to the vocabulary.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from collections.abc import Sequence
 from typing import Literal
@@ -29,7 +28,7 @@ from jetex.errors import InputError
 from jetex.expand.algorithm import check_order
 from jetex.expand.diagnostics import Diagnostics, decay_from_norms, ratio, relative_distance
 from jetex.expand.numerics import EXP_FLOOR, accumulation_dtype, unembed, unit_roundoff
-from jetex.lenses.weights import optimal_weights
+from jetex.lenses.weights import optimal_weights, unembedding_gram
 from jetex.models.base import ResidualModel
 from jetex.models.batch import Batch, as_batch, is_batch
 from jetex.results import Result, ResultList
@@ -570,18 +569,9 @@ def joint_centres(model: ResidualModel, centres: str | int | Sequence[int] = "bl
     return segs, names
 
 
-_GRAMS: "weakref.WeakKeyDictionary[ResidualModel, tuple[tuple, Tensor]]" = weakref.WeakKeyDictionary()
-
-
 def _gram(model: ResidualModel) -> Float[Tensor, "d d"]:
-    """G = UᵀU in float64, cached per model (recomputed if U changes in place or is replaced)."""
-    U = model.unembedding_matrix
-    key = (U.data_ptr(), U._version, tuple(U.shape))
-    hit = _GRAMS.get(model)
-    if hit is None or hit[0] != key:
-        hit = (key, U.detach().T.double() @ U.detach().double())
-        _GRAMS[model] = hit
-    return hit[1]
+    """G = UᵀU in float64 (:func:`jetex.lenses.weights.unembedding_gram`)."""
+    return unembedding_gram(model)
 
 
 def joint_lens_terms(

@@ -335,6 +335,15 @@ _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _SAMPLE = 256
 
 
+def tensor_digest(t: Tensor) -> str:
+    """A sha256 hex digest of one tensor's shape, dtype and values (as :meth:`ResidualModel.fingerprint`
+    hashes each tensor: per-row sums of the bit patterns plus a strided sample; any change of
+    a single value changes it). ~30 ms for SmolLM2's 49,152 x 576 unembedding."""
+    h = hashlib.sha256()
+    _hash_tensor(h, "", t)
+    return h.hexdigest()
+
+
 def _hash_tensor(h: Any, name: str, t: Tensor) -> None:
     """Feed one tensor into ``h``: name, shape, dtype, a strided sample of its values' bit
     patterns and, per row (last dim), the sum of the bit patterns as unsigned integers
