@@ -130,6 +130,17 @@ def run_model(name: str, out: Path, sample: str, curve_too: bool = True) -> dict
     if curve.trusted is not None:
         print("  share of trusted cells (docs/trust.md), all rows:  "
               + "  ".join(f"k={k}: {float(curve.trusted[oi].mean()):.0%}" for oi, k in enumerate(curve.orders)))
+    # q share (issue 11): the part of each order-k row along the model's own logits q, mean over the
+    # middle rows and all positions of all sentences (one batched iterative lens per order k >= 1)
+    shares = {}
+    for k in (k for k in curve.orders if k >= 1):
+        items = iterative_lens(model, SENTENCES, order=k)
+        num = sum(float(r.q_share[inner].double().sum()) for r in items)  # type: ignore[index]
+        den = sum(r.q_share[inner].numel() for r in items)  # type: ignore[index]
+        shares[k] = num / den
+    if shares:
+        print("  q share (part of the row along q), mean over the same rows:  "
+              + "  ".join(f"k={k}: {v:.2f}" for k, v in shares.items()))
 
     print("wrote " + ", ".join(p.name for p in written))
     return {"curve": curve, "lenses": lenses, "joints": joints}

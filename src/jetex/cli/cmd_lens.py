@@ -90,6 +90,34 @@ def _load(name: str):
     return load(name)
 
 
+DTYPE_HELP = ("Model precision: float32, bfloat16 or float16. Below float32 the readout's measured error against a "
+              "float32 recomputation (max |Δlogit| / max|logit| on a sample) is printed next to it and put in --json "
+              "as 'precision' (docs/trust.md).")
+
+
+def _dtype(dtype: str, server) -> "object":
+    """The --dtype as a torch dtype (checked before loading the model); refused with --server."""
+    import torch
+
+    from jetex.ngrams.device import resolve_dtype
+
+    dt = resolve_dtype(dtype)
+    if dt != torch.float32 and remote.url_of(server) is not None:
+        raise InputError("--dtype below float32 runs on the local model: drop --server")
+    return dt
+
+
+def _placed(m, dt):
+    """The model in ``dt`` (the float32 model itself, or a converted copy that leaves it untouched)."""
+    import torch
+
+    if dt == torch.float32:
+        return m
+    from jetex.ngrams.device import place_model
+
+    return place_model(m, dtype=dt)
+
+
 LENS_HINT = "the expansion diverges or overflows here: try a lower --order or other centres"
 
 
@@ -203,9 +231,10 @@ def register(group: click.Group) -> None:
         help="Cell colour: P(top-1) under the row's softmax (fixed scale 0..1, comparable across orders), its log, "
         "the rank of the model's top-1 in the row, or the raw top-1 logit.",
     )
+    @click.option("--dtype", default="float32", show_default=True, help=DTYPE_HELP)
     @common_options
     @remote.server_option
-    def lens_cmd(text, texts_file, kind, order, layers, centres, optimize, top, out, lens_file, color_by, model, as_json, server):
+    def lens_cmd(text, texts_file, kind, order, layers, centres, optimize, top, out, lens_file, color_by, dtype, model, as_json, server):
         """Read the model's computation through a jet lens, the logit lens, or a fitted tuned / Jacobian lens
         (of TEXT, or of every line of --texts FILE: one model load; with --out, FILE.i.png per text).
 
@@ -231,6 +260,9 @@ def register(group: click.Group) -> None:
             raise InputError("--lens applies to --kind tuned or --kind jacobian")
         if kind in ("logit", "tuned", "jacobian") and (_given("order") or optimize):
             raise InputError(f"--order and --optimize apply to the jet lenses, not to the {kind} lens")
+        dt = _dtype(dtype, server)
+        if kind not in ("iterative", "joint") and _given("dtype"):
+            raise InputError(f"--dtype applies to the jet lenses (iterative, joint), not to the {kind} lens")
         url = remote.url_of(server)
         if url is not None:
             if kind not in ("iterative", "joint"):
@@ -240,7 +272,8 @@ def register(group: click.Group) -> None:
                                printer=lambda d: _print_lens(d, color_by))
         from jetex.progress import step
 
-        m = _load(model)
+        m32 = _load(model)
+        m = _placed(m32, dt)
         with step(f"{kind} lens" + (f" of order {order}" if kind in ("iterative", "joint") else "")):
             if texts is not None and kind in ("logit", "tuned", "jacobian"):
                 from jetex.results import ResultList
@@ -250,6 +283,14 @@ def register(group: click.Group) -> None:
                 res = _compute_lens(m, texts if texts is not None else text, kind, order, layers, centres, optimize, top, lens_file)
         for r in (res if texts is not None else [res]):
             _check_lens(r)  # every readout, before anything is printed or written
+        precision = None
+        if m is not m32:  # reduced precision: the readout's measured error against float32, next to it
+            from jetex.apps.precision import lens_error
+
+            with step(f"measuring the {dtype} error against float32"):
+                precision = [lens_error(m, m32, r.input_ids[None], kind, order, layers=_stream_rows(m32, layers),
+                                        centres=_centres(m32, centres), optimize=optimize, n_rows=len(r.row_names))
+                             for r in (res if texts is not None else [res])]
         if texts is not None:
             from jetex.viz.lens import save_lens
             from jetex.viz.lens_text import lens_summary
@@ -261,14 +302,19 @@ def register(group: click.Group) -> None:
                 warn = _lens_warning(r)
                 if warn:
                     click.echo(f"warning: text {i + 1}: {warn}", err=True)
+            precs = precision or [None] * len(res)
             if as_json:
-                emit_json({"model": m.name, "results": [{"text": t, **r.to_dict()} | ({"out": o} if o else {}) for t, r, o in zip(texts, res, outs)]})
+                emit_json({"model": m.name, "results": [{"text": t, **r.to_dict()} | ({"out": o} if o else {})
+                                                        | ({"precision": p.to_dict()} if p else {})
+                                                        for t, r, o, p in zip(texts, res, outs, precs)]})
             else:
-                for r, o in zip(res, outs):
+                for r, o, p in zip(res, outs, precs):
                     if o:
                         click.echo(lens_summary(r, o))
                     else:
                         _print_lens(r.to_dict(), color_by)
+                    if p:
+                        click.echo(p.line())
             return
         if out:
             from jetex.viz.lens import save_lens
@@ -278,13 +324,16 @@ def register(group: click.Group) -> None:
         if warn:
             click.echo(f"warning: {warn}", err=True)
         if as_json:
-            emit_json(res.to_dict() | ({"out": out} if out else {}))
-        elif out:
+            emit_json(res.to_dict() | ({"out": out} if out else {}) | ({"precision": precision[0].to_dict()} if precision else {}))
+            return
+        if out:
             from jetex.viz.lens_text import lens_summary
 
             click.echo(lens_summary(res, out))
         else:
             _print_lens(res.to_dict(), color_by)
+        if precision:
+            click.echo(precision[0].line())
 
     @with_numbering
     @group.command("paths")
@@ -316,9 +365,11 @@ def register(group: click.Group) -> None:
         is_flag=True,
         help="Rank by Algorithm 2's weighted terms (the summands of Eq. 11, ~2^-L each) instead of the unweighted paths.",
     )
+    @click.option("--dtype", default="float32", show_default=True, help=DTYPE_HELP)
     @common_options
     @remote.server_option
-    def paths_cmd(text, texts_file, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, weighted, model, as_json, server):
+    def paths_cmd(text, texts_file, order, must_use, avoid, max_len, min_len, token, position, top, limit, split_degrees, degrees, weighted, dtype, model,
+                  as_json, server):
         """Rank input-to-output jet paths (Algorithm 2) by their logit for the predicted token
         (after TEXT, or after every line of --texts FILE with one model load).
 
@@ -336,6 +387,7 @@ def register(group: click.Group) -> None:
         if split_degrees and order == 0:
             raise InputError("--split-degrees needs --order >= 1 (an order-0 jet has a single degree)")
         degs = _parse_ints(degrees, "degree") if degrees is not None else None  # None: every degree ("all")
+        dt = _dtype(dtype, server)
         url = remote.url_of(server)
         if url is not None and weighted:
             raise InputError("--weighted is not available with --server; run the command locally")
@@ -346,7 +398,8 @@ def register(group: click.Group) -> None:
                                 warning=paths_warning)
         from jetex.expand import PathFilter, exp_jet_expansion
 
-        m = _load(model)
+        m32 = _load(model)
+        m = _placed(m32, dt)
         all_ids = [m.tokenize(x) for x in (texts if texts is not None else [text])]
         for x, ids in zip(texts or [text], all_ids):
             t = ids.shape[-1]
@@ -385,10 +438,17 @@ def register(group: click.Group) -> None:
             rankings = [pe.rank(ids, chosen, token=tok_id, position=position, top=top, weighted=weighted, progress=True) for ids in all_ids]
         head = {"model": m.name, "order": order, "split_degrees": split_degrees, "degrees": degs, "scale": "weighted" if weighted else "unweighted"}
         payloads = []
-        for ranked in rankings:
+        for ids, ranked in zip(all_ids, rankings):
             check_result([r.logit for r in ranked], f"the order-{order} path contributions", LENS_HINT)
             payload = head | {"target": {"id": ranked[0].token, "token": ranked[0].token_str}, "n_paths": n,
                               "paths": [p.to_dict() for p in ranked]}
+            if m is not m32:  # reduced precision: the shown paths' measured error against float32, next to them
+                from jetex.apps.precision import paths_error
+
+                pe32 = exp_jet_expansion(m32, order, split_degrees=split_degrees)
+                with step(f"measuring the {dtype} error against float32"):
+                    payload["precision"] = paths_error(pe, pe32, ids, [r.path for r in ranked], position=position,
+                                                       weighted=weighted).to_dict()
             warn = paths_warning(payload)
             if warn:
                 click.echo(f"warning: {warn}", err=True)
@@ -397,8 +457,12 @@ def register(group: click.Group) -> None:
             if texts is None:
                 emit_json(payloads[0])
             else:
-                keys = ("target", "n_paths", "paths")
-                emit_json(head | {"n_paths": n, "results": [{"text": x} | {k: p[k] for k in keys} for x, p in zip(texts, payloads)]})
+                keys = ("target", "n_paths", "paths", "precision")
+                emit_json(head | {"n_paths": n, "results": [{"text": x} | {k: p[k] for k in keys if k in p} for x, p in zip(texts, payloads)]})
             return
         for payload in payloads:
             _print_paths(payload)
+            if "precision" in payload:
+                from jetex.apps.precision import MeasuredError
+
+                click.echo(MeasuredError.from_dict(payload["precision"]).line())
