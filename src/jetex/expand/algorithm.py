@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jetex.errors import InputError
+from jetex.expand.diagnostics import Diagnostics, decay_from_norms, ratio, relative_distance
 from jetex.jets import check_max_order
 from jetex.expand.terms import (
     DEC,
@@ -37,7 +38,7 @@ from jetex.expand.terms import (
     Stream,
     Term,
 )
-from jetex.expand.numerics import unembed
+from jetex.expand.numerics import unembed, unit_roundoff
 from jetex.models.base import ResidualModel
 
 
@@ -140,7 +141,7 @@ class Expansion:
         terms = ctx.values(self.terms)
         rem = ctx.value(self.remainder)
         target = ctx.target(self.block, self.is_decoder)
-        return ExpansionValues(self.names, terms, rem, target, self.is_decoder, self.model, ctx)
+        return ExpansionValues(self.names, terms, rem, target, self.is_decoder, self.model, ctx, expansion=self)
 
     def _check_centres(self, ctx: EvalContext) -> None:
         """Warn if Σ centres (+ the remainders of the expansions they complete) ≠ h_l."""
@@ -174,12 +175,16 @@ def _completed_remainders(centres: Sequence[Term]) -> list[Remainder]:
     return out
 
 
-@dataclass
+@dataclass(repr=False)
 class ExpansionValues:
     """Values of an expansion on one input.
 
     ``terms``: ``[n, *b, t, d]`` (final-norm space for a decoder expansion), ``remainder`` and
     ``target``: ``[*b, t, d]``, with Σ terms + remainder = target exactly.
+
+    :attr:`diagnostics` (computed on first use) says how far each term and the whole expansion
+    can be trusted (docs/trust.md): per term, the decay of its jet's Taylor-degree norms and the
+    centre→variate distance; per expansion, the remainder's share and the cancellation level.
     """
 
     names: list[str]
@@ -189,12 +194,103 @@ class ExpansionValues:
     is_decoder: bool
     model: ResidualModel
     ctx: EvalContext
+    #: the expansion these are the values of (its terms' jets and centres give the diagnostics)
+    expansion: "Expansion | None" = None
+    _diagnostics: Diagnostics | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if self.terms.shape[0] != len(self.names) or self.terms.shape[1:] != self.remainder.shape:
             raise ValueError("ExpansionValues: terms must be [n, *remainder.shape] with n names")
         if self.target.shape != self.remainder.shape:
             raise ValueError("ExpansionValues: target and remainder shapes differ")
+        if self.expansion is not None and len(self.expansion.terms) != len(self.names):
+            raise ValueError("ExpansionValues: the expansion's terms do not match the names")
+
+    @property
+    def diagnostics(self) -> Diagnostics:
+        """Trust diagnostics ``[n, c]``: one row per term, one column per cell, c = b·t (the positions
+        of every batch item in turn; ``[n, t]`` for one sequence). Per term: ``decay`` (the largest
+        ratio of successive Taylor-degree norms of its jet, unweighted) and ``distance`` (‖variate −
+        centre‖ / ‖centre‖); NaN for identity terms, and where the term's weight is 0. Per expansion
+        (the same in every row): ``remainder_share`` ‖U δ‖/‖q‖ and ``cancellation``
+        (Σ_i ‖U e_i‖ + ‖U δ‖)/‖q‖ at the decoder (U δ with the unembedding bias, q the model's
+        logits), ‖δ‖/‖h_{l+1}‖ and (Σ_i ‖e_i‖ + ‖δ‖)/‖h_{l+1}‖ for an inner block. ``unit_roundoff``:
+        the model's dtype (the jets run in it). Computed once, on first use."""
+        if self._diagnostics is None:
+            self._diagnostics = self._diagnose()
+        return self._diagnostics
+
+    @property
+    def trusted(self) -> Tensor:
+        """Boolean ``[n, *b, t]``: the term's cells that pass every trust criterion (docs/trust.md)."""
+        return self.diagnostics.trusted.reshape(self.terms.shape[:-1])
+
+    def warning(self) -> str | None:
+        """One line when most (term, position) cells are untrusted, saying which criterion and what to try; else None."""
+        return self.diagnostics.warning("term cells", "try a lower order or centres closer to the stream they expand around")
+
+    @torch.no_grad()
+    def _diagnose(self) -> Diagnostics:
+        if self.expansion is None:
+            raise InputError("diagnostics need the expansion: get these values from Expansion.evaluate")
+        exp, ctx = self.expansion, self.ctx
+        n, cells = len(self.names), self.terms.shape[1:-1]  # [*b, t]
+        nan = torch.full(cells, math.nan, dtype=torch.float64, device=self.terms.device)
+        decays, dists = [], []
+        for t in exp.terms:
+            if not isinstance(t, JetTerm):
+                decays.append(nan)
+                dists.append(nan)
+                continue
+            variate = ctx.h[ctx.L] if t.l == ctx.L + 1 else ctx.h[t.l - 1]
+            dec = decay_from_norms(ctx.coefficient_norms[id(t)])
+            dist = relative_distance(ctx.value(t.centre), variate)
+            w = torch.as_tensor(t.weight, dtype=torch.float64, device=dec.device).expand(cells)
+            decays.append(torch.where(w != 0, dec, nan))
+            dists.append(torch.where(w != 0, dist, nan))
+        if self.is_decoder:
+            q = self.model.decode(ctx.h[ctx.L]).double().norm(dim=-1)
+            rem = self.remainder_logits().double().norm(dim=-1)
+            parts = torch.stack([unembed(self.model, self.terms[i]).double().norm(dim=-1) for i in range(n)]).sum(0)
+        else:
+            q = self.target.double().norm(dim=-1)
+            rem = self.remainder.double().norm(dim=-1)
+            parts = self.terms.double().norm(dim=-1).sum(0)
+        flat = (n, -1)
+        return Diagnostics(
+            order=exp.order,
+            decay=torch.stack(decays).reshape(flat).cpu(),
+            distance=torch.stack(dists).reshape(flat).cpu(),
+            remainder_share=ratio(rem, q).reshape(1, -1).expand(n, -1).cpu(),
+            cancellation=ratio(parts + rem, q).reshape(1, -1).expand(n, -1).cpu(),
+            unit_roundoff=unit_roundoff(self.model.dtype),
+        )
+
+    def __repr__(self) -> str:
+        where = "dec" if self.is_decoder else f"block l={self.expansion.block}" if self.expansion is not None else "block"
+        order = f", order {self.expansion.order}" if self.expansion is not None else ""
+        trust = f"; {self.diagnostics.summary()}" if self.expansion is not None else ""
+        return f"ExpansionValues({where}{order}, {len(self.names)} terms, {list(self.terms.shape[1:])}{trust})"
+
+    __str__ = __repr__
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: the setting, the terms' names, the diagnostics (``diagnostics``: per cell,
+        :meth:`Diagnostics.to_dict`; ``term_diagnostics``: per term, maxima over cells and the verdict)
+        and, when they dominate, the one-line ``warning``. The tensors stay on the object."""
+        d = self.diagnostics
+        return {
+            "type": "ExpansionValues",
+            "model": self.model.name,
+            "block": None if self.expansion is None else self.expansion.block,
+            "order": d.order,
+            "is_decoder": self.is_decoder,
+            "shape": list(self.terms.shape[1:]),
+            "names": list(self.names),
+            "diagnostics": d.to_dict(),
+            "term_diagnostics": [{"name": nm, **d.row(i)} for i, nm in enumerate(self.names)],
+            "warning": self.warning(),
+        }
 
     def logits(self, position: int | None = None, tokens: Tensor | None = None) -> Float[Tensor, "n *b t v"]:
         """U·e for every term (decoder expansions only): ``[n, *b, t, V]`` (``[n, *b, V]`` at one
