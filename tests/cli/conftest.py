@@ -55,3 +55,9 @@ def _load_once_per_module(request):
         yield
     finally:
         loader.load = real
+        import jetex
+
+        # `jetex.load` resolved lazily while patched would keep the memoising wrapper for the
+        # rest of the session (two loads of one folder would then be one object): forget it
+        if vars(jetex).get("load") is load:
+            del jetex.load
