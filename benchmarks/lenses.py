@@ -9,6 +9,9 @@ Targets:
   4. readout over all layers of the fitted lenses (tuned, Jacobian) <= 1.5x the logit lens's
      readout, reported together with a forward pass of the model (same run). A readout's cost
      depends on shapes only, so identity translators / a J-lens summed from one window are timed.
+     (Issue 15 asked for <= 1.5x a forward pass over all layers: every row is a full-vocabulary
+     unembedding, so the part prints the multiply-add floor, forward + R unembeddings, and the
+     measured floor beside it, and the cost of a single row.)
 
 Usage: python benchmarks/lenses.py [--model smollm2-135m] [--repeats 5]
 """
@@ -190,12 +193,34 @@ def _target_4(model, ids, args) -> bool:
     r_t, r_j = t_tuned / t_logit, t_jac / t_logit
     p4 = r_t <= 1.5 and r_j <= 1.5
     ok &= p4
+    # the floor of any lens that decodes R full-vocabulary rows: the forward pass (for h) plus R
+    # unembedding products [t, d] x [d, V], against the one unembedding inside the forward pass
+    R, t, V = len(tuned.streams), ids.shape[-1], model.vocab_size
+    U = model.unembedding_matrix
+    X = torch.randn(R * t, d, dtype=U.dtype)
+    mid = (R - 1) // 2  # a middle transformer layer
+    with torch.no_grad():
+        t_unemb, _ = timed(lambda: X @ U.T, args.repeats)
+        t_one_row, _ = timed(lambda: zoo_lens(model, ids, "jacobian", lens=jac, layers=[mid]), args.repeats)
+    body = sum(p.numel() for blk in model.blocks for p in blk.parameters())
+    fwd_macs = body + V * d  # per token: the blocks' weights (attention over 10 tokens is negligible) + one unembedding
+    floor_macs = fwd_macs + R * V * d
     print(f"\n[4] fitted lenses, readout over {len(tuned.streams)} rows (embedding + every layer), {ids.shape[-1]} tokens")
     print(f"    forward pass {t_fwd:.3f} s   logit lens {t_logit:.3f} s ({t_logit / t_fwd:.2f}x forward)")
     print(f"    tuned lens {t_tuned:.3f} s ({r_t:.2f}x logit lens, {t_tuned / t_fwd:.2f}x forward)")
     print(f"    Jacobian lens {t_jac:.3f} s ({r_j:.2f}x logit lens, {t_jac / t_fwd:.2f}x forward)")
     print(f"    order-1 jet lens {t1_lens:.3f} s ({t1_lens / t_fwd:.2f}x forward)   [lens times include the forward pass]")
     print(f"    target fitted readout <= 1.5x the logit lens: {'PASS' if p4 else 'FAIL'}")
+    print(f"    arithmetic per token: forward ~{fwd_macs / 1e6:.0f} M multiply-adds ({body / 1e6:.0f} M in the blocks + "
+          f"{V * d / 1e6:.1f} M for its one unembedding, V = {V}, d = {d}); {R} lens rows add {R} unembeddings = "
+          f"{R * V * d / 1e6:.0f} M, so any lens decoding all rows costs >= {floor_macs / fwd_macs:.1f}x a forward pass in multiply-adds")
+    print(f"    measured: the {R} bare unembedding products alone {t_unemb:.3f} s ({t_unemb / t_fwd:.2f}x forward); "
+          f"forward + them = {(t_fwd + t_unemb) / t_fwd:.2f}x forward (the floor); fitted lenses at "
+          f"{max(t_tuned, t_jac) / (t_fwd + t_unemb):.2f}x that floor")
+    one = t_one_row / t_fwd
+    print(f"    Jacobian lens, one row (layer {mid}): {t_one_row:.3f} s ({one:.2f}x forward)")
+    print(f"    target readout over all rows <= 1.5x a forward pass: {'PASS' if max(t_tuned, t_jac) <= 1.5 * t_fwd else 'FAIL'}"
+          f" (not reachable with full-vocabulary rows: the floor above); one row <= 1.5x forward: {'PASS' if one <= 1.5 else 'FAIL'}")
     return ok
 
 

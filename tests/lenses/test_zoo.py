@@ -149,6 +149,45 @@ def test_fingerprint_mismatch_refused(tiny, tmp_path):
         TunedLens.load(tmp_path / "junk.safetensors")
 
 
+def test_fingerprint_checked_once_per_model(tiny, tmp_path, monkeypatch):
+    """A fitted lens is hashed against a model once, then read without re-hashing; another
+    model object (other weights) is still refused after a successful check."""
+    import jetex
+    from _tiny import save_tiny
+
+    lens = TunedLens.identity(tiny)
+    ids = _windows(tiny, 1)[0]
+    first = zoo_lens(tiny, ids, "tuned", lens=lens, top_k=3)
+    calls = []
+    real = type(tiny).fingerprint
+    monkeypatch.setattr(type(tiny), "fingerprint", lambda self: calls.append(1) or real(self))
+    again = zoo_lens(tiny, ids, "tuned", lens=lens, top_k=3)
+    assert calls == [] and torch.equal(first.top_ids, again.top_ids)
+    other = jetex.load(str(save_tiny(tmp_path / "other", "llama", seed=1)), dtype=torch.float64)
+    with pytest.raises(InputError, match="fitted for model"):
+        zoo_lens(other, ids, "tuned", lens=lens)
+    assert calls == [1]
+
+
+def test_jacobian_readout_follows_sums_in_place(tiny):
+    """The J-lens readout's cached cast of J_l follows in-place updates of the sums (a fit in
+    progress) and of the count: translate() always equals (sums / N) h."""
+    streams, _ = layer_streams(tiny)
+    d = tiny.d_model
+    g = torch.Generator().manual_seed(3)
+    lens = JacobianLens(tiny.name, tiny.fingerprint(), streams, [str(l) for l in streams],
+                        torch.randn(len(streams), d, d, generator=g, dtype=torch.float64), 2)
+    h = tiny.stream(_windows(tiny, 1)[0][None])[streams]
+    direct = lambda: torch.einsum("rij,rbtj->rbti", lens.sums / lens.n_sources, h.double()).to(h.dtype)
+    assert torch.allclose(lens.translate(h, streams), direct())
+    lens.sums += torch.randn(lens.sums.shape, generator=g, dtype=torch.float64)
+    assert torch.allclose(lens.translate(h, streams), direct())
+    lens.n_sources = 5
+    assert torch.allclose(lens.translate(h, streams), direct())
+    one = lens.translate(h[[1]], [streams[1]])
+    assert torch.allclose(one, direct()[[1]])
+
+
 def test_own_output_share_order1_decomposition():
     """Order-1 iterative lens = ρ q(z) + (1 − ρ cos θ) logit lens (RMS norm, ε → 0)."""
     net = ToyResidualNet(depth=3, d=8, vocab_size=11)
@@ -164,12 +203,46 @@ def test_own_output_share_order1_decomposition():
     U = net.unembedding_matrix
     expect = rho[..., None] * (net.final_norm(y) @ U.T) + (1 - rho * cos)[..., None] * (net.final_norm(x) @ U.T)
     assert torch.allclose(lg[0], expect, atol=1e-10)
-    share = own_output_share(net, h[[1]], y, lg)
+    from jetex.lenses.lens import iterative_lens_terms
+
+    def share_of(l):
+        c = iterative_lens_terms(net, h, [l], 1)[:, :, 0]
+        return own_output_share(net, c.sum(0), c[0], y[0], lens_logits(net, "iterative", h, [l], order=1)[:, 0])
+
     a = (rho[..., None] * (net.final_norm(y) @ U.T)).norm(dim=-1)
     b = ((1 - rho * cos)[..., None] * (net.final_norm(x) @ U.T)).norm(dim=-1)
-    assert torch.allclose(share[0], a / (a + b), atol=1e-10)
+    assert torch.allclose(share_of(1), a / (a + b), atol=1e-10)
     # at the final stream the lens is q(z) itself
-    assert torch.allclose(own_output_share(net, h[[-1]], y, lens_logits(net, "iterative", h, [3], order=1)), torch.ones(1, 1, 4, dtype=torch.float64))
+    assert torch.allclose(share_of(3), torch.ones(1, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_lens_eval_share_is_lens_result_q_share(tiny, order):
+    """lens-eval's own_share of the iterative jet lens is LensResult.q_share (one definition),
+    per row and position, with the norm's ε in place; for the joint lens it is |w ρ|‖q̃‖ /
+    (|w ρ|‖q̃‖ + ‖row − w ρ q̃‖) up to ε."""
+    from jetex.apps.lens_eval import LensSpec, _rows_logits
+
+    ids = _windows(tiny, 1, t=6)[0]
+    streams, _ = layer_streams(tiny)
+    h = tiny.stream(ids[None])
+    _, share = _rows_logits(tiny, LensSpec("jet", "iterative", None, order), h, streams)
+    res = iterative_lens(tiny, ids, order=order)
+    assert share.shape == res.q_share.shape
+    assert torch.allclose(share.float(), res.q_share, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(share, torch.ones_like(share))  # not trivially 1
+    if order == 1:
+        lg, js = _rows_logits(tiny, LensSpec("joint", "joint", None, 1), h, streams)
+        from jetex.lenses.lens import joint_centres
+
+        segs, _ = joint_centres(tiny, "layers")
+        hs = h[:, 0]
+        X = torch.stack([hs[0] if a < 0 else hs[b] - hs[a] for a, b in segs])
+        rms = lambda v: v.pow(2).mean(-1).sqrt()
+        own = (rms(hs[-1]) / rms(X) / len(segs))[..., None] * (tiny.final_norm(hs[-1]) @ tiny.unembedding_matrix.T)
+        a = own.norm(dim=-1)
+        expect = a / (a + (lg - own).norm(dim=-1))
+        assert torch.allclose(js, expect, rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.real

@@ -34,7 +34,8 @@ from torch import Tensor
 from jetex.errors import InputError
 from jetex.lenses.jacobian import JacobianLens
 from jetex.lenses.tuned import TunedLens
-from jetex.lenses.lens import joint_centres, joint_lens_logits, layer_streams
+from jetex.expand.numerics import unembed
+from jetex.lenses.lens import iterative_lens_terms, joint_centres, joint_lens_terms, layer_streams
 from jetex.lenses.zoo import check_lens, lens_logits, own_output_share, reads_final
 from jetex.models.base import ResidualModel
 from jetex.apps.corpus import read_corpus
@@ -112,19 +113,23 @@ def default_specs(model: ResidualModel, tuned: TunedLens | None = None, jacobian
 
 def _rows_logits(model: ResidualModel, spec: LensSpec, h: Tensor, streams: list[int]) -> tuple[Tensor, Tensor | None]:
     """The lens's logits per row ``[R, t, V]`` for one sequence (``h`` ``[L+1, 1, t, d]``) and,
-    for lenses that read h_L, the share of each readout that is q(z) ``[R, t]``."""
+    for lenses that read h_L, the share of each readout that is q(z) ``[R, t]`` (the
+    definition of ``LensResult.q_share``, :func:`jetex.lenses.zoo.own_output_share`)."""
+    hs = h[:, 0]
     if spec.kind == "joint":
         segs, _ = joint_centres(model, "layers")
-        hs = h[:, 0]
-        logits, W, _ = joint_lens_logits(model, hs, segs, spec.order)
+        coeffs, W, _ = joint_lens_terms(model, hs, segs, spec.order)
+        terms = W[..., None] * coeffs.sum(0)
+        logits = unembed(model, terms.to(model.dtype))  # the rows of joint_lens_logits
         if not spec.reads_final:
             return logits, None
-        X = torch.stack([hs[0] if a < 0 else hs[b] - hs[a] for a, b in segs])
-        share = own_output_share(model, X[:, None], hs[-1][None], logits[:, None], W[:, None])[:, 0]
-        return logits, share
-    logits = lens_logits(model, spec.kind, h, streams, lens=spec.lens, order=spec.order)  # [R, 1, t, V]
-    share = own_output_share(model, h[streams], h[-1], logits)[:, 0] if spec.reads_final else None
-    return logits[:, 0], share
+        return logits, own_output_share(model, terms, W[..., None] * coeffs[0], hs[-1], logits)
+    if spec.kind == "iterative" and spec.reads_final:
+        coeffs = iterative_lens_terms(model, hs[:, None], streams, spec.order)[:, :, 0]  # [k+1, R, t, d]
+        terms = coeffs.sum(0)
+        logits = unembed(model, terms.to(model.dtype), bias=True)  # the rows of iterative_lens_logits
+        return logits, own_output_share(model, terms, coeffs[0], hs[-1], logits)
+    return lens_logits(model, spec.kind, h, streams, lens=spec.lens, order=spec.order)[:, 0], None
 
 
 @dataclass

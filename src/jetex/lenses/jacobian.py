@@ -92,11 +92,20 @@ class JacobianLens:
 
     def translate(self, h: Float[Tensor, "r *b t d"], streams: Sequence[int]) -> Float[Tensor, "r *b t d"]:
         """J_l h_l for each of the given ``streams`` (rows of ``h``)."""
-        J = self.matrices
         rows = [self._row(l) for l in streams]
-        Js = J[rows].to(h.dtype).to(h.device)  # [r, d, d]
+        Js = self._cast(h.dtype, h.device)[rows]  # [r, d, d]
         flat = h.reshape(h.shape[0], -1, h.shape[-1])
         return torch.bmm(flat, Js.transpose(1, 2)).reshape(h.shape)
+
+    def _cast(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """All J_l in ``dtype`` on ``device``, kept until the sums or the count change (a
+        readout then costs one gather, not a division and copy of all R d × d float64 sums)."""
+        key = (id(self.sums), self.sums._version, self.n_sources, dtype, str(device))
+        cache = getattr(self, "_cast_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, self.matrices.to(device=device, dtype=dtype))
+            self._cast_cache = cache
+        return cache[1]
 
     def _row(self, l: int) -> int:
         if l not in self.streams:

@@ -492,13 +492,26 @@ def _iterative_core(
         cancellation=ratio(stats["norm"].double() + rem, q_norm).cpu(),
         unit_roundoff=unit_roundoff(model.dtype),
     )
-    qt_norm = model_logits if model.unembedding_bias is None else model_logits - model.unembedding_bias
-    along = alpha.abs() * qt_norm.norm(dim=-1).double().unsqueeze(0)
-    q_share = ratio(along, along + stats["rest_norm"].double())
+    q_share = output_share(alpha, model_logits, stats["rest_norm"], model.unembedding_bias)
     return dict(
         logits=logits, model_logits=model_logits, rem=rem, diag=diag, stats=stats,
         q_coef=alpha.float().cpu(), rest_cos=stats["rest_cosine"].float().cpu(), q_share=q_share.float().cpu(),
     )
+
+
+def output_share(
+    alpha: Float[Tensor, "r t"], model_logits: Float[Tensor, "t v"], rest_norm: Float[Tensor, "r t"], bias: Tensor | None = None
+) -> Float[Tensor, "r t"]:
+    """The share of a lens row that is the model's own output: |α|‖q̃‖ / (|α|‖q̃‖ + ‖row − α q̃‖).
+
+    q̃ = q − ``bias`` = U γ_{L+1}(h_L) (the model's logits ``[t, V]`` without the unembedding
+    bias), α the row's coefficient along γ_{L+1}(h_L) (:func:`split_along_output`) and
+    ``rest_norm`` ‖row − α q̃‖ (:func:`_row_stats` with ``alpha``). 1: the row is q̃ rescaled;
+    0: none of it. This is ``LensResult.q_share`` and the ``own_share`` of ``jetex lens-eval``.
+    """
+    qt = model_logits if bias is None else model_logits - bias
+    along = alpha.abs().double() * qt.norm(dim=-1).double().unsqueeze(0)
+    return ratio(along, along + rest_norm.double())
 
 
 def split_along_output(

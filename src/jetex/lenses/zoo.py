@@ -12,13 +12,15 @@ For an RMSNorm decoder the order-1 iterative lens is exactly
 
 (r the root mean square, θ the angle between h_l and h_L, ε of the norm neglected): a
 multiple of the model's own output q(z) plus a multiple of the logit lens.
-:func:`own_output_share` reports ‖ρ U γ(h_L)‖ / (‖ρ U γ(h_L)‖ + ‖rest‖) with
-rest = (lens logits) − ρ U γ(h_L) computed exactly, so the split is exact whatever ε.
+:func:`own_output_share` reports |α|‖U γ(h_L)‖ / (|α|‖U γ(h_L)‖ + ‖rest‖) with α the
+coefficient along γ(h_L) (= ρ when ε = 0) and rest = (lens logits) − α U γ(h_L) computed
+exactly: the same quantity as ``LensResult.q_share``.
 """
 
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from torch import Tensor
 from jetex.errors import InputError
 from jetex.expand.algorithm import check_order
 from jetex.lenses.jacobian import JacobianLens
-from jetex.lenses.lens import LensResult, _ids, _row_stats, _rows, iterative_lens_logits, layer_streams
+from jetex.lenses.lens import LensResult, _ids, _row_stats, _rows, iterative_lens_logits, layer_streams, output_share, split_along_output
 from jetex.lenses.tuned import TunedLens
 from jetex.models.base import ResidualModel
 
@@ -47,7 +49,12 @@ READS_FINAL = reads_final
 
 
 def check_lens(model: ResidualModel, kind: str, lens: Any) -> None:
-    """Refuse a missing, mismatched or foreign fitted lens for ``kind``."""
+    """Refuse a missing, mismatched or foreign fitted lens for ``kind``.
+
+    The fingerprint comparison runs once per (lens, model object) pair: a lens already
+    checked against this ``model`` is not re-hashed on every readout (the fingerprint hashes
+    every weight, several times the cost of a readout's translators). A model whose weights
+    are changed in place after the check is not re-checked."""
     if kind not in KINDS:
         raise InputError(f"unknown lens kind {kind!r}: use one of {', '.join(KINDS)}")
     if kind in FITTED:
@@ -56,11 +63,16 @@ def check_lens(model: ResidualModel, kind: str, lens: Any) -> None:
             raise InputError(f"the {kind} lens needs a fitted lens file (fit one with `jetex lens-fit --kind {kind}`)")
         if not isinstance(lens, want):
             raise InputError(f"a {kind} lens needs a {want.__name__}, got {type(lens).__name__}")
-        if lens.fingerprint != model.fingerprint():
+        checked = getattr(lens, "_checked_for", None)
+        if checked is not None and checked() is model:  # model.fingerprint() hashes every weight (~0.3 s)
+            return
+        fp = model.fingerprint()
+        if lens.fingerprint != fp:
             raise InputError(
                 f"this {kind} lens was fitted for model {lens.model_name!r} (fingerprint {lens.fingerprint}), "
-                f"not for {model.name!r} (fingerprint {model.fingerprint()})"
+                f"not for {model.name!r} (fingerprint {fp})"
             )
+        lens._checked_for = weakref.ref(model)
 
 
 def load_fitted(kind: str, path: str | Path, model: ResidualModel | None = None) -> TunedLens | JacobianLens:
@@ -96,29 +108,31 @@ def lens_logits(
     raise InputError(f"lens kind {kind!r} has no per-layer readout here (use logit, tuned, jacobian or iterative)")
 
 
+@torch.no_grad()
 def own_output_share(
     model: ResidualModel,
-    X: Float[Tensor, "r b t d"],
-    hL: Float[Tensor, "b t d"],
-    logits: Float[Tensor, "r b t v"],
-    weights: Float[Tensor, "r b t"] | None = None,
-) -> Float[Tensor, "r b t"]:
-    """The share of a readout that is the model's own output: ‖a‖ / (‖a‖ + ‖logits − a‖), a = w ρ U γ(h_L).
+    terms: Float[Tensor, "r t d"],
+    lens0: Float[Tensor, "r t d"],
+    hL: Float[Tensor, "t d"],
+    logits: Float[Tensor, "r t v"],
+    model_logits: Float[Tensor, "t v"] | None = None,
+) -> Float[Tensor, "r t"]:
+    """The share of each lens row that is the model's own output, one sequence: ``[R, t]``.
 
-    ``X``: the vectors the lens is centred at (h_l for the iterative lens; the centres x_i
-    for the joint lens, whose order-1 term is w_i (ρ_i γ(h_L) + (1 − ρ_i cos θ_i) γ(x_i))),
-    ``hL`` the final stream, ``weights`` w (default 1); ρ = r(h_L)/r(x) per position (r the
-    root mean square). The split of ``logits`` into a and the rest is exact; 1 means the
-    readout is q(z) itself (rescaled), 0 that it holds none of it.
+    The same definition as ``LensResult.q_share`` (:func:`jetex.lenses.lens.output_share`):
+    |α|‖q̃‖ / (|α|‖q̃‖ + ‖row − α q̃‖), q̃ = U γ_{L+1}(h_L), with α the least-squares
+    coefficient of the row's term along γ_{L+1}(h_L) in span{γ_{L+1}(h_L), ``lens0``}
+    (:func:`jetex.lenses.lens.split_along_output`). ``terms``: the rows in final-norm space
+    before the unembedding (iterative lens: J^k γ(h_l)(h_L); joint lens: w_i J^k γ(x_i)(h_L));
+    ``lens0``: their order-0 part (γ(h_l); w_i γ(x_i)); ``logits``: the rows' logits;
+    ``model_logits``: q (default U γ(h_L) + bias from ``hL``). At order 1, ε of the norm
+    neglected, α = w ρ with ρ = r(h_L)/r(x).
     """
-    rho = hL.pow(2).mean(-1).sqrt().unsqueeze(0) / X.pow(2).mean(-1).sqrt().clamp_min(1e-30)  # [R, b, t]
-    if weights is not None:
-        rho = rho * weights
-    q = model.final_norm(hL) @ model.unembedding_matrix.T  # [b, t, V] (no bias: a term, not a prediction)
-    own = rho[..., None] * q.unsqueeze(0)
-    a = own.norm(dim=-1)
-    rest = (logits - own).norm(dim=-1)
-    return a / (a + rest).clamp_min(torch.finfo(a.dtype).tiny)
+    if model_logits is None:
+        model_logits = model.decode(hL)
+    alpha, _ = split_along_output(terms, lens0, model.final_norm(hL))  # [R, t]
+    stats = _row_stats(logits, model_logits.to(logits.dtype), 1, alpha=alpha, bias=model.unembedding_bias)
+    return output_share(alpha, model_logits, stats["rest_norm"], model.unembedding_bias)
 
 
 @torch.no_grad()
