@@ -26,6 +26,7 @@ def test_row_stats_match_direct(with_bias, chunk):
     assert torch.equal(st["top_ids"], i) and torch.equal(st["top_logits"], v)
     own = logits.gather(-1, model.argmax(-1)[None, :, None].expand(R, -1, 1))
     assert torch.equal(st["rank"], (logits > own).sum(-1))
+    assert torch.equal(st["own"], own[..., 0])
     assert torch.allclose(st["cosine"].double(), F.cosine_similarity(x, q, dim=-1), atol=1e-6)
     assert torch.allclose(st["norm"].double(), x.norm(dim=-1), rtol=1e-6)
     assert torch.allclose(st["rem"].double(), (q - x).norm(dim=-1), rtol=1e-5, atol=1e-4)

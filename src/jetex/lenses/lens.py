@@ -27,7 +27,7 @@ from torch import Tensor
 from jetex.errors import InputError
 from jetex.expand.algorithm import check_order
 from jetex.expand.diagnostics import Diagnostics, decay_from_norms, ratio, relative_distance
-from jetex.expand.numerics import EXP_FLOOR, accumulation_dtype, unembed, unit_roundoff
+from jetex.expand.numerics import EXP_FLOOR, accumulation_dtype, logsumexp, unembed, unit_roundoff
 from jetex.lenses.weights import optimal_weights, unembedding_gram
 from jetex.models.base import ResidualModel
 from jetex.models.batch import Batch, as_batch, is_batch
@@ -60,6 +60,9 @@ class LensResult(Result):
       softmax (what figures colour by: comparable across orders and models, unlike logits);
     - ``model_rank``: ``[R, t]`` the rank (0 = first) of the model's own top-1 token in each
       row's logits (how early the model's answer surfaces);
+    - ``model_logprob``: ``[R, t]`` the log-probability of the model's own top-1 token under
+      each row's softmax; ``model_top_logprobs``: ``[t, K]`` the model's own top-k
+      log-probabilities (the explorer's cell details read both);
     - ``diagnostics``: :class:`~jetex.expand.diagnostics.Diagnostics` ``[R, t]``: how far each
       cell can be trusted (divergence, remainder share, cancellation, rounding).
     - iterative lens only, the row's split into the part along the model's own logits and the
@@ -105,6 +108,8 @@ class LensResult(Result):
     q_share: Tensor | None = None
     top_logprobs: Tensor | None = None
     model_rank: Tensor | None = None
+    model_logprob: Tensor | None = None
+    model_top_logprobs: Tensor | None = None
 
     def __post_init__(self) -> None:
         R, t = len(self.row_names), len(self.tokens)
@@ -120,7 +125,7 @@ class LensResult(Result):
             raise ValueError("LensResult: a joint lens carries the expansion's prediction")
         if self.diagnostics is not None and self.diagnostics.shape != (R, t):
             raise ValueError(f"LensResult: diagnostics must be [{R}, {t}]")
-        for name in ("q_coef", "rest_cosine", "q_share"):
+        for name in ("q_coef", "rest_cosine", "q_share", "model_logprob"):
             v = getattr(self, name)
             if v is not None and tuple(v.shape) != (R, t):
                 raise ValueError(f"LensResult: {name} must be [{R}, {t}]")
@@ -334,7 +339,8 @@ def _row_stats(
     """Everything the lens tables read from full-vocabulary rows, in one pass over ``logits``.
 
     Per row and position: ``top_ids``/``top_logits`` ``[R, t, k]``, ``lse`` (log Σ exp),
-    ``rank`` (how many tokens the row scores above the model's top-1), ``cosine`` with the
+    ``rank`` (how many tokens the row scores above the model's top-1), ``own`` (the row's
+    logit of the model's top-1), ``cosine`` with the
     model's logits q, ``norm`` ‖row‖ and ``rem`` ‖q − row‖; with ``alpha`` ``[R, t]`` also the
     row's rest without its part along q̃ = q − ``bias``: ``rest_norm`` ‖row − α q̃‖ and
     ``rest_cosine`` cos(row − α q̃, q). All ``[R, t]``, in the logits' dtype (float32 rows:
@@ -346,7 +352,7 @@ def _row_stats(
     """
     R, t, V = logits.shape
     m_top = model_logits.argmax(-1)  # [t]
-    names = ("lse", "rank", "cosine", "norm", "rem") + (("rest_norm", "rest_cosine") if alpha is not None else ())
+    names = ("lse", "rank", "own", "cosine", "norm", "rem") + (("rest_norm", "rest_cosine") if alpha is not None else ())
     out = {n: torch.empty(R, t, dtype=torch.int64 if n == "rank" else logits.dtype, device=logits.device) for n in names}
     kk = min(top_k, V)
     top_v = torch.empty(R, t, kk, dtype=logits.dtype, device=logits.device)
@@ -370,6 +376,7 @@ def _row_stats(
             v, i = x.topk(kk, dim=-1)
             top_v[r0:r1, p], top_i[r0:r1, p] = v, i
             own = x[:, m_top[p]].unsqueeze(-1)
+            out["own"][r0:r1, p] = own[:, 0]
             out["rank"][r0:r1, p] = torch.gt(x, own, out=w).sum(-1).to(torch.int64)  # exact: counts < 2^24
             xn = torch.linalg.vector_norm(x, dim=-1)
             out["norm"][r0:r1, p] = xn
@@ -392,6 +399,8 @@ def _rows(model: ResidualModel, ids: Tensor, names: list[str], stats: dict, mode
     return dict(
         top_logprobs=(top_logits.float() - stats["lse"].float().unsqueeze(-1)).cpu(),
         model_rank=stats["rank"].cpu(),
+        model_logprob=(stats["own"].float() - stats["lse"].float()).cpu(),
+        model_top_logprobs=(m_logits.float() - logsumexp(model_logits.float(), -1).unsqueeze(-1)).cpu(),
         model_name=model.name,
         tokens=[strings[int(i)] for i in ids[0]],
         input_ids=ids[0].cpu(),

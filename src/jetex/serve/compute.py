@@ -9,7 +9,6 @@ model's worker thread.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
@@ -22,17 +21,12 @@ from jetex.models.predict import predict_payload
 from jetex.errors import JetexError
 from jetex.expand import PathFilter, exp_jet_expansion
 from jetex.lenses import iterative_lens, joint_lens
-from jetex.lenses.lens import iterative_lens_logits, joint_centres, joint_lens_logits, layer_streams
+from jetex.lenses.lens import joint_centres
 from jetex.models.base import ResidualModel
 from jetex.serve.jobs import check_cancelled
 from jetex.serve.limits import Limits, Params, RequestError
-from jetex.expand.numerics import logsumexp
 
 COLOUR_SCALES = ("probability", "logprob", "rank", "logit")
-
-
-def _fin(x: float, nd: int = 5) -> float | None:
-    return round(x, nd) if math.isfinite(x) else None
 
 
 def model_info(name: str, model: ResidualModel) -> dict[str, Any]:
@@ -146,39 +140,32 @@ def lens_params(p: Params, model: ResidualModel) -> dict[str, Any]:
     return kw
 
 
-@torch.no_grad()
-def _lens_view(model: ResidualModel, kw: dict[str, Any], top: int) -> dict[str, Any]:
-    """What the page shows beyond the lens result, per cell (row r, position i): the
-    log-probabilities of the top-k tokens of the row's logits, the rank of the model's own
-    top-1 token among them (1 = the row agrees with the model) and its log-probability; and
-    the model's own top-k with log-probabilities per position."""
-    ids = model.tokenize(kw["text"])
-    h = model.stream(ids)
-    check_cancelled()
-    if kw["kind"] == "iterative":
-        streams, _ = layer_streams(model, kw.get("layers"))
-        lg = iterative_lens_logits(model, h, streams, kw["order"])[:, 0]  # [R, t, V]
-        ml = model.decode(h[-1])[0]  # [t, V]
-    else:
-        segs, _ = joint_centres(model, kw["centres"])
-        lg, _, ml = joint_lens_logits(model, h[:, 0], segs, kw["order"], kw["optimize"])
-    check_cancelled()
-    lg, ml = lg.float(), ml.float().log_softmax(-1)
-    k = min(top, lg.shape[-1])
-    lse = logsumexp(lg, -1)  # [R, t]
-    top_lp = lg.topk(k, dim=-1).values - lse[..., None]
-    mv, mi = ml.topk(k, dim=-1)  # [t, k]
-    mlog = lg.gather(-1, mi[None, :, :1].expand(lg.shape[0], -1, 1))[..., 0]  # [R, t]
-    rank = (lg > mlog[..., None]).sum(-1) + 1
+def _lens_view(model: ResidualModel, res: Any) -> dict[str, Any]:
+    """What the page shows beyond the lens result, per cell (row r, position i), all read
+    from the library's :class:`~jetex.lenses.LensResult` (its one-pass readout, nothing
+    recomputed): the log-probabilities of the row's top-k tokens, the rank of the model's
+    own top-1 token in the row (1 = the row agrees with the model) and its log-probability;
+    and the model's own top-k with log-probabilities per position."""
+    mi = res.model_top_ids  # [t, k]
+    flat = mi.reshape(-1).tolist()
+    uniq = sorted(set(flat))
+    strings = dict(zip(uniq, model.token_strings(uniq)))
+    k = mi.shape[-1]
     return {
-        "logprobs": [[[_fin(float(x), 4) for x in cell] for cell in row] for row in top_lp.cpu()],
-        "model_token_rank": rank.cpu().tolist(),
-        "model_token_logprob": [[_fin(float(x), 4) for x in row] for row in (mlog - lse).cpu()],
+        "logprobs": _rounded(res.top_logprobs),
+        "model_token_rank": (res.model_rank + 1).tolist(),
+        "model_token_logprob": _rounded(res.model_logprob),
         "model": [
-            {"top": model.token_strings(i), "ids": i.tolist(), "logprobs": [_fin(float(x), 4) for x in v]}
-            for i, v in zip(mi.cpu(), mv.cpu())
+            {"top": [strings[j] for j in flat[i * k:(i + 1) * k]], "ids": flat[i * k:(i + 1) * k], "logprobs": lp}
+            for i, lp in enumerate(_rounded(res.model_top_logprobs))
         ],
     }
+
+
+def _rounded(x: torch.Tensor, nd: int = 4) -> list:
+    """A tensor as nested lists of floats rounded to ``nd`` decimals (non-finite values stay
+    so; the response writes them as null)."""
+    return torch.round(x.double(), decimals=nd).tolist()
 
 
 def lens_warning(res: Any) -> str | None:
@@ -203,7 +190,7 @@ def run_lens(model: ResidualModel, **kw: Any) -> dict[str, Any]:
     check_cancelled()
     out: dict[str, Any] = {"result": res.to_dict(), "warning": lens_warning(res)}
     if kw["probabilities"]:
-        out["view"] = _lens_view(model, kw, top) | {"top_ids": res.top_ids.tolist()}
+        out["view"] = _lens_view(model, res) | {"top_ids": res.top_ids.tolist()}
     return out
 
 
