@@ -209,7 +209,7 @@ def train(args) -> None:
     if state is None:
         hf.eval()
         t = time.perf_counter()
-        state = {"run": args.run, "step": 0, "losses": [], "step_seconds": [],
+        state = {"run": args.run, "step": 0, "losses": [], "step_seconds": [], "curve": [],
                  "held_code_before": held_loss(hf, held_code, args.device),
                  "held_prose_before": held_loss(hf, held_prose, args.device),
                  "eval_seconds": time.perf_counter() - t,
@@ -217,6 +217,7 @@ def train(args) -> None:
                             "n_train": args.n_train, "n_held_code": held_code.shape[0],
                             "n_held_prose": held_prose.shape[0], "trained_params": n_params,
                             "device": args.device, "threads": torch.get_num_threads()}}
+        state["curve"].append([0, state["held_code_before"]])
         print(f"[{args.run}] base held-out loss: code {state['held_code_before']:.4f}, "
               f"prose {state['held_prose_before']:.4f} ({state['eval_seconds']:.0f} s)", flush=True)
     else:
@@ -224,7 +225,8 @@ def train(args) -> None:
     order = torch.randperm(args.n_train, generator=torch.Generator().manual_seed(1))  # same order both runs
     hf.train()
     deadline = None if args.stop_at is None else time.time() + args.stop_at
-    while state["step"] < args.steps:
+    reached = False
+    while state["step"] < args.steps and not reached:
         s = state["step"]
         idx = order[torch.arange(s * args.batch, (s + 1) * args.batch) % args.n_train]
         x = train_ids[idx].to(args.device)
@@ -241,9 +243,21 @@ def train(args) -> None:
         state["step_seconds"].append(time.perf_counter() - t)
         print(f"[{args.run}] step {s + 1}/{args.steps} loss {state['losses'][-1]:.4f} "
               f"({state['step_seconds'][-1]:.1f} s)", flush=True)
-        last = state["step"] == args.steps or (deadline is not None and time.time() > deadline)
+        if args.eval_every and state["step"] % args.eval_every == 0 and state["step"] < args.steps:
+            hf.eval()
+            t = time.perf_counter()
+            h = held_loss(hf, held_code, args.device)
+            state.setdefault("curve", []).append([state["step"], h])
+            state["eval_seconds"] += time.perf_counter() - t
+            hf.train()
+            print(f"[{args.run}] step {state['step']}: held-out code loss {h:.4f} "
+                  f"({h - state['held_code_before']:+.4f} nats)", flush=True)
+            reached = bool(args.target) and args.target > 0 and state["held_code_before"] - h >= args.target
+        last = (state["step"] == args.steps or reached
+                or (deadline is not None and time.time() > deadline))
         if state["step"] % args.ckpt_every == 0 or last:
             save_checkpoint(folder, hf, opt, state)
+            tok.save_pretrained(folder / "model")  # so that jetex.load / jetex ngrams extract -m can read it
         if last:
             break
     hf.eval()
@@ -251,10 +265,12 @@ def train(args) -> None:
         state["held_code_after"] = held_loss(hf, held_code, args.device)
         state["held_prose_after"] = held_loss(hf, held_prose, args.device)
         state["after_step"] = state["step"]
+        if not state["curve"] or state["curve"][-1][0] != state["step"]:
+            state["curve"].append([state["step"], state["held_code_after"]])
         _save_atomic_json(folder / "state.json", state)
     print(f"[{args.run}] step {state['step']}: held-out code loss {state['held_code_before']:.4f} → "
           f"{state['held_code_after']:.4f}, prose {state['held_prose_before']:.4f} → {state['held_prose_after']:.4f}; "
-          f"training {sum(state['step_seconds']):.0f} s", flush=True)
+          f"training {sum(state['step_seconds']):.0f} s, held-out evaluation {state['eval_seconds']:.0f} s", flush=True)
 
 
 # --------------------------------------------------------------------------- code tokens
@@ -443,7 +459,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", choices=["code", "prose"], help="train this run (resumes from its checkpoint)")
     ap.add_argument("--analyse", action="store_true", help="diff base vs both runs and apply the criterion")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/jetex-finetune-code"))
+    ap.add_argument("--out", type=Path, default=Path("/work/ft/finetune-code"),
+                    help="checkpoints (outside git): <out>/code/, <out>/prose/")
     ap.add_argument("--figures", type=Path, default=HERE / "figures")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch", type=int, default=4)
@@ -452,6 +469,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (0: none)")
     ap.add_argument("--ckpt-every", type=int, default=5)
+    ap.add_argument("--eval-every", type=int, default=5, help="held-out code loss every N steps (0: only at the end)")
+    ap.add_argument("--target", type=float, default=0.3,
+                    help="stop once the held-out code loss has dropped by this many nats (checked every --eval-every)")
     ap.add_argument("--stop-at", type=float, default=None, help="stop (and checkpoint) after this many seconds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
