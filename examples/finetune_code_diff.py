@@ -13,41 +13,36 @@ The paper diffs the jet bigrams of Llama-2-7B and CodeLlama and finds coding big
    first 10 % of the docstrings held out). Both are cut into ``--seq`` token sequences; the
    code run and the prose **control run** see the same number of sequences, the same batch
    size, learning rate, number of steps and batch order.
-3. **Training**: AdamW (constant lr, gradient clipping at 1.0), ``--steps`` steps of
-   ``--batch`` sequences. Each run checkpoints every ``--ckpt-every`` steps to
-   ``--out/<run>/`` (weights and optimizer moments as safetensors, the step count and losses
-   as JSON; no pickle) and resumes from there when restarted. ``--device cuda`` runs on a GPU.
-   Held-out code and prose losses are measured before and after.
-4. **Diff** (``--analyse``): base vs code-tuned and base vs prose-tuned, on the bigram path
-   ``direct`` (η → υ: the embedding, the final norm and the tied unembedding, all trained
-   here) — and ``--paths`` to add e.g. ``mlp:29``. Input rows: the ``--rows`` most frequent
-   tokens of the two training corpora (half from each; outputs over the whole vocabulary);
-   self-transitions excluded. Two non-saturating scores (docs/ngram_scores.md):
-   the centred logit  c(b|a) = z(b|a) − mean_b' z(b'|a)  and the PMI against the path's mean
-   output distribution  log P(b|a) − log mean_{a'∈rows} P(b|a'). A pair's gain is its score
-   in the tuned model minus its score in the base model.
-5. **Pre-registered criterion** (docs/applications.md, written before the runs): a pair is
-   code-related when both tokens are code tokens (:func:`make_code_token`). Primary:
-   the number of code-related pairs among the 50 largest PMI gains on ``direct``, code run vs
-   control run; the effect is *detected* when the code run has more and a one-sided Fisher
-   exact test on the 2×2 table gives p < 0.05. Secondary: the same for the 1,000 largest
-   gains and for the centred logit.
+3. **Training**: AdamW (lr with a linear warm-up over ``--warmup`` steps, then constant;
+   gradient clipping at 1.0), up to ``--steps`` steps of ``--batch`` sequences. The held-out
+   code loss is measured every ``--eval-every`` steps; the run stops once it has dropped by
+   ``--target`` nats (0: never), after ``--steps``, or after ``--stop-at`` seconds. Each run
+   checkpoints every ``--ckpt-every`` steps to ``--out/<run>/`` (weights and tokenizer as a
+   Hugging Face folder, optimizer moments as safetensors, step/losses/curve as JSON written
+   last; no pickle) and resumes from there when restarted. ``--device cuda`` runs on a GPU
+   (not tested here: the machine that ran it has none).
+4. **Stores and diffs** (``--analyse``): ``jetex ngrams extract`` builds one store per model
+   (base, code-tuned, prose-tuned) for ``--paths`` (default ``direct`` and ``mlp:0``) on input
+   tokens 0..``--rows``−1 (``--limit-vocab``), outputs over the whole vocabulary, default
+   score (``zlogit``); then ``jetex diff base.duckdb <run>.duckdb --top 1000 --changes 50 --json``.
+5. **Pre-registered criterion** (docs/applications.md, committed before the diffs): a pair is
+   code-related when both tokens are code tokens (:func:`make_code_token`). Primary: the
+   number of code-related pairs among the top-50 rank gainers (``gained``) of the paths
+   pooled, code run vs control run; *detected* when the code run has more and a one-sided
+   Fisher exact test on the 2×2 table gives p < 0.05. Secondary: each path alone, and the
+   first 50 bigrams that entered the tuned model's top-1000.
 
 Results go to ``examples/figures/finetune_code_diff.md`` and ``.json``.
 
 Usage::
 
     python examples/finetune_code_diff.py --run code  &   # the two trainings (resumable)
-    python examples/finetune_code_diff.py --run prose &
-    python examples/finetune_code_diff.py --analyse       # diffs + criterion
+    python examples/finetune_code_diff.py --run prose --target 0 --steps <the code run's steps> &
+    python examples/finetune_code_diff.py --analyse       # stores, diffs, criterion
 
-    python examples/finetune_code_diff.py --device cuda --steps 600 --batch 16 --seq 256   # a GPU run
+    python examples/finetune_code_diff.py --device cuda --run code --steps 2000 --batch 16 --seq 256   # a GPU run
 
-Runtime measured for the committed results (2026-12-02, the 2-core machine shared with seven
-other jobs, load average 18–27, 1 thread per run, the two runs side by side): one step of
-4 × 128 tokens 208–330 s, so both runs were stopped after 5 steps (1,245 s of training each),
-held-out evaluation ~125 s per model, ``--analyse`` 640 s. A 0.3-nat drop needs a GPU run
-(``--device cuda``; see docs/applications.md for what was reached and what such a run needs).
+Runtime on the shared 2-core machine (2026-12-02): see docs/applications.md.
 """
 
 from __future__ import annotations
@@ -308,116 +303,110 @@ def fisher_one_sided(k1: int, n1: int, k2: int, n2: int) -> float:
     return float(sum(pmf(x) for x in range(k1, min(K, n1) + 1)))
 
 
-def path_scores(model, path: str, rows: torch.Tensor, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(centred logit ``[r, V]``, PMI ``[r, V]``) of ``path`` on input ``rows``; self-pairs −inf.
+def jetex_cli(*argv: str) -> str:
+    """Run one ``jetex`` command (this interpreter, this jetex) and return its stdout; a failure
+    stops the script with the command's error line."""
+    import subprocess
+    import sys
 
-    centred: z(b|a) − mean_b z(b|a); PMI: log P(b|a) − log mean_{a' in rows} P(b|a') with P the
-    self-excluded softmax.
-    """
-    from jetex.ngrams.paths import parse_path
-
-    p = parse_path(model, path)[0]
-    cen, lps = [], []
-    with torch.no_grad():
-        for s in range(0, rows.numel(), batch):
-            ids = rows[s : s + batch]
-            z = p.logits(model, ids.to(model.device), 0).float().cpu()
-            c = z - z.mean(-1, keepdim=True)
-            r = torch.arange(len(ids))
-            z[r, ids] = float("-inf")
-            c[r, ids] = float("-inf")
-            cen.append(c)
-            lps.append(torch.log_softmax(z, -1))
-    lp = torch.cat(lps)
-    log_mean = torch.logsumexp(lp, 0) - math.log(lp.shape[0])
-    return torch.cat(cen), lp - log_mean
-
-
-def top_gains(base: torch.Tensor, tuned: torch.Tensor, rows: torch.Tensor, n: int) -> list[tuple[int, int, float]]:
-    """The ``n`` pairs (a, b, gain) with the largest tuned − base score (self-pairs excluded)."""
-    g = tuned - base
-    g[torch.isnan(g)] = float("-inf")
-    v, i = torch.topk(g.flatten(), n)
-    V = g.shape[1]
-    return [(int(rows[k // V]), int(k % V), float(x)) for x, k in zip(v, i.tolist())]
+    cmd = [sys.executable, "-m", "jetex.cli.main", *argv]
+    print("$ jetex " + " ".join(argv), flush=True)
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"jetex {' '.join(argv[:2])} failed: {r.stderr.strip().splitlines()[-1:]}")
+    return r.stdout
 
 
 def analyse(args) -> None:
+    """Stores for base / code / prose (``jetex ngrams extract``), ``jetex diff`` of base vs each
+    tuned model per path, and the pre-registered criterion (docs/applications.md)."""
     import jetex
 
     base = jetex.load(MODEL)
-    tok = base.tokenizer
-    states, tuned = {}, {}
+    V = base.vocab_size
+    states = {}
+    models = {"base": MODEL}
     for run in ("code", "prose"):
         st = json.loads((args.out / run / "state.json").read_text())
         states[run] = st
         folder = args.out / run / "model"
         if not (folder / "tokenizer_config.json").is_file():
-            tok.save_pretrained(folder)
-        tuned[run] = jetex.load(str(folder))
-        if tuned[run].tokenizer_fingerprint() != base.tokenizer_fingerprint():
-            raise SystemExit(f"the {run} run's tokenizer differs from the base model's")
+            base.tokenizer.save_pretrained(folder)
+        models[run] = str(folder)
     if states["code"]["step"] != states["prose"]["step"]:
         print(f"warning: the runs stopped at different steps ({states['code']['step']} vs {states['prose']['step']})")
-    ctexts = code_texts()
-    code_token = make_code_token(common_identifiers(ctexts))
-    V = base.vocab_size
+    code_token = make_code_token(common_identifiers(code_texts()))
     strings = base.token_strings(list(range(V)))
-    is_code = torch.tensor([code_token(s) for s in strings])
-    # input rows: the most frequent tokens of the two training corpora, half from each
-    counts = []
-    for texts in (ctexts, prose_texts()):
-        c = torch.zeros(V, dtype=torch.long)
-        n = 0
-        for t in texts[int(len(texts) * 0.1):]:
-            ids = tok(t, add_special_tokens=False)["input_ids"]
-            c += torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=V)
-            n += len(ids)
-            if n > args.n_train * args.seq:
-                break
-        counts.append(c)
-    chosen: list[int] = []
-    seen: set[int] = set()
-    for c in counts:
-        n_added = 0
-        for i in torch.argsort(c, descending=True, stable=True).tolist():
-            if c[i] == 0 or n_added >= args.rows // 2:
-                break
-            if i not in seen:
-                seen.add(i)
-                chosen.append(i)
-                n_added += 1
-    rows = torch.tensor(sorted(chosen))
-    report: dict = {"rows": len(chosen), "code_tokens": int(is_code.sum()), "vocab": V, "runs": {}, "paths": {},
-                    "code_rows": int(is_code[rows].sum()),
-                    "chance_code_pair_share": float(is_code[rows].sum()) * float(is_code.sum()) / (len(chosen) * V)}
+    is_code = [code_token(t) for t in strings]
+    stores = args.out / "stores"
+    stores.mkdir(parents=True, exist_ok=True)
+    timings: dict = {}
+    from concurrent.futures import ThreadPoolExecutor
+
+    def timed(label: str, *argv: str) -> str:
+        t0 = time.perf_counter()
+        out = jetex_cli(*argv)
+        timings[label] = time.perf_counter() - t0
+        return out
+
+    def extract(name: str) -> None:
+        cli = ["ngrams", "extract", "-m", models[name], "--db", str(stores / f"{name}.duckdb"), "--limit-vocab",
+               str(args.rows), "--top", "128", "--fidelity-sample", "0", "--precision-sample", "0", "-q"]
+        for path in args.paths:
+            cli += ["--path", path]
+        timed(f"extract {name}", *cli)  # resumable: runs already in the store are skipped
+
+    def diff(run: str, path: str) -> dict:
+        f = stores / f"diff-{run}-{path.replace(':', '')}.json"
+        if f.is_file() and f.stat().st_mtime > max((stores / f"{n}.duckdb").stat().st_mtime for n in ("base", run)):
+            return json.loads(f.read_text())  # the diff of these stores is already there
+        out = timed(f"diff {run} {path}", "diff", str(stores / "base.duckdb"), str(stores / f"{run}.duckdb"), "--path", path,
+                    "--top", "1000", "--changes", "50", "--json")
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(out)
+        os.replace(tmp, f)
+        return json.loads(out)
+
+    with ThreadPoolExecutor(args.jobs) as ex:  # separate processes: the jetex commands run side by side
+        list(ex.map(extract, models))
+        diffs = dict(zip([(r, p) for p in args.paths for r in ("code", "prose")],
+                         ex.map(lambda rp: diff(*rp), [(r, p) for p in args.paths for r in ("code", "prose")])))
+    n_in = min(args.rows, V)
+    report: dict = {"inputs": n_in, "vocab": V, "code_inputs": sum(is_code[:n_in]), "code_tokens": sum(is_code),
+                    "runs": {}, "paths": {}, "timings": timings}
+    report["chance_code_pair_share"] = report["code_inputs"] * report["code_tokens"] / (n_in * V)
     for run, st in states.items():
         report["runs"][run] = {k: st.get(k) for k in ("step", "held_code_before", "held_code_after",
-                                                          "held_prose_before", "held_prose_after")}
+                                                          "held_prose_before", "held_prose_after", "curve")}
         report["runs"][run]["train_seconds"] = sum(st["step_seconds"])
         report["runs"][run]["config"] = st["config"]
+    pooled = {"code": [0, 0], "prose": [0, 0]}
     for path in args.paths:
-        t0 = time.perf_counter()
-        b_c, b_p = path_scores(base, path, rows)
-        out = {}
+        out: dict = {}
         for run in ("code", "prose"):
-            t_c, t_p = path_scores(tuned[run], path, rows)
-            for score, (b, t) in {"pmi": (b_p, t_p), "centred": (b_c, t_c)}.items():
-                top = top_gains(b, t, rows, 1000)
-                codes = [bool(is_code[a] and is_code[b_]) for a, b_, _ in top]
-                out.setdefault(score, {})[run] = {
-                    "top50_code": sum(codes[:50]), "top1000_code": sum(codes),
-                    "top": [(strings[a], strings[b_], g) for a, b_, g in top[:50]],
-                }
-        for score, d in out.items():
-            for n, key in ((50, "top50_code"), (1000, "top1000_code")):
-                d[f"fisher_p_top{n}"] = fisher_one_sided(d["code"][key], n, d["prose"][key], n)
-        out["seconds"] = time.perf_counter() - t0
+            d = diffs[(run, path)]
+            r = {}
+            for key in ("gained", "entered"):
+                lst = d[key][:50]
+                flags = [bool(is_code[x["a"]] and is_code[x["b"]]) for x in lst]
+                r[key] = {"n": len(lst), "code": sum(flags),
+                          "pairs": [(x["a_text"], x["b_text"], x["rank_a"], x["rank_b"], f) for x, f in zip(lst, flags)]}
+            out[run] = r
+            pooled[run][0] += r["gained"]["code"]
+            pooled[run][1] += r["gained"]["n"]
+        for key in ("gained", "entered"):
+            c, p_ = out["code"][key], out["prose"][key]
+            out[f"fisher_p_{key}"] = fisher_one_sided(c["code"], c["n"], p_["code"], p_["n"]) if c["n"] and p_["n"] else None
         report["paths"][path] = out
-        print(f"{path}: PMI top-50 code pairs {out['pmi']['code']['top50_code']} (code run) vs "
-              f"{out['pmi']['prose']['top50_code']} (control), p = {out['pmi']['fisher_p_top50']:.3g}; "
-              f"centred {out['centred']['code']['top50_code']} vs {out['centred']['prose']['top50_code']}; "
-              f"{out['seconds']:.0f} s", flush=True)
+        print(f"{path}: code-related among the top-50 rank gainers: {out['code']['gained']['code']}/"
+              f"{out['code']['gained']['n']} (code run) vs {out['prose']['gained']['code']}/{out['prose']['gained']['n']} "
+              f"(control); first 50 entered: {out['code']['entered']['code']}/{out['code']['entered']['n']} vs "
+              f"{out['prose']['entered']['code']}/{out['prose']['entered']['n']}", flush=True)
+    (kc, nc), (kp, np_) = pooled["code"], pooled["prose"]
+    p = fisher_one_sided(kc, nc, kp, np_) if nc and np_ else float("nan")
+    report["primary"] = {"code": [kc, nc], "prose": [kp, np_], "fisher_p": p, "detected": bool(kc / max(nc, 1) > kp / max(np_, 1) and p < 0.05)}
+    print(f"PRIMARY (pooled {', '.join(args.paths)}): {kc}/{nc} code-related (code run) vs {kp}/{np_} (control), "
+          f"one-sided Fisher p = {p:.3g}: {'DETECTED' if report['primary']['detected'] else 'not detected'}", flush=True)
     args.figures.mkdir(parents=True, exist_ok=True)
     _save_atomic_json(args.figures / "finetune_code_diff.json", report)
     write_markdown(report, args.figures / "finetune_code_diff.md")
@@ -429,27 +418,34 @@ def _md(s: str) -> str:
 
 def write_markdown(rep: dict, path: Path) -> None:
     L = ["# Whole-model fine-tuning of SmolLM2 on code vs prose, read through jet bigram diffs", "",
-         "(written by examples/finetune_code_diff.py --analyse)", ""]
+         "(written by examples/finetune_code_diff.py --analyse; criterion in docs/applications.md)", ""]
     L += ["| run | steps | held-out code loss | held-out prose loss | training s |", "|---|---:|---|---|---:|"]
     for run, r in rep["runs"].items():
         L.append(f"| {run} | {r['step']} | {r['held_code_before']:.4f} → {r['held_code_after']:.4f} | "
                  f"{r['held_prose_before']:.4f} → {r['held_prose_after']:.4f} | {r['train_seconds']:.0f} |")
-    L += ["", f"Input rows: {rep['rows']} ({rep['code_rows']} of them code tokens); code tokens: {rep['code_tokens']} of "
-          f"{rep['vocab']}; share of code-related pairs among all row × vocabulary pairs (chance level): "
-          f"{100 * rep['chance_code_pair_share']:.2f} %.", ""]
-    for p, out in rep["paths"].items():
-        L += [f"## `{p}` ({out['seconds']:.0f} s)", "",
-              "| score | code pairs in top-50 gains: code run / control | one-sided Fisher p | top-1000: code / control | p |",
-              "|---|---|---:|---|---:|"]
-        for score in ("pmi", "centred"):
-            d = out[score]
-            L.append(f"| {score} | {d['code']['top50_code']} / {d['prose']['top50_code']} | {d['fisher_p_top50']:.3g} | "
-                     f"{d['code']['top1000_code']} / {d['prose']['top1000_code']} | {d['fisher_p_top1000']:.3g} |")
-        for score in ("pmi", "centred"):
-            for run in ("code", "prose"):
-                L += ["", f"Largest {score} gains, {run} run (first 20):", "",
-                      ", ".join(f"`{_md(a)}`→`{_md(b)}` {g:+.2f}" for a, b, g in out[score][run]["top"][:20])]
+    for run, r in rep["runs"].items():
         L.append("")
+        L.append(f"Held-out code loss curve, {run} run: " + ", ".join(f"{s}: {h:.4f}" for s, h in r.get("curve") or []))
+    pr = rep["primary"]
+    L += ["", f"Inputs: token ids 0..{rep['inputs'] - 1} ({rep['code_inputs']} code tokens); code tokens in the "
+          f"vocabulary: {rep['code_tokens']} of {rep['vocab']}; chance share of code-related pairs: "
+          f"{100 * rep['chance_code_pair_share']:.2f} %.", "",
+          f"**Primary** (top-50 zlogit rank gainers, paths pooled): code run {pr['code'][0]}/{pr['code'][1]}, control "
+          f"{pr['prose'][0]}/{pr['prose'][1]}, one-sided Fisher p = {pr['fisher_p']:.3g}: "
+          f"{'detected' if pr['detected'] else 'not detected'}.", ""]
+    for p, out in rep["paths"].items():
+        L += [f"## `{p}`", "", "| list | code run | control | one-sided Fisher p |", "|---|---|---|---:|"]
+        for key in ("gained", "entered"):
+            fp = out[f"fisher_p_{key}"]
+            L.append(f"| {key} (first 50) | {out['code'][key]['code']}/{out['code'][key]['n']} | "
+                     f"{out['prose'][key]['code']}/{out['prose'][key]['n']} | {'—' if fp is None else f'{fp:.3g}'} |")
+        for key in ("gained", "entered"):
+            for run in ("code", "prose"):
+                L += ["", f"{key}, {run} run (first 25; rank base → tuned; * code-related):", "",
+                      ", ".join(f"`{_md(a)}`→`{_md(b)}` {ra}→{rb}{'*' if f else ''}"
+                                for a, b, ra, rb, f in out[run][key]["pairs"][:25])]
+        L.append("")
+    L += ["Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in rep["timings"].items())]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(L) + "\n")
     os.replace(tmp, path)
@@ -475,8 +471,9 @@ def main() -> None:
     ap.add_argument("--stop-at", type=float, default=None, help="stop (and checkpoint) after this many seconds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rows", type=int, default=2048, help="input tokens of the diff (half code, half prose)")
-    ap.add_argument("--paths", nargs="+", default=["direct"])
+    ap.add_argument("--rows", type=int, default=8192, help="input tokens of the stores: ids 0..N-1 (--limit-vocab)")
+    ap.add_argument("--paths", nargs="+", default=["direct", "mlp:0"])
+    ap.add_argument("--jobs", type=int, default=4, help="jetex extract/diff commands run side by side in --analyse")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
