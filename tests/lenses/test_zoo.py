@@ -261,3 +261,33 @@ def test_fitted_lens_readouts_on_real_models(name, request):
     assert tuned.kind == "tuned" and jac.kind == "jacobian" and logit.kind == "logit"
     assert torch.equal(tuned.top_ids, logit.top_ids) and torch.equal(jac.top_ids, logit.top_ids)
     assert torch.allclose(jac.top_logits, logit.top_logits, atol=1e-4)
+
+
+def test_heldout_eval_rows_in_chunks_equal_direct(tiny):
+    """eval_heldout gives the same table whatever its row chunk, and its KL / top-1 / rank of
+    the logit lens equal a direct computation over all rows at once."""
+    import torch.nn.functional as F
+
+    from jetex.apps.lens_eval import LensSpec, eval_heldout
+
+    win = _windows(tiny, 2, t=5, seed=4)
+    specs = [LensSpec("logit", "logit"), LensSpec("jet-1", "iterative", None, 1)]
+    a = eval_heldout(tiny, win, specs, row_chunk=1)
+    b = eval_heldout(tiny, win, specs, row_chunk=64)
+    assert a.table == b.table
+    streams, names = layer_streams(tiny)
+    kl, top1, ranks = torch.zeros(len(streams), dtype=torch.float64), torch.zeros(len(streams), dtype=torch.float64), []
+    for w in win:
+        h = tiny.stream(w[None])
+        logp = F.log_softmax(tiny.decode(h[-1][0]).double(), -1)[1:]
+        lg = torch.stack([tiny.decode(h[l][0]).double() for l in streams])[:, 1:]
+        kl += (logp.exp() * (logp - F.log_softmax(lg, -1))).sum(-1).sum(-1)
+        top1 += (lg.argmax(-1) == logp.argmax(-1)).double().sum(-1)
+        ranks.append((lg > lg.gather(-1, logp.argmax(-1)[None, :, None].expand(len(streams), -1, 1))).sum(-1) + 1)
+    n = 2 * 4
+    rows = {r["row"]: r for r in a.table if r["lens"] == "logit"}
+    ranks = torch.cat(ranks, 1).double()
+    for i, name in enumerate(names):
+        assert rows[name]["kl"] == pytest.approx(float(kl[i] / n), abs=1e-5)
+        assert rows[name]["top1"] == pytest.approx(float(top1[i] / n), abs=1e-5)
+        assert rows[name]["rank_mean"] == pytest.approx(float(ranks[i].mean()), abs=0.01)

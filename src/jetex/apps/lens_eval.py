@@ -173,12 +173,18 @@ class HeldoutEval:
 
 
 @torch.no_grad()
-def eval_heldout(model: ResidualModel, windows: Int[Tensor, "n t"], specs: Sequence[LensSpec], settings: dict[str, Any] | None = None) -> HeldoutEval:
+def eval_heldout(
+    model: ResidualModel, windows: Int[Tensor, "n t"], specs: Sequence[LensSpec], settings: dict[str, Any] | None = None, *, row_chunk: int = 4
+) -> HeldoutEval:
     """KL(model ‖ lens), top-1 agreement and rank of the model's top-1, per lens and layer.
 
     Every window is read at positions 1..t−1; all metrics are means over those positions
-    of all windows (ranks: median and mean). Deterministic: no sampling anywhere.
+    of all windows (ranks: median and mean). Deterministic: no sampling anywhere. The
+    float64 statistics are computed ``row_chunk`` lens rows at a time (memory: ``row_chunk``
+    × t × V float64 values per temporary; the result does not depend on it).
     """
+    if row_chunk < 1:
+        raise InputError("row_chunk must be >= 1")
     if windows.ndim != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
         raise InputError("held-out evaluation needs windows [n >= 1, t >= 2]")
     for s in specs:
@@ -199,13 +205,16 @@ def eval_heldout(model: ResidualModel, windows: Int[Tensor, "n t"], specs: Seque
             t0 = time.perf_counter()
             lg, share = _rows_logits(model, s, h, streams)
             secs[s.name] += time.perf_counter() - t0
-            lg = lg[:, 1:].double()
-            logq = F.log_softmax(lg, -1)
             a = acc[s.name]
-            a["kl"] += (p * (logp - logq)).sum(-1).sum(-1).cpu()
-            a["top1"] += (lg.argmax(-1) == top).double().sum(-1).cpu()
-            tl = lg.gather(-1, top[None, :, None].expand(R, -1, 1))
-            a["ranks"].append(((lg > tl).sum(-1) + 1).cpu())  # [R, t-1]
+            ranks = []
+            for r0 in range(0, R, row_chunk):  # float64 [rows, t-1, V] a few rows at a time (Gemma 3: V = 262,144)
+                x = lg[r0 : r0 + row_chunk, 1:].double()
+                logq = F.log_softmax(x, -1)
+                a["kl"][r0 : r0 + row_chunk] += (p * (logp - logq)).sum(-1).sum(-1).cpu()
+                a["top1"][r0 : r0 + row_chunk] += (x.argmax(-1) == top).double().sum(-1).cpu()
+                tl = x.gather(-1, top[None, :, None].expand(x.shape[0], -1, 1))
+                ranks.append(((x > tl).sum(-1) + 1).cpu())
+            a["ranks"].append(torch.cat(ranks))  # [R, t-1]
             if share is not None:
                 a["share"] += share[:, 1:].double().sum(-1).cpu()
         n_tok += ids.shape[-1] - 1
