@@ -291,3 +291,35 @@ def test_heldout_eval_rows_in_chunks_equal_direct(tiny):
         assert rows[name]["kl"] == pytest.approx(float(kl[i] / n), abs=1e-5)
         assert rows[name]["top1"] == pytest.approx(float(top1[i] / n), abs=1e-5)
         assert rows[name]["rank_mean"] == pytest.approx(float(ranks[i].mean()), abs=0.01)
+
+
+def test_concept_eval_equals_brute_force(tiny):
+    """pass@k of eval_concepts (which decodes the prompt's last position only) equals ranks
+    read from each lens's full readout over every position (zoo_lens / iterative_lens)."""
+    from jetex.apps.lens_eval import ConceptItem, LensSpec, eval_concepts
+
+    items = [ConceptItem("the capital of the country of paris is", "france", "paris", "s"),
+             ConceptItem("the capital of italy is", "italy", "rome", "s")]
+    lens = TunedLens.identity(tiny)
+    lens.A.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    specs = [LensSpec("logit", "logit"), LensSpec("tuned", "tuned", lens), LensSpec("jet-1", "iterative", None, 1)]
+    res = eval_concepts(tiny, items, specs)
+    assert res.n_items == 2 and not res.dropped
+    streams, names = layer_streams(tiny)
+    from jetex.lenses.zoo import lens_logits
+
+    for s in specs:
+        hits = torch.zeros(2, 3, len(streams))
+        for it in items:
+            h = tiny.stream(tiny.tokenize(it.prompt))
+            lg = lens_logits(tiny, s.kind, h, streams, lens=s.lens, order=s.order)[:, 0, -1]  # all positions, then the last
+            for c, w in enumerate((it.intermediate, it.target)):
+                tok = tiny.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0]
+                rank = (lg > lg[:, tok : tok + 1]).sum(-1)
+                for ki, k in enumerate((1, 5, 10)):
+                    hits[c, ki] += (rank < k).float()
+        rows = {r["row"]: r for r in res.table if r["lens"] == s.name}
+        for i, name in enumerate(names):
+            for c, tag in enumerate(("int", "tgt")):
+                for ki, k in enumerate((1, 5, 10)):
+                    assert rows[name][f"{tag}@{k}"] == pytest.approx(float(hits[c, ki, i] / 2)), (s.name, name, tag, k)

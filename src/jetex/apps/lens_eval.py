@@ -332,7 +332,8 @@ def eval_concepts(model: ResidualModel, items: Sequence[ConceptItem], specs: Seq
         h = model.stream(ids)
         model_hit += int(model.decode(h[-1][0, -1:])[-1].argmax() == b)
         for s in specs:
-            lg, _ = _rows_logits(model, s, h, streams)
+            # every lens reads each position from the stream at that position alone: decode the last one only
+            lg, _ = _rows_logits(model, s, h[:, :, -1:], streams)
             last = lg[:, -1]  # [R, V]
             for c, tok in enumerate((a, b)):
                 rank = (last > last[:, tok : tok + 1]).sum(-1)  # 0-based
