@@ -108,7 +108,8 @@ def bench_direct(m, wall: bool, limit_vocab: int | None = None) -> tuple[float, 
     t_engine = t_bare = 0.0
     base = _reset_peak()
     with compute_threads(), torch.inference_mode():
-        it = iter_bigram_batches(m, p, top_k=10, global_top=100, batch_size=B, limit_vocab=limit_vocab, progress=False)
+        it = iter_bigram_batches(m, p, top_k=10, global_top=100, batch_size=B, limit_vocab=limit_vocab, progress=False,
+                                 exclude_self=True, score=DEFAULT_SCORE)  # as `jetex ngrams extract` runs it
         while True:
             t0 = clock()
             batch = next(it, None)

@@ -177,3 +177,33 @@ def test_effect_size_statistics_on_known_effects():
     e = effect_size(d, C)
     assert e.p_rank == pytest.approx((1 + 1) / 5)  # one control (−1) is not above the component
     assert e.effect == pytest.approx(-0.625)
+
+
+@pytest.mark.parametrize("score", ["logprob", "logit", "zlogit", "pmi"])
+def test_pattern_scores_are_the_store_scores(planted, score):
+    """The ablation ranks its corpus patterns by the n-gram scores of jetex.ngrams.scores (the
+    reference matrix, pmi's mean over the scored rows); the old name 'centred' is refused."""
+    from jetex.apps.ablation import head_pattern_scores, mlp_pattern_scores
+    from jetex.apps.tables import bigram_path
+    from jetex.ngrams.paths import parse_path
+    from jetex.ngrams.scores import score_matrix
+    from jetex.ngrams.trigrams import ov_logprob_table
+
+    m = planted[0]
+    rows = torch.tensor([3, 7, 11, 20, 40])
+    a, c = np.meshgrid(rows.numpy(), np.arange(m.vocab_size), indexing="ij")
+    for fn, z, excl in [
+        (mlp_pattern_scores(m, 1, rows, score), bigram_path(m, "mlp:1").logits(m, rows, 0), True),
+        (head_pattern_scores(m, 0, 1, rows, score), ov_logprob_table(m, parse_path(m, "attn:0.1")[0], rows)[1], False),
+    ]:
+        z = z.double()
+        lq = None
+        if score == "pmi":
+            lq = score_matrix("logprob", z, rows, exclude_self=excl).exp().mean(0).log()
+        want = score_matrix(score, z, rows, exclude_self=excl, logq=lq).numpy()
+        got = fn(a.reshape(-1), c.reshape(-1)).reshape(a.shape)
+        np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+        fin = np.isfinite(want)
+        np.testing.assert_allclose(got[fin], want[fin], rtol=2e-5, atol=2e-5)
+    with pytest.raises(InputError, match="score 'centred' is now called 'logit'"):
+        mlp_pattern_scores(m, 1, rows, "centred")

@@ -148,6 +148,13 @@ def test_roles(ckpts, capsys, tmp_path):
     assert "unknown --layers entry 'x'; valid: mlp.0" in _err(capsys)
     assert main(["roles", "--model", m, "--layers", "attn.0", "--no-ablate"]) != 0
     assert "is not a block of kind mlp" in _err(capsys)
+    # the store's score names; the old name 'centred' is refused with a one-line hint
+    assert main(["roles", "--model", m, "--layers", "1", "--no-ablate", "--score", "logit", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["component"] == "mlp.1"
+    for bad, msg in [("centred", "score 'centred' is now called 'logit'"), ("bogus", "unknown score 'bogus'; use one of")]:
+        assert main(["roles", "--model", m, "--layers", "1", "--no-ablate", "--score", bad]) != 0
+        err = _err(capsys)
+        assert msg in err and len(err.strip().splitlines()) == 1, err
 
 
 def _closed_port() -> int:

@@ -46,9 +46,14 @@ def test_scores_match_bruteforce(tiny_llama, score, spec, exclude_self, K, G, B)
     (p,) = parse_path(m, spec)
     V = m.vocab_size
     want, logq = _brute(m, p, score, exclude_self)
-    t = bigram_table(m, p, top_k=K, global_top=G, batch_size=B, exclude_self=exclude_self, score=score)
+    t = bigram_table(m, p, top_k=K, global_top=G, batch_size=B, exclude_self=exclude_self, score=score, column_stats=True)
     # the mean output distribution, accumulated in the pass (or by the extra pass for pmi)
     np.testing.assert_allclose(t.logq, logq, rtol=1e-9, atol=1e-9)
+    # without column_stats only pmi computes it (its first pass); the ranking is the same
+    t2 = bigram_table(m, p, top_k=K, global_top=G, batch_size=B, exclude_self=exclude_self, score=score)
+    assert (t2.logq is None) == (score != "pmi")
+    np.testing.assert_array_equal(t2.top_ids, t.top_ids)
+    np.testing.assert_array_equal(t2.top_scores, t.top_scores)
     # per-row top-K by the score (ties: lower id), with the score values
     for a in range(V):
         order = sorted((b for b in range(V) if np.isfinite(want[a, b])), key=lambda b: (-want[a, b], b))[:K]

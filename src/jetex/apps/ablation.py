@@ -318,24 +318,26 @@ def _chunks(n: int, size: int):
         yield slice(s, min(n, s + size))
 
 
-def mlp_pattern_scores(model: ResidualModel, layer: int, rows: Int[Tensor, "r"], score: str = "pmi",
+def mlp_pattern_scores(model: ResidualModel, layer: int, rows: Int[Tensor, "r"], score: str | None = None,
                        batch: int = 256) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Score of bigrams (a, b) on the ``mlp:layer`` path, for a in ``rows``:
-    ``pmi`` = log P(b|a) − log mean_{a'∈rows} P(b|a'); ``centred`` = z(b|a) − mean_b z(b|a);
-    ``logprob`` = log P(b|a). Self-transitions get −inf."""
+    """Score of bigrams (a, b) on the ``mlp:layer`` path, for a in ``rows``, under one of the
+    n-gram scores of :mod:`jetex.ngrams.scores` (``logprob``, ``logit``, ``zlogit``, ``pmi``;
+    default :data:`~jetex.ngrams.scores.DEFAULT_SCORE`), self-transitions excluded (−inf);
+    ``pmi``'s mean output distribution is the mean over ``rows``."""
     from jetex.apps.tables import bigram_path
 
     return _table_scores(model, lambda ids: bigram_path(model, f"mlp:{layer}").logits(model, ids, 0), rows, score,
                          batch, exclude_self=True)
 
 
-def head_pattern_scores(model: ResidualModel, layer: int, head: int, rows: Int[Tensor, "r"], score: str = "pmi",
+def head_pattern_scores(model: ResidualModel, layer: int, head: int, rows: Int[Tensor, "r"], score: str | None = None,
                         batch: int = 256) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """Score of skip-trigrams (a … → c) of a head from its isolated OV logits z(a, c) (the
-    ``attn:L.H`` path of :mod:`jetex.ngrams.trigrams`), for keys a in ``rows``: ``pmi`` =
-    log P_OV(c|a) − log mean_{a'∈rows} P_OV(c|a') (what this key makes the head promote
-    beyond its default output); ``centred`` = z(a, c) − mean_c z(a, c); ``logprob``. The query
-    side is not scored: the real attention of the context decides how much b attends to a."""
+    ``attn:L.H`` path of :mod:`jetex.ngrams.trigrams`), for keys a in ``rows``, under one of
+    the n-gram scores (as :func:`mlp_pattern_scores`, the rows being z(a, ·); no exclusion):
+    e.g. ``pmi`` = log P_OV(c|a) − log mean_{a'∈rows} P_OV(c|a'), what this key makes the head
+    promote beyond its default output. The query side is not scored: the real attention of
+    the context decides how much b attends to a."""
     from jetex.ngrams.paths import parse_path
     from jetex.ngrams.trigrams import ov_logprob_table
 
@@ -343,25 +345,24 @@ def head_pattern_scores(model: ResidualModel, layer: int, head: int, rows: Int[T
     return _table_scores(model, lambda ids: ov_logprob_table(model, path, ids)[1], rows, score, batch, exclude_self=False)
 
 
-def _table_scores(model: ResidualModel, logits_of: Callable[[Tensor], Tensor], rows: Tensor, score: str, batch: int,
+def _table_scores(model: ResidualModel, logits_of: Callable[[Tensor], Tensor], rows: Tensor, score: str | None, batch: int,
                   exclude_self: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    if score not in ("pmi", "centred", "logprob"):
-        raise InputError(f"unknown score {score!r}; use pmi, centred or logprob")
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_rows
+
+    sc = check_score(DEFAULT_SCORE if score is None else score)
     rows = rows.long()
     R, V = rows.numel(), model.vocab_size
     row_of = torch.full((V,), -1, dtype=torch.long)
     row_of[rows] = torch.arange(R)
     log_mean = None
-    if score == "pmi":  # pass 1: log mean_{a'} P(b|a')
+    if sc == "pmi":  # pass 1: log mean_{a'} P(b|a')
         acc = torch.zeros(V, dtype=torch.float64)
         with torch.no_grad():
             for sl in _chunks(R, batch):
                 ids = rows[sl]
-                z = logits_of(ids.to(model.device)).float().cpu().clone()
-                if exclude_self:
-                    z[torch.arange(len(ids)), ids] = float("-inf")
-                acc += torch.softmax(z, -1).double().sum(0)
-        log_mean = (acc / R).log().float()
+                z = logits_of(ids.to(model.device)).float().cpu()
+                acc += score_rows("logprob", z, ids, exclude_self=exclude_self)[0].double().exp().sum(0)
+        log_mean = (acc / R).log()
 
     def fn(a: np.ndarray, c: np.ndarray) -> np.ndarray:
         out = np.full(a.shape, -np.inf, dtype=np.float64)
@@ -374,16 +375,9 @@ def _table_scores(model: ResidualModel, logits_of: Callable[[Tensor], Tensor], r
                 sel = order[lo:hi]
                 if sel.size == 0:
                     continue
-                z = logits_of(ids.to(model.device)).float().cpu().clone()
-                if score == "centred":
-                    z = z - z.mean(-1, keepdim=True)
-                if exclude_self:
-                    z[torch.arange(len(ids)), ids] = float("-inf")
-                if score != "centred":
-                    z = torch.log_softmax(z, -1)
-                if log_mean is not None:
-                    z = z - log_mean
-                out[sel] = z[torch.as_tensor(ri[sel] - sl.start), torch.as_tensor(c[sel])].double().numpy()
+                z = logits_of(ids.to(model.device)).float().cpu()
+                v = score_rows(sc, z, ids, exclude_self=exclude_self, logq=log_mean)[0]
+                out[sel] = v[torch.as_tensor(ri[sel] - sl.start), torch.as_tensor(c[sel])].double().numpy()
         return out
 
     return fn
@@ -567,7 +561,7 @@ def ablation_study(
     *,
     corpus_name: str = "corpus",
     mode: str = "mean",
-    score: str = "pmi",
+    score: str | None = None,
     rows: int = 2048,
     n_controls: int = 6,
     min_contexts: int = 30,
@@ -585,6 +579,9 @@ def ablation_study(
     ``scores``: optional pattern scorers per component (default: the jet path scores)."""
     import time
 
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+
+    score = check_score(DEFAULT_SCORE if score is None else score)
     if mode not in MODES:
         raise InputError(f"unknown ablation mode {mode!r}; use mean or zero")
     if n_controls < 1:

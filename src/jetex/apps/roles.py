@@ -400,7 +400,8 @@ def component_roles(
 ) -> list[ComponentRole]:
     """Roles of the MLPs in ``layers`` (``[]``: none) and of the heads of ``head_layer`` (None:
     none), each with the ablation of :func:`jetex.apps.ablation.ablation_study` on ``corpus``
-    (None: no ablation; ``ablation``: its keyword options). The contexts of every component
+    (None: no ablation; ``ablation``: its keyword options; its ``score`` also ranks the MLP
+    tables). The contexts of every component
     are found before any role is computed, so too small a corpus fails at once."""
     mlps = _mlp_layers(model, layers) if layers is None else list(layers)
     _mlp_layers(model, mlps)
@@ -411,7 +412,9 @@ def component_roles(
         docs = corpus_docs(model, corpus)
         for r in ablation_study(model, comps, docs, corpus_name=corpus, progress=progress, **(ablation or {})):
             results[r.component] = r
-    roles = mlp_roles(model, mlps, limit_vocab=limit_vocab, n_top=n_top, progress=progress) if mlps else []
+    # one score for the MLP tables and the ablation's patterns (``ablation["score"]``; None: the default)
+    score = (ablation or {}).get("score")
+    roles = mlp_roles(model, mlps, limit_vocab=limit_vocab, n_top=n_top, progress=progress, score=score) if mlps else []
     if head_layer is not None and hl:
         roles += head_roles(model, head_layer, hl, limit_vocab=limit_vocab, n_top=n_top)
     for r in roles:

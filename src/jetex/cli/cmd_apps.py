@@ -426,8 +426,8 @@ def register(group: click.Group) -> None:
                   help="Text for the ablation contexts (UTF-8 file or 'stdlib-docs').")
     @click.option("--ablation", "mode", type=click.Choice(["mean", "zero"]), default="mean", show_default=True,
                   help="Replace the component's output by its corpus mean, or by zero.")
-    @click.option("--score", type=click.Choice(["pmi", "centred", "logprob"]), default="pmi", show_default=True,
-                  help="Score ranking each component's corpus n-grams.")
+    @click.option("--score", "score", default=None,
+                  help=SCORE_HELP + " Ranks each component's n-grams (its table and the corpus patterns it is ablated on).")
     @click.option("--controls", type=int, default=6, show_default=True, help="Random components of the same kind ablated as control.")
     @click.option("--min-contexts", type=int, default=30, show_default=True, help="Fewer contexts in the corpus: an error.")
     @click.option("--max-contexts", type=int, default=48, show_default=True, help="Contexts per component.")
@@ -445,6 +445,7 @@ def register(group: click.Group) -> None:
         from jetex.apps.roles import component_roles
         from jetex.models.load import load
 
+        score = _score(score)
         if top < 1:
             raise InputError("--top must be >= 1")
         if no_ablate and ablate_only:

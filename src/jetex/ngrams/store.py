@@ -21,9 +21,12 @@ Schema (version 1):
   std_logit)``: per input token of a bigram run (log-sum-exp of its softmax; the
   self-transition in the full softmax; μ and σ of its logits over the candidate outputs).
 - ``output_stats(run_id, output_id, logq)``: log q(c), the path's mean output distribution
-  q(c) = (1/N) Σ_t P(c | t) over the run's inputs (assembled when the run finishes from
-  ``column_parts(run_id, batch, output_id, log_sum)``, each batch's log Σ_{t ∈ batch} P(c|t),
-  committed with the batch).
+  q(c) = (1/N) Σ_t P(c | t) over the run's inputs, kept by ``pmi`` runs (written by their
+  first pass, before the ranking pass, so a killed run does not redo it; or assembled when a
+  run finishes from ``column_parts(run_id, batch, output_id, log_sum)``, each batch's
+  log Σ_{t ∈ batch} P(c|t), committed with the batch, for callers that pass
+  ``column_stats=True``). Runs of the other scores do not keep it: no score they can be
+  re-scored into needs it, and accumulating it cost ~20 % of the extraction.
 - ``top_pairs``: the global top-N (input, output) pairs of a bigram run by its score
   (``score``; the run's ``options.score``, :mod:`jetex.ngrams.scores`), ``rank`` 1..N (while
   a run is unfinished it holds per-batch candidates with NULL rank).
