@@ -344,12 +344,16 @@ def _row_stats(
     model's logits q, ``norm`` ‖row‖ and ``rem`` ‖q − row‖; with ``alpha`` ``[R, t]`` also the
     row's rest without its part along q̃ = q − ``bias``: ``rest_norm`` ‖row − α q̃‖ and
     ``rest_cosine`` cos(row − α q̃, q). All ``[R, t]``, in the logits' dtype (float32 rows:
-    each value to float32 precision, as the rows themselves).
+    each value to float32 precision, as the rows themselves); half-precision rows are widened
+    to float32 first (their norms overflow float16).
 
     The rows are visited position by position, ``chunk`` rows at a time (so q is one row,
     broadcast, never copied), and every reduction reads data already in cache: on SmolLM2 (31 rows × 16 positions × 49,152 tokens) this is ~10× faster than the
     same reductions over the whole ``[R, t, V]`` tensor, one after another.
     """
+    if logits.dtype in (torch.float16, torch.bfloat16):  # --dtype float16: ‖row‖² overflows at ‖row‖ > 65504
+        logits, model_logits = logits.float(), model_logits.float()  # (the rows' values are kept, widened)
+        bias = None if bias is None else bias.float()
     R, t, V = logits.shape
     m_top = model_logits.argmax(-1)  # [t]
     names = ("lse", "rank", "own", "cosine", "norm", "rem") + (("rest_norm", "rest_cosine") if alpha is not None else ())
