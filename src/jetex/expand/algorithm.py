@@ -214,7 +214,7 @@ class ExpansionValues:
         centre‖ / ‖centre‖); NaN for identity terms, and where the term's weight is 0. Per expansion
         (the same in every row): ``remainder_share`` ‖U δ‖/‖q‖ and ``cancellation``
         (Σ_i ‖U e_i‖ + ‖U δ‖)/‖q‖ at the decoder (U δ with the unembedding bias, q the model's
-        logits), ‖δ‖/‖h_{l+1}‖ and (Σ_i ‖e_i‖ + ‖δ‖)/‖h_{l+1}‖ for an inner block. ``unit_roundoff``:
+        logits; these logits in the model's dtype, from the float64 sums), ‖δ‖/‖h_{l+1}‖ and (Σ_i ‖e_i‖ + ‖δ‖)/‖h_{l+1}‖ for an inner block. ``unit_roundoff``:
         the model's dtype (the jets run in it). Computed once, on first use."""
         if self._diagnostics is None:
             self._diagnostics = self._diagnose()
@@ -248,10 +248,12 @@ class ExpansionValues:
             w = torch.as_tensor(t.weight, dtype=torch.float64, device=dec.device).expand(cells)
             decays.append(torch.where(w != 0, dec, nan))
             dists.append(torch.where(w != 0, dist, nan))
-        if self.is_decoder:
-            q = self.model.decode(ctx.h[ctx.L]).double().norm(dim=-1)
-            rem = self.remainder_logits().double().norm(dim=-1)
-            parts = torch.stack([unembed(self.model, self.terms[i]).double().norm(dim=-1) for i in range(n)]).sum(0)
+        if self.is_decoder:  # norms of logits: each to the model's precision, as the lenses' (8 terms per matmul)
+            dt, f64 = self.model.dtype, torch.float64
+            q = torch.linalg.vector_norm(self.model.decode(ctx.h[ctx.L]), dim=-1, dtype=f64)
+            rem = torch.linalg.vector_norm(unembed(self.model, self.remainder.to(dt), bias=True), dim=-1, dtype=f64)
+            parts = sum(torch.linalg.vector_norm(unembed(self.model, self.terms[i : i + 8].to(dt)), dim=-1, dtype=f64).sum(0)
+                        for i in range(0, n, 8))
         else:
             q = self.target.double().norm(dim=-1)
             rem = self.remainder.double().norm(dim=-1)
