@@ -38,6 +38,43 @@ def test_lens_result_is_the_library_result(explorer):
     assert out["result"] == _roundtrip(ref)
 
 
+def test_block_and_stream_names_everywhere(explorer):
+    """Blocks and streams are chosen by name (emb, attn.N, mlp.N, final) or layer number in every
+    parameter that selects one, with the library's meaning (jetex.models.naming)."""
+    import jetex
+
+    m = explorer.tiny
+    assert m.block_names == ["attn.0", "mlp.0", "attn.1", "mlp.1"]
+    for layers in (["emb", "attn.0", "mlp.1"], "emb, attn.0, mlp.1", ["emb", "attn.0", 1]):
+        st, out = request(explorer.url, "POST", "/api/lens", {"model": "tiny", "text": TEXT, "layers": layers, "top": 3})
+        assert st == 200, out
+        assert out["result"] == _roundtrip(jetex.iterative_lens(m, TEXT, layers=["emb", "attn.0", "mlp.1"], top_k=3).to_dict())
+        assert out["result"]["rows"] == ["emb", "attn.0", "mlp.1"]
+    st, out = request(explorer.url, "POST", "/api/lens", {"text": TEXT, "layers": "-1-1", "top": 3})
+    assert st == 200 and out["result"]["rows"] == ["emb", "mlp.0", "mlp.1"], out  # a range of layer numbers
+    for centres in ("mlp.0,mlp.1", ["mlp.0", "final"], [0, 1]):
+        st, out = request(explorer.url, "POST", "/api/lens", {"text": TEXT, "kind": "joint", "centres": centres, "top": 3})
+        assert st == 200, out
+        assert out["result"] == _roundtrip(jetex.joint_lens(m, TEXT, centres=[2, 4], top_k=3).to_dict())
+    st, out = request(explorer.url, "POST", "/api/paths", {"text": TEXT, "max_len": 2, "use": "mlp.0", "avoid": ["attn.1"], "top": 50})
+    assert st == 200, out
+    pe = jetex.exp_jet_expansion(m, 1)
+    want = {p.name(m) for p in pe.paths(jetex.PathFilter(must_use=(2,), avoid=(3,), max_len=2))}
+    assert {p["path"] for p in out["paths"]} == want and out["n_paths"] == len(want)
+    ref = jetex.attribute(m, TEXT, method="jetxlogit", layer=2, order=1).scores.tolist()
+    for layer in ("mlp.0", 0, "0"):  # a layer number is the stream at the layer's end, as `jetex attribute --layer`
+        st, out = request(explorer.url, "POST", "/api/attribute", {"text": TEXT, "method": "jetxlogit", "layer": layer, "candidates": 0})
+        assert st == 200 and out["attribution"]["scores"] == pytest.approx(ref, abs=1e-6), out
+    for ep, body, frag in [
+        ("/api/lens", {"text": TEXT, "layers": ["mlp.7"]}, "unknown layers entry 'mlp.7'"),
+        ("/api/lens", {"text": TEXT, "layers": [True]}, "must be a list of names or numbers"),
+        ("/api/lens", {"text": TEXT, "kind": "joint", "centres": "mlp.0"}, "end the boundaries at L = 4"),
+        ("/api/attribute", {"text": TEXT, "method": "jetxlogit", "layer": "attn.5"}, "unknown layer 'attn.5'"),
+    ]:
+        st, out = request(explorer.url, "POST", ep, body)
+        assert st == 400 and frag in out["error"], (body, out)
+
+
 def test_lens_view_probabilities_and_ranks(explorer):
     """Order 0 is the logit lens: row l's log-probabilities are log_softmax(decode(h_l)), computed
     here independently; the rank of the model's top-1 token is counted by brute force."""
@@ -175,25 +212,36 @@ def test_ngrams_listing_search_export_and_diff(explorer, serve_files):
 
     st, status = request(explorer.url, "GET", "/api/status")
     assert [s["name"] for s in status["stores"]] == ["store_a", "store_b"]
-    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&path=direct&score=logit&n=7")
-    assert st == 200, out
     with NgramStore(serve_files["store_a"], read_only=True) as s:
-        rid = s.runs(status="done")[-1]["run_id"]
-        ref = s.ranked(rid, "logit", n=7)
+        run = s.runs(status="done")[-1]
+        rid, own = run["run_id"], s.run_score(run)
+        refs = {sc: s.top_pairs(rid, 7, score=sc) for sc in ("logprob", "logit", "zlogit")}
         tid = s.find_tokens("cat")[0][0]
         as_output = s.ranked(rid, "prob", output_id=tid, n=50)
         as_input = s.ngrams(rid, input_id=tid)
-    assert [(r["input_id"], r["output_id"]) for r in out["rows"]] == [(r["input_id"], r["output_id"]) for r in ref]
-    logits = [r["logit"] for r in out["rows"]]
-    assert logits == sorted(logits, reverse=True)
-    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&token=cat&side=output&n=50")
+    # default: the run's own score (the store's default), its values in the column "score"
+    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&path=direct&n=7")
+    assert st == 200, out
+    assert out["score"] == out["default_score"] == own and "score" in out["columns"]
+    assert [r["score"] for r in out["rows"]] == pytest.approx([r["score"] for r in refs[own]], abs=1e-5)
+    for sc, ref in refs.items():  # every score of the same row order, as `jetex ngrams top --score`
+        st, out = request(explorer.url, "GET", f"/api/ngrams/top?store=store_a&path=direct&score={sc}&n=7")
+        assert st == 200 and out["score"] == sc, out
+        assert [(r["input_id"], r["output_id"]) for r in out["rows"]] == [(r["input_id"], r["output_id"]) for r in ref]
+        assert [r["score"] for r in out["rows"]] == pytest.approx([r["score"] for r in ref], abs=1e-5)
+    # a token's rows: logprob is the stored log-probability itself; the listing is ranked by the score
+    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&token=cat&side=output&n=50&score=logprob")
     assert st == 200 and out["rows"] and all(r["output"] == "cat" for r in out["rows"])
     assert {(r["input_id"]) for r in out["rows"]} == {r["input_id"] for r in as_output}
+    assert [r["score"] for r in out["rows"]] == pytest.approx([r["logprob"] for r in out["rows"]], abs=1e-5)
     st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&token=cat&side=input&n=50")
     assert st == 200 and {r["output_id"] for r in out["rows"]} == {r["output_id"] for r in as_input}
+    assert out["score"] == own and [r["score"] for r in out["rows"]] == sorted((r["score"] for r in out["rows"]), reverse=True)
+    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&n=5&score=pmi")
+    assert st == 409 and "orders them differently" in out["error"], out  # pmi needs its own extraction
     st, text = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&n=5&format=csv")
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert st == 200 and len(rows) == 5 and set(rows[0]) >= {"input", "output", "prob"}
+    assert st == 200 and len(rows) == 5 and set(rows[0]) >= {"input", "output", "score", "prob"}
     st, out = request(explorer.url, "GET", "/api/ngrams/diff?a=store_a&b=store_b&top=30&step=5")
     assert st == 200, out
     ref = diff_bigrams(table_from_store(serve_files["store_a"]), table_from_store(serve_files["store_b"]), top=30, step=5).to_dict()

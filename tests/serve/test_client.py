@@ -33,7 +33,13 @@ def _run(capsys, argv):
     ["paths", TEXT, "--max-len", "1", "--position", "2", "--top", "4"],
     ["predict", TEXT, "--top", "3"],
     ["attribute", TEXT, "--method", "logat"],
-], ids=["lens", "lens-layers", "joint", "paths", "predict", "attribute"])
+    ["lens", TEXT, "--layers", "emb,attn.0,mlp.1", "--top", "3"],
+    ["lens", TEXT, "--kind", "joint", "--centres", "mlp.0,mlp.1"],
+    ["paths", TEXT, "--max-len", "2", "--use", "mlp.0", "--avoid", "attn.1", "--top", "4"],
+    ["attribute", TEXT, "--method", "jetxlogit", "--layer", "mlp.0"],
+    ["attribute", TEXT, "--method", "normxlogit", "--layer", "0"],
+], ids=["lens", "lens-layers", "joint", "paths", "predict", "attribute",
+        "lens-stream-names", "joint-centre-names", "paths-block-names", "attribute-stream-name", "attribute-layer-number"])
 def test_server_answers_print_like_the_local_command(explorer, serve_files, capsys, monkeypatch, args):
     monkeypatch.setenv("COLUMNS", "200")
     for extra in (["--json"], []):

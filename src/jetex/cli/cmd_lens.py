@@ -96,7 +96,12 @@ DTYPE_HELP = ("Model precision: float32, bfloat16 or float16. Below float32 the 
 
 
 def _dtype(dtype: str, server) -> "object":
-    """The --dtype as a torch dtype (checked before loading the model); refused with --server."""
+    """The --dtype as a torch dtype (checked before loading the model); refused with --server.
+    With --server (float32 only) nothing imports torch: the client stays torch-free."""
+    if remote.url_of(server) is not None:
+        if dtype.strip().lower().replace("torch.", "") not in ("float32", "fp32", "f32"):
+            raise InputError("--dtype below float32 runs on the local model: drop --server")
+        return None
     import torch
 
     from jetex.ngrams.device import resolve_dtype

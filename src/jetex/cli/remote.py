@@ -121,7 +121,7 @@ def print_attribution_dict(a: dict, top: int = 5) -> None:
         console.print(f"integrated-gradients convergence delta: {a['extras']['convergence_delta']:+.3g}")
 
 
-def attribute(url: str, *, text: str, target: str | None, target_id: int | None, method: str, layer: int | None, order: int,
+def attribute(url: str, *, text: str, target: str | None, target_id: int | None, method: str, layer: str | None, order: int,
               steps: int | None, model: str, model_given: bool, as_json: bool) -> None:
     body = {"model": _model(model, model_given), "text": text, "method": method, "target": target, "target_id": target_id,
             "layer": layer, "order": order, "steps": steps, "candidates": 0}
@@ -129,6 +129,6 @@ def attribute(url: str, *, text: str, target: str | None, target_id: int | None,
     for w in d.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
     if as_json:
-        emit_json({"model": model, **d["attribution"]})
+        emit_json({"model": model, **d["attribution"], **({"stream": d["stream"]} if d.get("stream") else {})})
     else:
         print_attribution_dict(d["attribution"])

@@ -14,7 +14,8 @@ Pages (one static app, shared navigation): ``/lens``, ``/paths``, ``/attribution
                                 position?, token?, top?, split_degrees?, degrees?}`` → ranked paths
 ``/api/attribute``       POST   ``{model?, text, method?, target?|target_id?, layer?, order?,
                                 steps?, faithfulness?, candidates?}`` → scores per input token
-``/api/ngrams/top``      GET    ``store?, path?, score?, n?, token?, side?, model?, format?``
+``/api/ngrams/top``      GET    ``store?, path?, score?, n?, token?, side?, model?, format?`` (score:
+                                logprob/logit/zlogit/pmi, default the run's own; trigrams: prob/attn_prob)
 ``/api/ngrams/diff``     GET    ``a, b, path?, top?, step?`` → two stores side by side
 =======================  =====  ==============================================================
 
@@ -50,7 +51,8 @@ from jetex.models.base import ResidualModel
 from jetex.serve import compute
 from jetex.serve.jobs import Cancelled, Counters, ModelWorker, install_cancel_hook, remove_cancel_hook
 from jetex.serve.limits import Limits, Params, RequestError, check_text
-from jetex.serve.stores import SCORES, StoreRegistry, to_csv
+from jetex.ngrams.scores import DEFAULT_SCORE
+from jetex.serve.stores import SCORES, TRIGRAM_SCORES, StoreRegistry, to_csv
 
 PAGES = ("lens", "paths", "attribution", "ngrams")
 #: status sent when the client went away (nobody reads it; logged as such)
@@ -212,7 +214,7 @@ def create_app(
             name, m = ex.model(p.string("model"))
             ex.stores.check_model(store, ex.infos[name]["fingerprint"], name)
         path = p.string("path")
-        score = p.choice("score", SCORES, "prob")
+        score = p.string("score") or None  # validated against the run (bigram scores or trigram columns)
         n = p.integer("n", 20, 1, ex.limits.max_rows)
         token = p.string("token")
         if token is not None:
@@ -223,7 +225,7 @@ def create_app(
         fmt = p.choice("format", ["json", "csv"], "json")
         listing = await asyncio.to_thread(store.listing, path, score, n, token, side)
         if fmt == "csv":
-            fname = f"{store.name}_{listing['run']['path']}_{score}.csv".replace(":", "-").replace("/", "-")
+            fname = f"{store.name}_{listing['run']['path']}_{listing['score']}.csv".replace(":", "-").replace("/", "-")
             return PlainTextResponse(to_csv(listing), media_type="text/csv",
                                      headers={"content-disposition": f'attachment; filename="{fname}"'})
         return JSON(listing)
@@ -248,6 +250,8 @@ def create_app(
             "stores": [s.info() for s in ex.stores.stores.values()],
             "limits": ex.limits.to_dict(),
             "scores": list(SCORES),
+            "trigram_scores": list(TRIGRAM_SCORES),
+            "default_score": DEFAULT_SCORE,
             "colour_scales": list(compute.COLOUR_SCALES),
             "counters": ex.counters.to_dict(),
             "queued": {n: w.pending for n, w in ex.workers.items()},

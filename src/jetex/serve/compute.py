@@ -23,6 +23,7 @@ from jetex.expand import PathFilter, exp_jet_expansion
 from jetex.lenses import iterative_lens, joint_lens
 from jetex.lenses.lens import joint_centres
 from jetex.models.base import ResidualModel
+from jetex.models.naming import resolve_blocks, resolve_stream, resolve_streams, stream_names, valid_streams_line
 from jetex.serve.jobs import check_cancelled
 from jetex.serve.limits import Limits, Params, RequestError
 
@@ -84,30 +85,56 @@ def run_predict(model: ResidualModel, text: str, top: int) -> dict[str, Any]:
 # ---- lens --------------------------------------------------------------------------------
 
 
-def _layer_list(p: Params, n_layers: int) -> list[int] | None:
-    """The iterative lens's layers: a JSON list of ints or a spec like ``0,5,10`` / ``0-29`` (-1 = embedding)."""
-    raw = p._get("layers", None)
+def _spec(p: Params, name: str) -> list[Any] | str | None:
+    """A block/stream selection as sent: a comma-separated string or a JSON list of names / numbers."""
+    raw = p._get(name, None)
+    if raw is None or isinstance(raw, str):
+        return raw
+    if isinstance(raw, list) and len(raw) <= 1000 and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in raw):
+        return raw
+    raise RequestError(400, f"'{name}' must be a list of names or numbers, or a comma-separated string")
+
+
+def _layer_list(p: Params, model: ResidualModel) -> list[str] | None:
+    """The iterative lens's rows: stream names (``emb``, ``attn.3``, ``mlp.14``, ``final``),
+    transformer-layer numbers (the stream at the layer's end; -1 = ``emb``) or ranges
+    (``0-29``), as :mod:`jetex.models.naming` reads them everywhere; returned as stream names."""
+    try:
+        idx = resolve_streams(model, _spec(p, "layers"), what="layers entry")
+    except JetexError as e:
+        raise RequestError(400, str(e)) from None
+    if idx is None:
+        return None
+    names = stream_names(model)
+    return [names[l] for l in idx]
+
+
+def _centres(model: ResidualModel, raw: Any) -> str | int | list[int]:
+    """The joint lens's centres: ``blocks``, ``layers``, a number of centres, or the streams that
+    end each group (names such as ``mlp.9,mlp.19,mlp.29`` or layer numbers; the last must be
+    the final stream), as ``jetex lens --centres``."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
     if isinstance(raw, str):
-        out: list[int] = []
-        for part in (x.strip() for x in raw.split(",")):
-            if not part:
-                continue
-            try:
-                if "-" in part[1:]:
-                    a, b = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-                    out.extend(range(int(a), int(b) + 1))
-                else:
-                    out.append(int(part))
-            except ValueError:
-                raise RequestError(400, f"bad layers {raw!r}: use e.g. 0,5,10 or 0-29 (-1 = embedding)") from None
-        raw = out or None
-        p.data["layers"] = raw
-    return p.ints("layers", -1, n_layers - 1)
+        key = raw.strip().lower()
+        if key in ("blocks", "layers"):
+            return key
+        if key.isdigit():
+            return int(key)
+    elif not isinstance(raw, list):
+        raise RequestError(400, "'centres' must be 'blocks', 'layers', a number of centres or the streams ending each group")
+    try:
+        chosen = resolve_streams(model, raw, what="centres entry") or []
+    except JetexError as e:
+        if isinstance(raw, str) and "," not in raw:
+            raise RequestError(400, f"unknown centres {raw!r}: use 'blocks', 'layers', a number of centres, or the streams "
+                                    f"that end each group ({valid_streams_line(model)})") from None
+        raise RequestError(400, str(e)) from None
+    return sorted({l for l in chosen if l > 0})  # the embedding is always a centre
 
 
 def lens_params(p: Params, model: ResidualModel) -> dict[str, Any]:
     lim = p.limits
-    n_layers = len({b.layer for b in model.blocks})
     kw: dict[str, Any] = {
         "text": p.text(),
         "kind": p.choice("kind", ["iterative", "joint"], "iterative"),
@@ -115,7 +142,7 @@ def lens_params(p: Params, model: ResidualModel) -> dict[str, Any]:
         "top": p.integer("top", 10, 1, lim.max_top),
         "probabilities": p.boolean("probabilities", True),
     }
-    layers = _layer_list(p, n_layers)
+    layers = _layer_list(p, model)
     centres_raw = p._get("centres", None)
     optimize = p.boolean("optimize", False)
     if kw["kind"] == "iterative":
@@ -125,11 +152,7 @@ def lens_params(p: Params, model: ResidualModel) -> dict[str, Any]:
     else:
         if layers is not None:
             raise RequestError(400, "'layers' applies to the iterative lens only; the joint lens takes 'centres'")
-        centres: Any = "layers" if centres_raw is None else centres_raw
-        if isinstance(centres, str) and centres.strip().isdigit():
-            centres = int(centres)
-        if isinstance(centres, bool) or not isinstance(centres, (str, int)):
-            raise RequestError(400, "'centres' must be 'blocks', 'layers' or a number of centres")
+        centres = "layers" if centres_raw is None else _centres(model, centres_raw)
         try:
             joint_centres(model, centres)
         except JetexError as e:
@@ -220,13 +243,11 @@ def paths_params(p: Params, model: ResidualModel) -> dict[str, Any]:
     t = ids.shape[-1]
     if not -t <= kw["position"] < t:
         raise RequestError(400, f"position {kw['position']} out of range for {t} tokens")
-    known = set(model.block_names) | {"attn", "mlp", "layer", "linear", "nonlinear"}
-    for what in ("must_use", "avoid"):
-        for b in kw[what]:
-            if b not in known and not (b.isdigit() and 1 <= int(b) <= model.n_blocks):
-                raise RequestError(400, f"unknown block {b!r}; blocks are {model.block_names[0]} … {model.block_names[-1]} or a kind (attn, mlp)")
-    kw["must_use"] = tuple(int(b) if b.isdigit() else b for b in kw["must_use"])
-    kw["avoid"] = tuple(int(b) if b.isdigit() else b for b in kw["avoid"])
+    for what in ("must_use", "avoid"):  # block names, kinds (attn, mlp) or layer numbers, as `jetex paths --use`
+        try:
+            kw[what] = tuple(resolve_blocks(model, [b for b in kw[what] if b], what="block", kinds=True))
+        except JetexError as e:
+            raise RequestError(400, str(e)) from None
     if kw["token"] is not None:
         kw["token_id"] = _single_token(model, kw["token"])
     flt = PathFilter(must_use=kw["must_use"], avoid=kw["avoid"], min_len=kw["min_len"], max_len=kw["max_len"],
@@ -268,6 +289,20 @@ def run_paths(model: ResidualModel, **kw: Any) -> dict[str, Any]:
 # ---- attribution -------------------------------------------------------------------------
 
 
+def _stream(p: Params, model: ResidualModel, name: str) -> int | None:
+    """One stream index l (0..L) from a name (``emb``, ``attn.3``, ``mlp.14``, ``final``) or a
+    transformer-layer number (the stream at its end; -1 = ``emb``), as ``jetex attribute --layer``."""
+    raw = p._get(name, None)
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise RequestError(400, f"'{name}' must be a stream name (emb, attn.N, mlp.N, final) or a layer number")
+    try:
+        return resolve_stream(model, raw, what=name)
+    except JetexError as e:
+        raise RequestError(400, str(e)) from None
+
+
 def attribute_params(p: Params, model: ResidualModel) -> dict[str, Any]:
     lim = p.limits
     kw: dict[str, Any] = {
@@ -275,7 +310,7 @@ def attribute_params(p: Params, model: ResidualModel) -> dict[str, Any]:
         "method": p.choice("method", METHODS, "normxlogit"),
         "target": p.string("target", None),
         "target_id": p.integer("target_id", None, 0, model.vocab_size - 1),
-        "layer": p.integer("layer", None, -(model.n_blocks + 1), model.n_blocks),
+        "layer": _stream(p, model, "layer"),
         "order": p.integer("order", 1, 0, lim.max_order),
         "steps": p.integer("steps", None, 1, lim.max_steps),
         "faithfulness": p.boolean("faithfulness", False),
@@ -288,7 +323,7 @@ def attribute_params(p: Params, model: ResidualModel) -> dict[str, Any]:
     if kw["layer"] is not None and kw["method"] not in LAYERWISE_METHODS:
         raise RequestError(400, f"method {kw['method']!r} takes no layer; layer-wise methods are: {', '.join(LAYERWISE_METHODS)}")
     if kw["method"] == "jetxlogit" and kw["layer"] is None:
-        raise RequestError(400, f"method 'jetxlogit' needs a layer in 0..{model.n_blocks}")
+        raise RequestError(400, f"method 'jetxlogit' needs a layer: {valid_streams_line(model)}")
     if kw["steps"] is not None and kw["method"] != "integrated_gradients":
         raise RequestError(400, "'steps' applies to integrated_gradients only")
     if kw["method"] in GRADIENT_METHODS:
@@ -317,6 +352,8 @@ def run_attribute(model: ResidualModel, **kw: Any) -> dict[str, Any]:
             raise RequestError(400, str(e)) from None
     out: dict[str, Any] = {"model": model.name, "attribution": attr.to_dict(),
                            "warnings": [str(w.message) for w in caught if issubclass(w.category, UserWarning)]}
+    if kw["layer"] is not None:  # the stream read, by name (as `jetex attribute --json`)
+        out["stream"] = stream_names(model)[kw["layer"]]
     if kw["candidates"]:
         check_cancelled()
         with torch.no_grad():

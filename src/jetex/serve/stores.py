@@ -14,14 +14,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jetex.apps.diff import diff_bigrams
 from jetex.apps.tables import table_from_store
 from jetex.errors import JetexError
+from jetex.ngrams.scores import SCORES as BIGRAM_SCORES, check_score, score_label, score_values
 from jetex.ngrams.store import NgramStore
 from jetex.serve.limits import RequestError
 
-#: scores an n-gram listing may be ranked by
-SCORES = NgramStore.RANKABLE
+#: scores a bigram listing may be ranked by (jetex.ngrams.scores; default: the run's own)
+SCORES = tuple(BIGRAM_SCORES)
+#: what a trigram (attention head) listing may be ranked by (the first is the default)
+TRIGRAM_SCORES = ("prob", "attn_prob")
 
 
 class ServedStore:
@@ -44,10 +49,12 @@ class ServedStore:
         latest: dict[str, dict] = {}
         for r in runs:
             latest[r["path"]] = r
-        return [
-            {k: r[k] for k in ("run_id", "kind", "path", "description", "order", "top_k", "exclude_self", "n_inputs")}
-            for r in latest.values()
-        ]
+        with self.lock:
+            return [
+                {k: r[k] for k in ("run_id", "kind", "path", "description", "order", "top_k", "exclude_self", "n_inputs")}
+                | {"score": None if r["kind"] == "trigram" else self.store.run_score(r)}
+                for r in latest.values()
+            ]
 
     def info(self) -> dict[str, Any]:
         return {
@@ -83,35 +90,83 @@ class ServedStore:
             raise RequestError(404, f"token {token!r} is not in the vocabulary of store {self.name!r}; give its exact string (e.g. ' the') or #ID")
         return found
 
-    def listing(self, path: str | None, score: str, n: int, token: str | None, side: str) -> dict[str, Any]:
+    def listing(self, path: str | None, score: str | None, n: int, token: str | None, side: str) -> dict[str, Any]:
         """The top-``n`` rows of a path's run by ``score``; with ``token``, only rows where it is
-        the input (``side="input"``) or the output (``side="output"``)."""
+        the input (``side="input"``) or the output (``side="output"``).
+
+        Bigram runs are ranked by a score of :mod:`jetex.ngrams.scores` (``logprob``, ``logit``,
+        ``zlogit``, ``pmi``; default: the run's own score, the store's default), each row's value
+        in the column ``score``; another score of the same row order is re-scored from the
+        stored statistics (as ``jetex ngrams top --score``). Trigram (attention head) runs are
+        ranked by ``prob`` (default) or ``attn_prob``."""
         run = self.run_of(path)
-        if score == "attn_prob" and run["kind"] != "trigram":
-            raise RequestError(400, "score 'attn_prob' exists for trigram (attention head) runs only")
         ids = self.token_ids(token) if token is not None else [(None, None)]
-        rows: list[dict] = []
-        with self.lock:
-            for tid, _ in ids:
-                kw = {"input_id": tid} if side == "input" else {"output_id": tid}
-                rows += self.store.ranked(run["run_id"], score, n=n, **kw)
-        rows.sort(key=lambda r: -(r[score] if r[score] is not None else float("-inf")))
+        if run["kind"] == "trigram":
+            if score not in (None, *TRIGRAM_SCORES):
+                raise RequestError(400, f"trigram (attention head) runs are ranked by {' or '.join(TRIGRAM_SCORES)}, not {score!r}")
+            by = score or TRIGRAM_SCORES[0]
+            rows: list[dict] = []
+            with self.lock:
+                for tid, _ in ids:
+                    kw = {"input_id": tid} if side == "input" else {"output_id": tid}
+                    rows += self.store.ranked(run["run_id"], by, n=n, **kw)
+            for r in rows:
+                r["score"] = r[by]
+            default, exact = TRIGRAM_SCORES[0], True
+            cols = ["position", "context", "input", "output", "score", "prob", "attn_prob", "logit", "rank"]
+        else:
+            if score in TRIGRAM_SCORES[1:]:
+                raise RequestError(400, f"score {score!r} exists for trigram (attention head) runs only")
+            default = run["score"]
+            by = check_score(score if score is not None else default)
+            with self.lock:
+                rows, exact = self._scored(self.store.run(run["run_id"]), by, n, ids, side)
+            cols = ["position", "input", "output", "score", "prob", "logprob", "logit", "rank"]
+        rows.sort(key=lambda r: -(r["score"] if r["score"] is not None and r["score"] == r["score"] else float("-inf")))
         rows = rows[:n]
         for i, r in enumerate(rows, 1):
             r["position"] = i
-        cols = ["position", "context", "input", "output", "prob", "logprob", "logit", "attn_prob", "rank"]
-        if run["kind"] != "trigram":
-            cols = [c for c in cols if c not in ("context", "attn_prob")]
         return {
             "store": self.name,
             "model": self.meta.get("model_name"),
             "run": run,
-            "score": score,
+            "score": by,
+            "score_label": score_label(by) if run["kind"] != "trigram" else by,
+            "default_score": default,
+            "exact": exact,
             "token": token,
             "side": side,
             "columns": cols,
             "rows": [{c: r.get(c) for c in cols + ["input_id", "output_id", "context_id"]} for r in rows],
         }
+
+    def _scored(self, run: dict, score: str, n: int, ids: list, side: str) -> tuple[list[dict], bool]:
+        """A bigram run's rows under ``score`` (under the lock): the global top-``n``, or the rows
+        of the given tokens as input or output, each with its ``score`` (and whether a global
+        list is certified exact)."""
+        rid = run["run_id"]
+        try:
+            self.store.check_rescorable(run, score)
+        except JetexError as e:
+            raise RequestError(409, str(e)) from None
+        if ids == [(None, None)]:
+            rows = self.store.top_pairs(rid, n, score=score)
+            return rows, all(r.get("exact", True) for r in rows)
+        rows = []
+        for tid, _ in ids:
+            kw = {"input_id": tid} if side == "input" else {"output_id": tid}
+            rows += self.store.ranked(rid, "logit", n=int(run["n_inputs"]) * int(run["top_k"]), **kw)
+        if rows:
+            st = self.store.input_stats(rid)
+            logq = self.store.logq(rid)
+            inp = np.array([r["input_id"] for r in rows], dtype=np.int64)
+            pos = np.searchsorted(st["input_id"], inp)
+            vals = score_values(score, np.array([r["logit"] for r in rows], dtype=np.float64), st["lse"][pos],
+                                st["mean_logit"][pos], st["std_logit"][pos],
+                                None if logq is None else logq[np.array([r["output_id"] for r in rows], dtype=np.int64)])
+            for r, v in zip(rows, vals.tolist()):
+                r["score"] = v
+        return rows, True
 
     def table(self, path: str) -> Any:
         """The stored top-K table of a bigram path (cached: the store is read-only)."""

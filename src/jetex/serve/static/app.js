@@ -265,7 +265,7 @@
   // ---- attribution ----------------------------------------------------------------------
   function runAttr() {
     var body = { model: model(), text: text(), method: $('attr-method').value, order: intOrNull($('attr-order').value),
-      layer: intOrNull($('attr-layer').value), faithfulness: $('attr-faith').checked };
+      layer: $('attr-layer').value.trim() || null, faithfulness: $('attr-faith').checked };
     if ($('attr-target').value) body.target = $('attr-target').value;
     $('attr-status').textContent = 'computing…';
     return api('attribution', 'POST', '/api/attribute', body).then(function (d) {
@@ -314,6 +314,15 @@
     var s = storeInfo($('ng-store').value), P = $('ng-path'); P.textContent = '';
     if (!s) return;
     s.runs.forEach(function (r) { var o = el('option', r.path + ' (' + r.kind + ')'); o.value = r.path; P.appendChild(o); });
+    fillScores();
+  }
+  function fillScores() {  // the chosen run's scores; the first option is the run's own (the store's default)
+    var s = storeInfo($('ng-store').value), S = $('ng-score'), keep = S.value; S.textContent = '';
+    var run = s ? s.runs.filter(function (r) { return r.path === $('ng-path').value; })[0] : null;
+    var tri = run && run.kind === 'trigram', list = tri ? STATUS.trigram_scores : STATUS.scores;
+    var d = el('option', 'default (' + (tri ? list[0] : run ? run.score : STATUS.default_score) + ')'); d.value = ''; S.appendChild(d);
+    list.forEach(function (x) { var o = el('option', x); o.value = x; S.appendChild(o); });
+    S.value = list.indexOf(keep) >= 0 ? keep : '';
   }
   function ngQuery(fmtName) {
     var q = new URLSearchParams({ store: $('ng-store').value, path: $('ng-path').value, score: $('ng-score').value, n: $('ng-n').value, side: $('ng-side').value });
@@ -327,8 +336,10 @@
     return api('ngrams', 'GET', ngQuery()).then(function (d) {
       var T = $('ng-table'); T.textContent = '';
       $('ng-status').textContent = d.store + ' (' + d.model + '), path ' + d.run.path + ' (' + d.run.kind + ', order ' + d.run.order + ', K=' + d.run.top_k + ')' +
-        (d.token !== null ? ', token ' + JSON.stringify(d.token) + ' as ' + d.side : '') + ', ranked by ' + d.score + ': ' + d.rows.length + ' rows';
-      var h = el('tr'); d.columns.forEach(function (c) { h.appendChild(el('th', c)); }); T.appendChild(h);
+        (d.token !== null ? ', token ' + JSON.stringify(d.token) + ' as ' + d.side : '') + ', ranked by ' + d.score_label +
+        (d.score === d.default_score ? " (the store's default)" : '') + ': ' + d.rows.length + ' rows' +
+        (d.exact === false ? " (re-scored from each input's stored top-K: not certified exact)" : '');
+      var h = el('tr'); d.columns.forEach(function (c) { h.appendChild(el('th', c === 'score' ? d.score : c)); }); T.appendChild(h);
       d.rows.forEach(function (r) {
         var tr = el('tr');
         d.columns.forEach(function (c) {
@@ -358,6 +369,7 @@
     }).catch(function () {});
   }
   $('ng-store').addEventListener('change', fillPaths);
+  $('ng-path').addEventListener('change', fillScores);
   $('ng-form').addEventListener('submit', function (ev) { ev.preventDefault(); runNgrams(); });
   $('ng-diff-form').addEventListener('submit', function (ev) { ev.preventDefault(); runDiff(); });
 
@@ -379,7 +391,6 @@
       var o = el('option', s.name + ' (' + s.model + ')'); o.value = s.name; S.appendChild(o);
       var o2 = el('option', s.name + ' (' + s.model + ')'); o2.value = s.name; D.appendChild(o2);
     });
-    st.scores.forEach(function (s) { var o = el('option', s); o.value = s; $('ng-score').appendChild(o); });
     fillPaths();
     $('lens-order').max = st.limits.max_order; $('lens-top').max = st.limits.max_top;
     syncLensForm();
