@@ -24,7 +24,9 @@ What is measured:
 6. **memory**: the server's resident set (``VmRSS`` of the subprocess) before and after 200
    more order-1 lens requests of varied short texts (4–6 tokens, so that the run stays short
    on a loaded machine); growth in percent.
-7. both real models: each page's endpoint answers 200 on every served model (``--models``).
+7. both real models: each page's endpoint answers 200 on every served model (``--models``),
+   block and stream names included, and the n-gram listing on a small store of each model
+   (its first ``--store-vocab`` input tokens, at most 500 for the second model).
 
 The machine is shared (2 cores, many jobs): absolute seconds are only roughly comparable
 between runs; the ratios and the pass/fail checks are the results.
@@ -86,15 +88,19 @@ def start_server(models: list[str], stores: list[str], threads: int) -> tuple[su
             return p, url
 
 
-def make_store(tmp: Path, vocab: int) -> str:
+def store_name(model: str) -> str:
+    return model.replace("-", "_").replace("/", "_") + "_direct"
+
+
+def make_store(tmp: Path, vocab: int, model: str = "smollm2-135m") -> str:
     import jetex
     from jetex.ngrams import extract_ngrams
 
-    db = tmp / "smollm2_direct.duckdb"
+    db = tmp / f"{store_name(model)}.duckdb"
     t0 = time.perf_counter()
-    extract_ngrams(jetex.load("smollm2-135m"), ["direct"], db=db, top_k=10, exclude_self=True, global_top=100,
+    extract_ngrams(jetex.load(model), ["direct"], db=db, top_k=10, exclude_self=True, global_top=100,
                    limit_vocab=vocab, progress=False, fidelity_sample=0, precision_sample=0)
-    print(f"store: direct path, first {vocab} input tokens, {time.perf_counter() - t0:.1f} s")
+    print(f"store of {model}: direct path, first {vocab} input tokens, {time.perf_counter() - t0:.1f} s")
     return str(db)
 
 
@@ -215,11 +221,13 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     tmp = Path(tempfile.mkdtemp(prefix="jetex-serve-bench-"))
     report: dict = {"models": models}
-    store = make_store(tmp, args.store_vocab) if args.store_vocab > 0 else None
+    stores = {m: make_store(tmp, args.store_vocab if i == 0 else min(args.store_vocab, 500), m)
+              for i, m in enumerate(models if "smoke" in steps else models[:1])} if args.store_vocab > 0 else {}
+    store = stores.get(models[0])
     import torch
 
     torch.set_num_threads(args.threads)
-    proc, url = start_server(models, [store] if store else [], args.threads)
+    proc, url = start_server(models, list(stores.values()), args.threads)
     report["probabilities"] = PROBABILITIES
     try:
         # 2. warm lens, server time vs the library call in this process
@@ -298,23 +306,35 @@ def main() -> None:
                   f"({report['memory']['growth_pct']:+.2f} %)")
 
         if "smoke" in steps:
-            # 7. every page's endpoint on every served model
+            # 7. every page's endpoint on every served model (block names included), seconds per request
             smoke = {}
             for mname in models:
+                info = next(i for i in call(url, "/api/status")["models"] if i["name"] == mname)
+                mid = f"mlp.{info['n_layers'] // 2}"
                 codes = {}
-                for ep, body in [("/api/lens", lens_body(TEXTS[0], mname)),
-                                 ("/api/lens", {"model": mname, "text": TEXTS[0], "kind": "joint", "optimize": True}),
-                                 ("/api/paths", {"model": mname, "text": TEXTS[0], "max_len": 1}),
-                                 ("/api/attribute", {"model": mname, "text": TEXTS[0], "faithfulness": True}),
-                                 ("/api/predict", {"model": mname, "text": TEXTS[0]})]:
+                for label, ep, body in [
+                        ("lens iterative", "/api/lens", lens_body(TEXTS[0], mname)),
+                        ("lens iterative emb,attn.3,mlp.N", "/api/lens", lens_body(TEXTS[0], mname) | {"layers": f"emb,attn.3,{mid}"}),
+                        ("lens joint", "/api/lens", {"model": mname, "text": TEXTS[0], "kind": "joint"}),
+                        ("lens joint optimized", "/api/lens", {"model": mname, "text": TEXTS[0], "kind": "joint", "optimize": True}),
+                        ("paths", "/api/paths", {"model": mname, "text": TEXTS[0], "max_len": 1}),
+                        ("paths use mlp.3", "/api/paths", {"model": mname, "text": TEXTS[0], "max_len": 2, "use": "mlp.3"}),
+                        ("attribute +faithfulness", "/api/attribute", {"model": mname, "text": TEXTS[0], "faithfulness": True}),
+                        (f"attribute jetxlogit {mid}", "/api/attribute", {"model": mname, "text": TEXTS[0], "method": "jetxlogit", "layer": mid}),
+                        ("predict", "/api/predict", {"model": mname, "text": TEXTS[0]})]:
                     t0 = time.perf_counter()
-                    out = call(url, ep, body)
-                    codes[ep + ("?joint" if body.get("kind") == "joint" else "")] = round(time.perf_counter() - t0, 3)
+                    call(url, ep, body, timeout=3600)
+                    codes[label] = round(time.perf_counter() - t0, 3)
+                if mname in stores:
+                    for label, q in [("ngrams top (store default score)", ""), ("ngrams top rescored to logprob", "&score=logprob"),
+                                     ("ngrams token as input", "&token=%20the"), ("ngrams token as output", "&token=%20the&side=output")]:
+                        t0 = time.perf_counter()
+                        out = call(url, f"/api/ngrams/top?store={store_name(mname)}&n=20&model={mname}" + q)
+                        assert "score" in out["columns"] and (out["rows"] or "token" in q), out
+                        codes[label] = round(time.perf_counter() - t0, 3)
                 smoke[mname] = codes
-            if store:
-                call(url, "/api/ngrams/top?" + "store=smollm2_direct&n=10&token=%20the")
             report["models_smoke_s"] = smoke
-            print("every endpoint answered on every model (seconds): " + json.dumps(smoke))
+            print("every endpoint answered on every model (seconds): " + json.dumps(smoke, indent=1))
     finally:
         proc.terminate()
         proc.wait(30)

@@ -155,14 +155,14 @@ class Diagnostics:
             "distance": _num(_nanmax(self.distance[r])),
             "remainder_share": _num(_nanmax(self.remainder_share[r])),
             "cancellation": _num(_nanmax(self.cancellation[r])),
-            "reasons": sorted({k for i in range(self.shape[1]) for k in self.reasons(r, i)}),
+            "reasons": sorted(k for k, v in self.flags().items() if bool(v[r].any())),  # failed at some position
         }
 
     def to_dict(self) -> dict:
         """JSON-ready (NaN → None); :meth:`from_dict` inverts it."""
 
         def grid(x: Tensor) -> list:
-            return [[_num(float(v)) for v in row] for row in x]
+            return [[_num(v) for v in row] for row in x.tolist()]
 
         return {
             "order": self.order,
@@ -172,7 +172,7 @@ class Diagnostics:
             "distance": grid(self.distance),
             "remainder_share": grid(self.remainder_share),
             "cancellation": grid(self.cancellation),
-            "trusted": [[bool(v) for v in row] for row in self.trusted],
+            "trusted": self.trusted.tolist(),
         }
 
     @classmethod

@@ -192,6 +192,26 @@ class LensResult(Result):
     def to_dict(self) -> dict:
         """JSON-ready summary (top-k tokens and logits per cell, cosines, weights), plus
         ``type``/``format``/``fields`` (every field exactly, for :meth:`from_dict`)."""
+        # every tensor read once as lists (element-wise tensor indexing costs ~µs per number)
+        R, t = len(self.row_names), len(self.tokens)
+        r4 = lambda v: [round(x, 4) for x in v]  # noqa: E731
+        logits, cos = self.top_logits.tolist(), self.cosine.tolist()
+        w = self.weights.tolist() if self.weights is not None else None
+        lps = self.top_logprobs.tolist() if self.top_logprobs is not None else None
+        mr = self.model_rank.tolist() if self.model_rank is not None else None
+        cells = []
+        for r in range(R):
+            row = []
+            for i in range(t):
+                c = {"top": self.vocab[r][i], "logits": r4(logits[r][i]), "cosine": round(cos[r][i], 4)}
+                if w is not None:
+                    c["weight"] = round(w[r][i], 4)
+                if lps is not None:
+                    c["logprobs"] = r4(lps[r][i])
+                if mr is not None:
+                    c["model_rank"] = int(mr[r][i])
+                row.append(c)
+            cells.append(row)
         out = {
             "kind": self.kind,
             "order": self.order,
@@ -199,36 +219,29 @@ class LensResult(Result):
             "optimized": self.optimized,
             "tokens": self.tokens,
             "rows": self.row_names,
-            "cells": [
-                [
-                    {"top": self.vocab[r][i], "logits": [round(float(x), 4) for x in self.top_logits[r, i]], "cosine": round(float(self.cosine[r, i]), 4)}
-                    | ({"weight": round(float(self.weights[r, i]), 4)} if self.weights is not None else {})
-                    | ({"logprobs": [round(float(x), 4) for x in self.top_logprobs[r, i]]} if self.top_logprobs is not None else {})
-                    | ({"model_rank": int(self.model_rank[r, i])} if self.model_rank is not None else {})
-                    for i in range(len(self.tokens))
-                ]
-                for r in range(len(self.row_names))
-            ],
+            "cells": cells,
             "model_top": self.model_vocab,
-            "mean_cosine": [round(float(x), 4) for x in self.mean_cosine()],
+            "mean_cosine": r4(self.mean_cosine().tolist()),
             "remainder_norm": self.remainder_norm.tolist(),
         }
         if self.kind == "joint":
             out["expansion_top"] = self.expansion_vocab
-            out["expansion_cosine"] = [round(float(x), 4) for x in self.expansion_cosine]  # type: ignore[union-attr]
+            out["expansion_cosine"] = r4(self.expansion_cosine.tolist())  # type: ignore[union-attr]
         if self.rest_cosine is not None and self.q_coef is not None and self.q_share is not None:
-            for r, row in enumerate(out["cells"]):
+            qc, qs, rc = self.q_coef.tolist(), self.q_share.tolist(), self.rest_cosine.tolist()
+            for r, row in enumerate(cells):
                 for i, c in enumerate(row):
-                    c["q_coef"] = _round(float(self.q_coef[r, i]))
-                    c["q_share"] = _round(float(self.q_share[r, i]))
-                    c["rest_cosine"] = _round(float(self.rest_cosine[r, i]))
-            out["mean_rest_cosine"] = [_round(float(x)) for x in self.rest_cosine.mean(-1)]
-            out["mean_q_share"] = [_round(float(x)) for x in self.q_share.mean(-1)]
+                    c["q_coef"] = _round(qc[r][i])
+                    c["q_share"] = _round(qs[r][i])
+                    c["rest_cosine"] = _round(rc[r][i])
+            out["mean_rest_cosine"] = [_round(x) for x in self.rest_cosine.mean(-1).tolist()]
+            out["mean_q_share"] = [_round(x) for x in self.q_share.mean(-1).tolist()]
         if self.diagnostics is not None:
             d = self.diagnostics
-            for r, row in enumerate(out["cells"]):
+            tr = d.trusted.tolist()
+            for r, row in enumerate(cells):
                 for i, c in enumerate(row):
-                    c["trusted"] = bool(d.trusted[r, i])
+                    c["trusted"] = bool(tr[r][i])
             out["diagnostics"] = d.to_dict()
             out["row_diagnostics"] = [d.row(r) for r in range(len(self.row_names))]
         return out | Result.to_dict(self)
