@@ -1,8 +1,8 @@
-"""Which bigram score to rank n-grams by: the measurement behind ``DEFAULT_SCORES``
+"""Which bigram score to rank n-grams by: the measurement behind ``DEFAULT_SCORE``
 (``docs/ngram_scores.md``).
 
-    .venv/bin/python benchmarks/ngram_scores.py --model smollm2-135m --paths direct,mlp:29 --inputs 8192
-    .venv/bin/python benchmarks/ngram_scores.py --model gemma3-270m --paths direct,mlp:17 --inputs 4096
+    .venv/bin/python benchmarks/ngram_scores.py --model smollm2-135m --paths direct,mlp:29 --inputs 1024 --sample 256
+    .venv/bin/python benchmarks/ngram_scores.py --model gemma3-270m --paths direct,mlp:17 --inputs 256 --sample 64 --batch 32
 
 The input tokens are ``--inputs`` N ids evenly spaced over the whole vocabulary (all V
 when N ≥ V; the low ids of a vocabulary are special, byte and unused tokens, so a prefix
