@@ -58,7 +58,6 @@ def main() -> int:
     win, settings = corpus_windows(model, args.corpus, args.tokens, split="eval")
     win = win[: args.windows]
     items = load_concepts(None, args.sets.split(",") if args.sets else None)
-    L = len(model.blocks) // 2 if hasattr(model, "blocks") else None
     held0 = eval_heldout(model, win, [LensSpec("logit", "logit")], settings)
     rows = held0.rows
     pick = [rows[0]] + [rows[i] for i in (len(rows) // 3, 2 * len(rows) // 3, len(rows) - 3, len(rows) - 2)]
