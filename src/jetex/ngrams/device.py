@@ -32,36 +32,9 @@ from torch import Tensor
 
 from jetex.errors import InputError
 from jetex.models.base import ResidualModel
+from jetex.models.dtypes import DTYPES, dtype_name, resolve_dtype  # noqa: F401  (re-exported)
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-_ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16", "half": "float16"}
 DEVICES = ("cpu", "cuda", "auto")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.bfloat16`` → ``"bfloat16"``."""
-    return str(dtype).replace("torch.", "")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """The evaluation dtype: ``float32`` (default, None), ``bfloat16`` or ``float16``."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise InputError(f"unsupported n-gram dtype {dtype_name(dtype)}; use one of: {', '.join(DTYPES)}")
-        return dtype
-    if not isinstance(dtype, str):
-        raise InputError(f"dtype must be a name such as 'bfloat16', got {dtype!r}")
-    key = dtype.strip().lower().replace("torch.", "")
-    key = _ALIASES.get(key, key)
-    if key not in DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}; use one of: {', '.join(DTYPES)}")
-    return DTYPES[key]
 
 
 def cuda_available() -> bool:
