@@ -102,14 +102,9 @@ def _dtype(dtype: str, server) -> "object":
         if dtype.strip().lower().replace("torch.", "") not in ("float32", "fp32", "f32"):
             raise InputError("--dtype below float32 runs on the local model: drop --server")
         return None
-    import torch
-
     from jetex.models.dtypes import resolve_dtype  # (not jetex.ngrams: 0.4 s of imports a lens does not need)
 
-    dt = resolve_dtype(dtype)
-    if dt != torch.float32 and remote.url_of(server) is not None:
-        raise InputError("--dtype below float32 runs on the local model: drop --server")
-    return dt
+    return resolve_dtype(dtype)
 
 
 def _placed(m, dt):

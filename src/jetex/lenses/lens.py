@@ -27,7 +27,7 @@ from torch import Tensor
 from jetex.errors import InputError
 from jetex.expand.algorithm import check_order
 from jetex.expand.diagnostics import Diagnostics, decay_from_norms, ratio, relative_distance
-from jetex.expand.numerics import EXP_FLOOR, accumulation_dtype, logsumexp, unembed, unit_roundoff
+from jetex.expand.numerics import accumulation_dtype, logsumexp, unembed, unit_roundoff
 from jetex.lenses.weights import optimal_weights, unembedding_gram
 from jetex.models.base import ResidualModel
 from jetex.models.batch import Batch, as_batch, is_batch
@@ -385,11 +385,7 @@ def _row_stats(
         for r0 in range(0, R, chunk):
             r1 = min(r0 + chunk, R)
             x, w = logits[r0:r1, p], buf[: r1 - r0]
-            mx = x.amax(-1, keepdim=True)  # log Σ exp, floored as jetex.expand.numerics.logsumexp
-            fin = torch.isfinite(mx)
-            m0 = torch.where(fin, mx, torch.zeros_like(mx))
-            sumexp = torch.sub(x, m0, out=w).clamp_(min=EXP_FLOOR).exp_().sum(-1, keepdim=True)
-            out["lse"][r0:r1, p] = torch.where(fin | torch.isnan(mx), m0 + sumexp.log(), mx)[:, 0]
+            out["lse"][r0:r1, p] = logsumexp(x, -1, out=w)
             v, i = x.topk(kk, dim=-1)
             top_v[r0:r1, p], top_i[r0:r1, p] = v, i
             own = x[:, m_top[p]].unsqueeze(-1)
@@ -605,11 +601,6 @@ def joint_centres(model: ResidualModel, centres: str | int | Sequence[int] = "bl
     return segs, names
 
 
-def _gram(model: ResidualModel) -> Float[Tensor, "d d"]:
-    """G = UᵀU in float64 (:func:`jetex.lenses.weights.unembedding_gram`)."""
-    return unembedding_gram(model)
-
-
 def joint_lens_terms(
     model: ResidualModel,
     h: Float[Tensor, "l1 t d"],
@@ -630,7 +621,7 @@ def joint_lens_terms(
     coeffs = _decoder_coefficients(model, X, hL.unsqueeze(0), k)
     J = coeffs.sum(0)
     if optimize:
-        W = optimal_weights(J, model.final_norm(hL), _gram(model)).to(J.dtype)  # [n, t]
+        W = optimal_weights(J, model.final_norm(hL), unembedding_gram(model)).to(J.dtype)  # [n, t]
     else:
         W = torch.full((n, t), 1.0 / n, dtype=J.dtype, device=J.device)
     return coeffs, W, X

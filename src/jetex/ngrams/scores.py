@@ -36,7 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from jetex.errors import InputError
-from jetex.expand.numerics import EXP_FLOOR, logsumexp
+from jetex.expand.numerics import logsumexp
 
 #: the scores, in the order they are listed
 SCORES: dict[str, str] = {
@@ -145,12 +145,7 @@ def batch_column_lse(z: Float[Tensor, "b v"], lse: Float[Tensor, "b"], out: Tens
     ``z`` holds the ranking logits (−inf where a self-transition is excluded); ``out`` (shape
     of z) is scratch space (z is left intact)."""
     x = torch.sub(z, lse[:, None], out=out) if out is not None else z - lse[:, None]
-    m = x.amax(dim=0)  # ≤ 0 (or −inf: a column every row excludes)
-    finite = torch.isfinite(m)
-    m0 = torch.where(finite, m, torch.zeros_like(m))
-    # floored as in jetex.expand.numerics.logsumexp: a subnormal exp is ~5x slower on the CPU
-    x.sub_(m0[None, :]).clamp_(min=EXP_FLOOR).exp_()
-    return torch.where(finite, m0 + torch.log(x.sum(dim=0)), m)
+    return logsumexp(x, dim=0, out=x)  # −inf for a column every row excludes
 
 
 # ---------------------------------------------------------------------------------------

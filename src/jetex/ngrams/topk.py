@@ -29,8 +29,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from jetex.expand.numerics import EXP_FLOOR  # the one floor of every exp of logits
+
 CHUNK = 64
-EXP_FLOOR = -87.0
 SKIP_MARGIN = 24.0
 
 
