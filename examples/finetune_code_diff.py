@@ -63,6 +63,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 MODEL = "smollm2-135m"
+#: the score fixed by the pre-registered criterion (docs/applications.md), whatever the CLI's default
+SCORE = "zlogit"
 
 _OPS = {"(", ")", "[", "]", "{", "}", ":", "):", "()", "=", "==", "!=", "+=", "-=", "->", ".", ",", "*", "**", "@",
         "#", "%", "<", ">", "<=", ">=", "+", "-", "/", "//", "'", '"', '"""', "'''", "_", "__", "\\", "|", "&", "~"}
@@ -100,33 +102,42 @@ def prose_texts(seed: int = 0) -> list[str]:
     return out
 
 
-def split_sequences(tokenizer, texts: list[str], n: int, seq: int, n_held: int = 8, held_frac: float = 0.1
+def split_sequences(tokenizer, texts: list[str], n: int, seq: int, n_held: int = 64, held_frac: float = 0.1
                     ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(train ``[n, seq]``, held-out ``[n_held, seq]``, n_held): the first ``held_frac`` of the
-    texts give the held-out sequences, the rest the training ones."""
+    texts give the held-out sequences, the rest the training ones. Training sequences are cut
+    from the start of the training texts; the held-out sequences are ``n_held`` windows evenly
+    spaced over *all* held-out texts (so that the held-out loss is not the loss of one or two
+    files)."""
     k = max(1, int(len(texts) * held_frac))
 
-    def cut(ts: list[str], m: int) -> torch.Tensor:
+    def tokens(ts: list[str], limit: int | None) -> list[int]:
         ids: list[int] = []
         for t in ts:
             ids.extend(tokenizer(t, add_special_tokens=False)["input_ids"])
             ids.append(tokenizer.eos_token_id)
-            if len(ids) >= m * seq:
+            if limit is not None and len(ids) >= limit:
                 break
-        m = min(m, len(ids) // seq)
-        return torch.tensor(ids[: m * seq], dtype=torch.long).reshape(m, seq)
+        return ids
 
-    held = cut(texts[:k], n_held)
-    train = cut(texts[k:], n)
+    ids = tokens(texts[k:], n * seq)
+    m = min(n, len(ids) // seq)
+    train = torch.tensor(ids[: m * seq], dtype=torch.long).reshape(m, seq)
+    hid = tokens(texts[:k], None)
+    nw = len(hid) // seq
+    if nw < 1:
+        raise SystemExit(f"the held-out texts give no sequence of {seq} tokens")
+    pick = sorted({int(i * nw / min(n_held, nw)) for i in range(min(n_held, nw))})
+    held = torch.tensor([hid[j * seq:(j + 1) * seq] for j in pick], dtype=torch.long)
     if train.shape[0] < n:
         raise SystemExit(f"the corpus gives only {train.shape[0]} training sequences of {seq} tokens, {n} asked")
     return train, held, held.shape[0]
 
 
-def data(tokenizer, run: str, n: int, seq: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def data(tokenizer, run: str, n: int, seq: int, n_held: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train ids of ``run``, held-out code ids, held-out prose ids)."""
-    ctr, cheld, _ = split_sequences(tokenizer, code_texts(), n, seq)
-    ptr, pheld, _ = split_sequences(tokenizer, prose_texts(), n, seq)
+    ctr, cheld, _ = split_sequences(tokenizer, code_texts(), n, seq, n_held)
+    ptr, pheld, _ = split_sequences(tokenizer, prose_texts(), n, seq, n_held)
     return (ctr if run == "code" else ptr), cheld, pheld
 
 
@@ -194,7 +205,7 @@ def train(args) -> None:
     m = jetex.load(MODEL)
     hf = m.hf.to(args.device).float()
     tok = m.tokenizer
-    train_ids, held_code, held_prose = data(tok, args.run, args.n_train, args.seq)
+    train_ids, held_code, held_prose = data(tok, args.run, args.n_train, args.seq, args.n_held)
     folder = args.out / args.run
     for p in hf.parameters():
         p.requires_grad_(True)
@@ -351,7 +362,7 @@ def analyse(args) -> None:
 
     def extract(name: str) -> None:
         cli = ["ngrams", "extract", "-m", models[name], "--db", str(stores / f"{name}.duckdb"), "--limit-vocab",
-               str(args.rows), "--top", "128", "--fidelity-sample", "0", "--precision-sample", "0", "-q"]
+               str(args.rows), "--top", "128", "--fidelity-sample", "0", "--precision-sample", "0", "-q", "--score", SCORE]
         for path in args.paths:
             cli += ["--path", path]
         timed(f"extract {name}", *cli)  # resumable: runs already in the store are skipped
@@ -361,7 +372,7 @@ def analyse(args) -> None:
         if f.is_file() and f.stat().st_mtime > max((stores / f"{n}.duckdb").stat().st_mtime for n in ("base", run)):
             return json.loads(f.read_text())  # the diff of these stores is already there
         out = timed(f"diff {run} {path}", "diff", str(stores / "base.duckdb"), str(stores / f"{run}.duckdb"), "--path", path,
-                    "--top", "1000", "--changes", "50", "--json")
+                    "--top", "1000", "--changes", "50", "--json", "--score", SCORE)
         tmp = f.with_suffix(".tmp")
         tmp.write_text(out)
         os.replace(tmp, f)
@@ -462,6 +473,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--n-train", type=int, default=512, help="training sequences per corpus")
+    ap.add_argument("--n-held", type=int, default=64, help="held-out sequences per corpus (evenly spaced windows)")
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps (0: none)")
     ap.add_argument("--ckpt-every", type=int, default=5)

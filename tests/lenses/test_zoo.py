@@ -124,12 +124,21 @@ def test_tuned_lens_trains_and_resumes(tiny, tmp_path):
             raise Kill
 
     with pytest.raises(Kill):
-        fit_tuned_lens(tiny, win, steps=12, batch=2, lr=1e-2, checkpoint=ck, progress=die)
+        fit_tuned_lens(tiny, win, steps=12, batch=2, lr=1e-2, checkpoint=ck, progress=die, checkpoint_every=0)
     assert TunedLens.load(ck, tiny).steps == 5
     res = fit_tuned_lens(tiny, win, steps=12, batch=2, lr=1e-2, checkpoint=ck)
     assert res.steps == 12 and torch.equal(res.A, full.A) and torch.equal(res.b, full.b)
     back = TunedLens.load(ck, tiny)
     assert torch.equal(back.A, full.A)
+    # with a long checkpoint interval only the first step is on disk when the fit dies; the
+    # resumed fit redoes the rest and ends where the uninterrupted one does, and writes its end
+    ck2 = tmp_path / "t2.safetensors"
+    with pytest.raises(Kill):
+        fit_tuned_lens(tiny, win, steps=12, batch=2, lr=1e-2, checkpoint=ck2, progress=die, checkpoint_every=1e9)
+    assert TunedLens.load(ck2, tiny).steps == 1
+    res2 = fit_tuned_lens(tiny, win, steps=12, batch=2, lr=1e-2, checkpoint=ck2, checkpoint_every=1e9)
+    assert res2.steps == 12 and torch.equal(res2.A, full.A) and torch.equal(res2.b, full.b)
+    assert TunedLens.load(ck2, tiny).steps == 12 and torch.equal(TunedLens.load(ck2, tiny).A, full.A)
     with pytest.raises(InputError, match="batch needs"):
         fit_tuned_lens(tiny, win[:1], steps=2, batch=2)
 

@@ -172,12 +172,15 @@ def fit_tuned_lens(
     checkpoint: str | Path | None = None,
     time_budget: float | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    checkpoint_every: float = 60.0,
 ) -> TunedLens:
     """Train translators on the token ``windows`` ``[n, t]``: ``steps`` Adam steps of
     ``batch`` windows each (seeded order), minimising Σ_l mean KL(p_model ‖ p_lens,l).
 
-    ``checkpoint``: written atomically after every step (translators + Adam moments); an
-    existing one with the same model and settings is resumed. ``time_budget``: stop after
+    ``checkpoint``: written atomically (translators + Adam moments) after the first step, then
+    whenever ``checkpoint_every`` seconds have passed since the last write (0: after every
+    step), and after the last step; a fit killed in between resumes from the last write.
+    An existing checkpoint with the same model and settings is resumed. ``time_budget``: stop after
     this many seconds (the lens trained so far is returned, its ``steps`` says how far).
     """
     windows = as_tensor_ids(windows)
@@ -205,6 +208,16 @@ def fit_tuned_lens(
         opt.state[b] = {"step": state["opt_step"].clone(), "exp_avg": state["m_b"].clone(), "exp_avg_sq": state["v_b"].clone()}
     model.requires_grad_(False)
     start = time.perf_counter()
+    last_save: float | None = None
+
+    def save() -> None:
+        sa, sb = opt.state[A], opt.state[b]
+        lens.save(
+            checkpoint,  # type: ignore[arg-type]
+            {"m_A": sa["exp_avg"], "v_A": sa["exp_avg_sq"], "m_b": sb["exp_avg"], "v_b": sb["exp_avg_sq"], "opt_step": torch.as_tensor(sa["step"]).reshape(1)},
+        )
+
+    saved_at = lens.steps
     while lens.steps < steps:
         if time_budget is not None and time.perf_counter() - start >= time_budget:
             break
@@ -220,12 +233,11 @@ def fit_tuned_lens(
         lens.losses.append(float(loss.detach()))
         lens.A, lens.b = A.detach().cpu().clone(), b.detach().cpu().clone()
         lens.seconds += time.perf_counter() - t0
-        if checkpoint is not None:
-            sa, sb = opt.state[A], opt.state[b]
-            lens.save(
-                checkpoint,
-                {"m_A": sa["exp_avg"], "v_A": sa["exp_avg_sq"], "m_b": sb["exp_avg"], "v_b": sb["exp_avg_sq"], "opt_step": torch.as_tensor(sa["step"]).reshape(1)},
-            )
+        if checkpoint is not None and (last_save is None or time.perf_counter() - last_save >= checkpoint_every):
+            save()
+            last_save, saved_at = time.perf_counter(), lens.steps
         if progress is not None:
             progress(lens.steps, steps, time.perf_counter() - t0)
+    if checkpoint is not None and saved_at != lens.steps:
+        save()
     return lens
