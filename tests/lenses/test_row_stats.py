@@ -52,3 +52,45 @@ def test_logsumexp_matches_torch_and_keeps_infinities():
     assert logsumexp(x, 0, keepdim=True).shape == (1, 5000)
     d = torch.randn(3, 40, dtype=torch.float64, generator=g)
     assert torch.allclose(logsumexp(d, 0), torch.logsumexp(d, 0), rtol=1e-15)
+
+
+@pytest.mark.parametrize("pattern", ["sparse", "dense", "all_zero"])
+def test_term_row_stats_skip_zero_cells(pattern):
+    """The joint lens unembeds only cells whose term is non-zero (optimised weights are mostly
+    0); the statistics must equal those of the full [n, t, V] logits, zero rows included."""
+    from jetex.expand.numerics import unembed
+    from jetex.lenses.lens import _term_row_stats
+    from jetex.models.toy import ToyResidualNet
+
+    torch.manual_seed(1)
+    g = torch.Generator().manual_seed(1)
+    n, t, d, V = 6, 5, 8, 203
+    model = ToyResidualNet(depth=1, d=d, vocab_size=V)
+    terms = torch.randn(n, t, d, generator=g, dtype=torch.float64) * 3
+    if pattern == "sparse":
+        keep = torch.rand(n, t, generator=g) < 0.3
+        keep[:, 2] = False  # a position with no active cell
+        keep[1] = False  # a row with no active cell
+        keep[0, 0] = True
+        terms = terms * keep[..., None]
+    elif pattern == "all_zero":
+        terms = torch.zeros_like(terms)
+    q = (torch.randn(t, V, generator=g) * 4).to(model.dtype)
+    with torch.no_grad():  # as in joint_lens (the toy's weights require grad)
+        got = _term_row_stats(model, terms, q, 7)
+        ref = _row_stats(unembed(model, terms.to(model.dtype)), q, 7)
+    for key in ref:
+        assert got[key].shape == ref[key].shape and got[key].dtype == ref[key].dtype, key
+        if ref[key].dtype.is_floating_point:
+            # the non-zero rows come from a matmul with fewer rows, which may sum U·x in
+            # another order: float32 rounding of ‖x‖‖U_row‖ ≈ 1e2 at most, so 1e-5 relative
+            torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-4, msg=key)
+        elif key != "top_ids":
+            assert torch.equal(got[key], ref[key]), key
+    nz = (terms != 0).any(-1)
+    assert torch.equal(got["top_ids"][nz], ref["top_ids"][nz])
+    # zero cells: the row is exactly 0, so its lse is log V and its norm 0
+    zc = ~nz
+    if zc.any():
+        assert torch.allclose(got["lse"][zc].double(), torch.full_like(got["lse"][zc].double(), float(torch.log(torch.tensor(float(V))))))
+        assert float(got["norm"][zc].abs().max()) == 0.0
