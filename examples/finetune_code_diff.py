@@ -8,7 +8,7 @@ The paper diffs the jet bigrams of Llama-2-7B and CodeLlama and finds coding big
    (tied embedding/unembedding included), through the Hugging Face module's own forward pass.
 2. **Data every machine has**: code = the Python standard library's ``.py`` files
    (:func:`jetex.apps.corpus.stdlib_sources`, files over 40 kB skipped, shuffled with a fixed
-   seed; the first 10 % of the files are held out); prose = the sentences of the standard
+   seed; the first 10 % of the files are held out: ``--n-held`` windows evenly spaced over them); prose = the sentences of the standard
    library's docstrings (:func:`jetex.apps.corpus.sentences`, ``>>>`` examples dropped; the
    first 10 % of the docstrings held out). Both are cut into ``--seq`` token sequences; the
    code run and the prose **control run** see the same number of sequences, the same batch
