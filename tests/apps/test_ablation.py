@@ -179,7 +179,7 @@ def test_effect_size_statistics_on_known_effects():
     assert e.effect == pytest.approx(-0.625)
 
 
-@pytest.mark.parametrize("score", ["logprob", "logit", "zlogit", "pmi"])
+@pytest.mark.parametrize("score", ["logprob", "logit", "zlogit", "pmi", "zpmi"])
 def test_pattern_scores_are_the_store_scores(planted, score):
     """The ablation ranks its corpus patterns by the n-gram scores of jetex.ngrams.scores (the
     reference matrix, pmi's mean over the scored rows); the old name 'centred' is refused."""
@@ -200,6 +200,8 @@ def test_pattern_scores_are_the_store_scores(planted, score):
         lq = None
         if score == "pmi":
             lq = score_matrix("logprob", z, rows, exclude_self=excl).exp().mean(0).log()
+        if score == "zpmi":  # the mean over the scored rows of softmax(ζ), ζ the zlogit
+            lq = torch.log_softmax(score_matrix("zlogit", z, rows, exclude_self=excl), 1).exp().mean(0).log()
         want = score_matrix(score, z, rows, exclude_self=excl, logq=lq).numpy()
         got = fn(a.reshape(-1), c.reshape(-1)).reshape(a.shape)
         np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))

@@ -139,7 +139,7 @@ def test_side_by_side_rows_are_every_step_th_rank(model_a, model_b, top, step):
     assert all(row["a"] == list(x) for row, (_, x, _) in zip(d["side_by_side"], res.side_by_side) if x)
 
 
-@pytest.mark.parametrize("score", ["logit", "zlogit", "pmi"])
+@pytest.mark.parametrize("score", ["logit", "zlogit", "pmi", "zpmi"])
 def test_top_lists_by_score_match_brute_force(model_a, model_b, score):
     """Each side's top list by a score, the listed values and exact ranks, from full V × V rows."""
     from jetex.apps.tables import path_logits, path_logq
@@ -150,8 +150,11 @@ def test_top_lists_by_score_match_brute_force(model_a, model_b, score):
     for top, vals, model in ((res.top_a, res.top_a_scores, model_a), (res.top_b, res.top_b_scores, model_b)):
         V = model.vocab_size
         ids = torch.arange(V)
+        z = path_logits(model, "direct", ids)
         lq = path_logq(model, "direct") if score == "pmi" else None
-        S = score_matrix(score, path_logits(model, "direct", ids), ids, exclude_self=True, logq=lq)
+        if score == "zpmi":  # the mean z-scored output distribution, from the reference zlogit matrix
+            lq = torch.log_softmax(score_matrix("zlogit", z, ids, exclude_self=True), 1).exp().mean(0).log()
+        S = score_matrix(score, z, ids, exclude_self=True, logq=lq)
         oracle = _global_order(S)
         assert vals == pytest.approx([v for _, _, v in oracle[:40]], abs=1e-4)
         lp = full_logprobs(model)

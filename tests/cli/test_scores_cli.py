@@ -93,7 +93,7 @@ def test_refusals_are_one_line(stores, capsys, tmp_path):
     db = tmp_path / "new.duckdb"
     assert main(["ngrams", "extract", "-m", "nowhere", "--db", str(db), "--score", "bogus", "-q"]) != 0
     err = _err(capsys)
-    assert len(err) == 1 and "unknown score 'bogus'; use one of: logprob, logit, zlogit, pmi" in err[0]
+    assert len(err) == 1 and "unknown score 'bogus'; use one of: logprob, logit, zlogit, pmi, zpmi" in err[0]
     assert not db.exists()
     assert main(["ngrams", "top", "--db", str(stores["zlogit"]), "--score", "nope"]) != 0
     assert "unknown score 'nope'" in _err(capsys)[-1]
@@ -139,3 +139,114 @@ def test_export_carries_each_rows_score(stores, capsys, tmp_path):
     rid = next(iter(by_pair))[0]
     for r in top:
         assert by_pair[(rid, r["input_id"], r["output_id"])] == pytest.approx(r["score"], abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------- zpmi
+def _zpmi_brute(model, path: str):
+    """zpmi of every (a, b) in float64 from the definition, self-transitions excluded (numpy)."""
+    import numpy as np
+    import torch
+
+    from jetex.ngrams.paths import parse_path
+
+    (p,) = parse_path(model, path)
+    V = model.vocab_size
+    with torch.no_grad():
+        z = p.logits(model, torch.arange(V)).double().numpy()
+    keep = ~np.eye(V, dtype=bool)
+    n = V - 1
+    mu = np.where(keep, z, 0).sum(1, keepdims=True) / n
+    sd = np.sqrt((np.where(keep, z - mu, 0) ** 2).sum(1, keepdims=True) / n)
+    zeta = np.where(sd > 1e-12 * (1 + np.abs(mu)), (z - mu) / np.where(sd > 0, sd, 1), 0.0)
+    zeta = np.where(keep, zeta, -np.inf)
+    m = zeta.max(1, keepdims=True)
+    logsm = zeta - m - np.log(np.exp(zeta - m).sum(1, keepdims=True))
+    logqz = np.log(np.exp(logsm).mean(0))
+    return logsm - logqz[None, :]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_f32(tiny_llama_dir):
+    """The tiny Llama as the CLI loads it (float32)."""
+    import jetex
+
+    return jetex.load(tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def zpmi_store(tiny_llama_dir, tmp_path_factory):
+    db = tmp_path_factory.mktemp("zpmi") / "zpmi.duckdb"
+    assert main(["ngrams", "extract", "-m", tiny_llama_dir, "--path", "direct", "--path", "mlp:1", "--score", "zpmi",
+                 "--db", str(db), *BASE]) == 0
+    return db
+
+
+def test_zpmi_end_to_end(zpmi_store, tiny_llama_f32, capsys):
+    """`--score zpmi`: the exact global top-25 and every input's top-6 by zpmi (float64 brute
+    force over all N × V pairs), read back by `ngrams top`, with no self-transition."""
+    import numpy as np
+
+    capsys.readouterr()
+    for path in ("direct", "mlp:1"):
+        want = _zpmi_brute(tiny_llama_f32, path)
+        V = want.shape[0]
+        order = sorted(((-want[a, b], a, b) for a in range(V) for b in range(V) if a != b))[:25]
+        assert main(["ngrams", "top", "--db", str(zpmi_store), "--path", path, "-n", "25", "--score", "zpmi", "--json"]) == 0
+        got = _json(capsys)["paths"][0]
+        assert got["score"] == "zpmi" and "PMI of z-scored logits" in got["section"]
+        assert [(r["input_id"], r["output_id"]) for r in got["rows"]] == [(a, b) for _, a, b in order]
+        assert [r["score"] for r in got["rows"]] == pytest.approx([-v for v, _, _ in order], abs=1e-4)
+        # one input's next tokens, valued from the stored statistics (lse_ζ, log q_ζ)
+        a = order[0][1]
+        assert main(["ngrams", "top", "--db", str(zpmi_store), "--path", path, "--token", f"#{a}", "-n", "6", "--json"]) == 0
+        rows = _json(capsys)["paths"][0]["rows"]
+        best = sorted((b for b in range(V) if b != a), key=lambda b: (-want[a, b], b))[:6]
+        assert [r["output_id"] for r in rows] == best
+        assert [r["score"] for r in rows] == pytest.approx([want[a, b] for b in best], abs=1e-4)
+        with NgramStore(zpmi_store, read_only=True) as s:
+            run = [r for r in s.runs() if r["path"] == path][0]
+            per_row = {}
+            for r in s.ngrams(run["run_id"]):
+                per_row.setdefault(r["input_id"], []).append((r["rank"], r["output_id"]))
+            for i in range(V):
+                top6 = sorted((b for b in range(V) if b != i), key=lambda b: (-want[i, b], b))[:6]
+                assert [o for _, o in sorted(per_row[i])] == top6, (path, i)
+    # the export carries each zpmi row's value
+    import pyarrow.parquet as pq
+
+    out = zpmi_store.parent / "z.parquet"
+    assert main(["ngrams", "export", "--db", str(zpmi_store), "--parquet", str(out)]) == 0
+    t = [r for r in pq.read_table(out).to_pylist() if r["path"] == "direct"]
+    want = _zpmi_brute(tiny_llama_f32, "direct")
+    assert {r["score_name"] for r in t} == {"zpmi"}
+    np.testing.assert_allclose([r["score"] for r in t], [want[r["input_id"], r["output_id"]] for r in t], atol=1e-4)
+
+
+def test_zpmi_refusals_are_one_line(zpmi_store, stores, capsys, tmp_path):
+    """zpmi ranks rows in its own order: a z-family run cannot be read or re-scored as zpmi, nor a
+    zpmi run as pmi or zlogit; each is one line, non-zero exit, nothing written."""
+    capsys.readouterr()
+    cases = [(stores["zlogit"], "zpmi", "top"), (stores["zlogit"], "zpmi", "rescore"), (zpmi_store, "pmi", "top"),
+             (zpmi_store, "zlogit", "rescore"), (zpmi_store, "logprob", "top")]
+    for src, score, cmd in cases:
+        db = tmp_path / f"{cmd}-{score}.duckdb"
+        db.write_bytes(src.read_bytes())
+        before = dump(db)
+        args = ["ngrams", cmd, "--db", str(db), "--path", "direct", "--score", score]
+        assert main(args) != 0, args
+        err = _err(capsys)
+        assert len(err) == 1 and "orders them differently" in err[0] and f"--score {score}`" in err[0], err
+        assert dump(db) == before
+    # an unknown name lists zpmi
+    assert main(["ngrams", "top", "--db", str(zpmi_store), "--score", "zpmi2"]) != 0
+    err = _err(capsys)
+    assert len(err) == 1 and "unknown score 'zpmi2'; use one of: logprob, logit, zlogit, pmi, zpmi" in err[0]
+    # a zpmi store made without lse_ζ (an older file): one line naming what is missing
+    old = tmp_path / "old.duckdb"
+    old.write_bytes(zpmi_store.read_bytes())
+    con = duckdb.connect(str(old))
+    con.execute("ALTER TABLE input_stats DROP COLUMN lse_z")
+    con.close()
+    assert main(["ngrams", "top", "--db", str(old), "--path", "direct", "--token", "#3", "--score", "zpmi"]) != 0
+    err = _err(capsys)
+    assert len(err) == 1 and "z-scored log-sum-exp" in err[0] and "re-extract" in err[0], err

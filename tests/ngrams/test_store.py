@@ -263,3 +263,84 @@ def test_export_parquet(tiny_llama, tmp_path):
     assert set(t.column("path").to_pylist()) == {"direct", "mlp:1", "attn:0.2"}
     with NgramStore(db, read_only=True) as s, pytest.raises(StoreError, match="does not exist"):
         s.export_parquet(tmp_path / "nope" / "x.parquet")
+
+
+# ---------------------------------------------------------------------------------------- zpmi
+ZKW = dict(top_k=4, global_top=30, batch_size=8, fidelity_sample=0, progress=False, score="zpmi")
+
+
+@pytest.fixture(scope="module")
+def zpmi_db(tiny_llama, tmp_path_factory):
+    """An uninterrupted zpmi extraction of two bigram paths."""
+    db = tmp_path_factory.mktemp("zpmi") / "z.duckdb"
+    extract_ngrams(tiny_llama, ["direct", "mlp:1"], db=db, **ZKW)
+    return db
+
+
+def test_zpmi_store_matches_the_engine(tiny_llama, zpmi_db):
+    """A zpmi run keeps its rows, its exact global top, lse_ζ per input and log q_ζ per output;
+    the stored values re-read under zpmi equal the engine's."""
+    with NgramStore(zpmi_db, read_only=True) as s:
+        for path in ("direct", "mlp:1"):
+            (p,) = parse_path(tiny_llama, path)
+            t = bigram_table(tiny_llama, p, top_k=4, global_top=30, batch_size=8, exclude_self=True, score="zpmi")
+            run = [r for r in s.runs() if r["path"] == path][0]
+            assert s.run_score(run) == "zpmi" and run["status"] == "done"
+            rows = sorted(s.ngrams(run["run_id"]), key=lambda r: (r["input_id"], r["rank"]))
+            np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
+            st = s.input_stats(run["run_id"])
+            np.testing.assert_allclose(st["lse_z"], t.lse_z, rtol=1e-6)
+            np.testing.assert_allclose(s.logq(run["run_id"]), t.logq, rtol=1e-12, atol=1e-12)
+            pairs = s.top_pairs(run["run_id"], 30)
+            assert [(q["input_id"], q["output_id"]) for q in pairs] == list(zip(t.global_top.input_ids.tolist(),
+                                                                              t.global_top.output_ids.tolist()))
+            np.testing.assert_allclose([q["score"] for q in pairs], t.global_top.scores, rtol=1e-6)
+            # the stored statistics give back the ranked values
+            vals = s.entry_scores(run, "zpmi", [r["input_id"] for r in rows], [r["output_id"] for r in rows],
+                                  [r["logit"] for r in rows])
+            np.testing.assert_allclose(vals.reshape(-1, 4), t.top_scores, rtol=1e-5, atol=1e-5)
+            assert all(q["input_id"] != q["output_id"] for q in pairs)
+
+
+def test_zpmi_resumes_after_its_first_pass(tiny_llama, tmp_path, monkeypatch, zpmi_db):
+    """Killed during the ranking pass, a zpmi run keeps its committed log q_ζ (not recomputed)
+    and resumes to the same tables as an uninterrupted run."""
+    import jetex.ngrams.extract as ex
+
+    db = tmp_path / "z.duckdb"
+    with monkeypatch.context() as mp:
+        _fail_after(mp, "write_bigram_batch", 5, KeyboardInterrupt())
+        with pytest.raises(KeyboardInterrupt):
+            extract_ngrams(tiny_llama, ["direct", "mlp:1"], db=db, **ZKW)
+    with NgramStore(db, read_only=True) as s:
+        assert s.logq(1) is not None and 0 < len(s.done_batches(1)) < 10
+    calls = []
+    orig = ex.column_logq
+    monkeypatch.setattr(ex, "column_logq", lambda *a, **k: calls.append(k.get("score")) or orig(*a, **k))
+    res = extract_ngrams(tiny_llama, ["direct", "mlp:1"], db=db, **ZKW)
+    assert res[0].resumed_batches == 5 and calls == ["zpmi"]  # only mlp:1's first pass ran
+    assert dump(db) == dump(zpmi_db)
+
+
+def test_store_without_lse_z_reads_and_migrates(tiny_llama, tmp_path, zpmi_db):
+    """A store made before lse_ζ existed (no input_stats.lse_z column): read-only it reads (NULL
+    lse_z), a zpmi read that needs lse_ζ is one InputError line; opened for writing, it gains the
+    column and takes new runs."""
+    from jetex.errors import InputError
+
+    old = tmp_path / "old.duckdb"
+    shutil.copy(zpmi_db, old)
+    con = duckdb.connect(str(old))
+    con.execute("ALTER TABLE input_stats DROP COLUMN lse_z")
+    con.close()
+    with NgramStore(old, read_only=True) as s:
+        run = s.runs()[0]
+        assert np.isnan(s.input_stats(run["run_id"])["lse_z"]).all()
+        with pytest.raises(InputError, match=r"was made without the per-input z-scored log-sum-exp .* re-extract") as e:
+            s.entry_scores(run, "zpmi", [1], [2], [0.0])
+        assert "\n" not in str(e.value)
+        assert len(s.top_pairs(run["run_id"], 5)) == 5  # its stored global top still reads
+    extract_ngrams(tiny_llama, ["direct"], db=old, **{**ZKW, "score": "zlogit"})
+    with NgramStore(old, read_only=True) as s:
+        assert s._has_column("input_stats", "lse_z")
+        assert [s.run_score(r) for r in s.runs()] == ["zpmi", "zpmi", "zlogit"]

@@ -321,9 +321,10 @@ def _chunks(n: int, size: int):
 def mlp_pattern_scores(model: ResidualModel, layer: int, rows: Int[Tensor, "r"], score: str | None = None,
                        batch: int = 256) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """Score of bigrams (a, b) on the ``mlp:layer`` path, for a in ``rows``, under one of the
-    n-gram scores of :mod:`jetex.ngrams.scores` (``logprob``, ``logit``, ``zlogit``, ``pmi``;
-    default :data:`~jetex.ngrams.scores.DEFAULT_SCORE`), self-transitions excluded (−inf);
-    ``pmi``'s mean output distribution is the mean over ``rows``."""
+    n-gram scores of :mod:`jetex.ngrams.scores` (``logprob``, ``logit``, ``zlogit``, ``pmi``,
+    ``zpmi``; default :data:`~jetex.ngrams.scores.DEFAULT_SCORE`), self-transitions excluded
+    (−inf); the mean output distribution of ``pmi`` (of ``zpmi``: the mean z-scored one) is the
+    mean over ``rows``."""
     from jetex.apps.tables import bigram_path
 
     return _table_scores(model, lambda ids: bigram_path(model, f"mlp:{layer}").logits(model, ids, 0), rows, score,
@@ -347,7 +348,7 @@ def head_pattern_scores(model: ResidualModel, layer: int, head: int, rows: Int[T
 
 def _table_scores(model: ResidualModel, logits_of: Callable[[Tensor], Tensor], rows: Tensor, score: str | None, batch: int,
                   exclude_self: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_rows
+    from jetex.ngrams.scores import COLUMN_SCORES, DEFAULT_SCORE, check_score, column_logprobs, score_rows
 
     sc = check_score(DEFAULT_SCORE if score is None else score)
     rows = rows.long()
@@ -355,13 +356,13 @@ def _table_scores(model: ResidualModel, logits_of: Callable[[Tensor], Tensor], r
     row_of = torch.full((V,), -1, dtype=torch.long)
     row_of[rows] = torch.arange(R)
     log_mean = None
-    if sc == "pmi":  # pass 1: log mean_{a'} P(b|a')
+    if sc in COLUMN_SCORES:  # pass 1: log mean_{a'} P(b|a') (zpmi: of softmax(ζ(a', ·))(b))
         acc = torch.zeros(V, dtype=torch.float64)
         with torch.no_grad():
             for sl in _chunks(R, batch):
                 ids = rows[sl]
                 z = logits_of(ids.to(model.device)).float().cpu()
-                acc += score_rows("logprob", z, ids, exclude_self=exclude_self)[0].double().exp().sum(0)
+                acc += column_logprobs(sc, z, ids, exclude_self=exclude_self).double().exp().sum(0)
         log_mean = (acc / R).log()
 
     def fn(a: np.ndarray, c: np.ndarray) -> np.ndarray:

@@ -274,7 +274,7 @@ def diff_bigrams(
     ``score``: what ranks the bigrams (default: the measured default; stored tables carry
     their own and must agree).
     """
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+    from jetex.ngrams.scores import COLUMN_SCORES, DEFAULT_SCORE, check_score
 
     sc = check_score(DEFAULT_SCORE if score is None else score)
     for name, v in (("top", top), ("k", k), ("step", step)):
@@ -291,9 +291,10 @@ def diff_bigrams(
         V = a.vocab_size
         if k > V - int(exclude_self):
             raise InputError(f"k = {k} is larger than the vocabulary ({V} tokens)")
-        if sc == "pmi":
-            la = path_logq(a, path, order=order, exclude_self=exclude_self, batch_size=batch_size)
-            logqs = (la, la if b is a else path_logq(b, path, order=order, exclude_self=exclude_self, batch_size=batch_size))
+        if sc in COLUMN_SCORES:
+            la = path_logq(a, path, order=order, exclude_self=exclude_self, batch_size=batch_size, score=sc)
+            logqs = (la, la if b is a else path_logq(b, path, order=order, exclude_self=exclude_self, batch_size=batch_size,
+                                                     score=sc))
         ta, tb, inc, dec = _joint_pass(a, b, path, k, n_changes, exclude_self, order, batch_size, sc, logqs)
     else:
         assert isinstance(a, TopKTable) and isinstance(b, TopKTable)

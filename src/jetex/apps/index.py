@@ -215,10 +215,10 @@ def knowledge_index(
     index_cross = float(M.masked_fill(same, 0.0).sum()) / n
     # contributions
     strings = dict(zip(kt.ids.tolist(), model.token_strings(kt.ids)))
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+    from jetex.ngrams.scores import COLUMN_SCORES, DEFAULT_SCORE, check_score
 
     sc = check_score(DEFAULT_SCORE if score is None else score)
-    logq = path_logq(model, path, order=order, exclude_self=exclude_self) if sc == "pmi" else None
+    logq = path_logq(model, path, order=order, exclude_self=exclude_self, score=sc) if sc in COLUMN_SCORES else None
     S = torch.cat([row_scores(model, path, kt.ids[i : i + 256], sc, order=order, exclude_self=exclude_self, logq=logq)[0]
                    [:, kt.ids].double() for i in range(0, n, 256)])
     S = S.masked_fill(M <= 0, float("-inf"))  # self pairs (excluded) and pairs of no mass are not listed

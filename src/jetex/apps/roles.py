@@ -150,7 +150,7 @@ def mlp_bigrams(
     """(top, added) bigrams (a, b, log P_mlp, log P_direct) of the MLP of ``layer`` (module doc);
     ``top`` is ranked by ``score``."""
     from jetex.ngrams.engine import column_logq
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_rows
+    from jetex.ngrams.scores import COLUMN_SCORES, DEFAULT_SCORE, check_score, score_rows
 
     sc = check_score(DEFAULT_SCORE if score is None else score)
     V = model.vocab_size
@@ -167,7 +167,7 @@ def mlp_bigrams(
     top_b: list[Tensor] = []
     top_lp: list[Tensor] = []
     arg_b, arg_lp = [], []
-    logq = column_logq(model, p, exclude_self=True, limit_vocab=n_in).cpu() if sc == "pmi" else None
+    logq = column_logq(model, p, exclude_self=True, limit_vocab=n_in, score=sc).cpu() if sc in COLUMN_SCORES else None
     with torch.no_grad():
         for s in range(0, n_in, bs):
             ids = rows[s : s + bs]

@@ -22,9 +22,10 @@ is ever held. This module keeps, per input token, the K most probable outputs
 
 Scores (:mod:`jetex.ngrams.scores`): every ranking here is by a score of (a, b), ``score``:
 ``logprob`` (log P_p(b | a)), ``logit`` (the logit centred per input row), ``zlogit`` (the
-centred logit over the row's spread) or ``pmi`` (log P_p(b | a) − log q_p(b), q_p the path's
+centred logit over the row's spread), ``pmi`` (log P_p(b | a) − log q_p(b), q_p the path's
 mean output distribution over all input tokens, :func:`path_logq`: one more pass over the
-vocabulary). The default is :data:`~jetex.ngrams.scores.DEFAULT_SCORE`, chosen by measurement
+vocabulary) or ``zpmi`` (pmi of the z-scored logits, against their mean softmax q_ζ, also
+:func:`path_logq`). The default is :data:`~jetex.ngrams.scores.DEFAULT_SCORE`, chosen by measurement
 (``docs/ngram_scores.md``). :class:`TopKTable` keeps both the score (``values``) and log P
 (``logp``) of its kept entries.
 
@@ -79,15 +80,18 @@ def path_logits(model: ResidualModel, path: str | Any, ids: Int[Tensor, "b"], or
 
 
 def path_logq(
-    model: ResidualModel, path: str | Any, *, order: int = 0, exclude_self: bool = True, batch_size: int | None = None
+    model: ResidualModel, path: str | Any, *, order: int = 0, exclude_self: bool = True, batch_size: int | None = None,
+    score: str = "pmi",
 ) -> Float[Tensor, "v"]:
     """log q_p(b) ``[V]`` (float64): the path's mean output distribution over every input token,
     q_p(b) = (1/V) Σ_a P_p(b | a) (self-transitions excluded and renormalised with
-    ``exclude_self``), one streamed pass (:func:`jetex.ngrams.engine.column_logq`)."""
+    ``exclude_self``), one streamed pass (:func:`jetex.ngrams.engine.column_logq`); with
+    ``score="zpmi"`` the mean z-scored distribution q_ζ(b) = (1/V) Σ_a softmax(ζ(a, ·))(b) that
+    zpmi needs."""
     from jetex.ngrams.engine import column_logq
 
     p = bigram_path(model, path) if isinstance(path, str) else path
-    return column_logq(model, p, order=order, exclude_self=exclude_self, batch_size=batch_size).cpu()
+    return column_logq(model, p, order=order, exclude_self=exclude_self, batch_size=batch_size, score=score).cpu()
 
 
 def row_scores(
@@ -101,7 +105,8 @@ def row_scores(
     logq: Float[Tensor, "v"] | None = None,
 ) -> tuple[Float[Tensor, "b v"], Float[Tensor, "b v"]]:
     """(score ``[B, V]``, log P_p(· | a) ``[B, V]``) for input tokens ``ids``, on the CPU; an
-    excluded self-transition is −inf in both. ``pmi`` needs ``logq`` (:func:`path_logq`)."""
+    excluded self-transition is −inf in both. ``pmi`` and ``zpmi`` need ``logq``
+    (:func:`path_logq` with that score)."""
     from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_rows
 
     sc = check_score(DEFAULT_SCORE if score is None else score)
@@ -134,13 +139,13 @@ def iter_scores(
 ) -> Iterator[tuple[Int[Tensor, "b"], Float[Tensor, "b v"], Float[Tensor, "b v"]]]:
     """Stream (input ids ``[B]``, score ``[B, V]``, log P ``[B, V]``) over ``rows`` (default:
     the whole vocabulary); self-transitions −inf with ``exclude_self``."""
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_rows
+    from jetex.ngrams.scores import COLUMN_SCORES, DEFAULT_SCORE, check_score, missing_columns, score_rows
 
     sc = check_score(DEFAULT_SCORE if score is None else score)
     V = model.vocab_size
     p = bigram_path(model, path)
-    if sc == "pmi" and logq is None:
-        raise InputError("score 'pmi' needs the path's mean output distribution (path_logq)")
+    if sc in COLUMN_SCORES and logq is None:
+        raise InputError(f"score {sc!r} needs {missing_columns(sc)} (path_logq)")
     rows = torch.arange(V) if rows is None else rows.reshape(-1).long().cpu()
     if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= V):
         raise InputError(f"token ids must be in 0..{V - 1}")
@@ -295,8 +300,9 @@ def topk_table(
     logq: Float[Tensor, "v"] | None = None,
 ) -> TopKTable:
     """The per-input top-``k`` of ``path`` by ``score`` over all input tokens (or ``rows``),
-    streamed (``pmi`` computes the path's mean output distribution first unless ``logq`` is given)."""
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+    streamed (``pmi`` / ``zpmi`` compute the path's mean (z-scored) output distribution first
+    unless ``logq`` is given)."""
+    from jetex.ngrams.scores import COLUMN_SCORES, DEFAULT_SCORE, check_score
 
     sc = check_score(DEFAULT_SCORE if score is None else score)
     V = model.vocab_size
@@ -304,8 +310,8 @@ def topk_table(
         raise InputError(f"k must be a positive integer, got {k!r}")
     if k > V - int(exclude_self):
         raise InputError(f"k = {k} is larger than the vocabulary ({V} tokens)")
-    if sc == "pmi" and logq is None:
-        logq = path_logq(model, path, order=order, exclude_self=exclude_self)
+    if sc in COLUMN_SCORES and logq is None:
+        logq = path_logq(model, path, order=order, exclude_self=exclude_self, score=sc)
     ins, outs, vals, lps = [], [], [], []
     for ids, v_all, lp_all in iter_scores(model, path, rows, score=sc, order=order, exclude_self=exclude_self, logq=logq,
                                           batch_size=batch_size):
@@ -360,10 +366,12 @@ def table_from_store(db: str | Path, path: str = "direct", order: int = 0, score
     preferring a run ranked by ``score``: its exact global top-N (``top_pairs``) is kept as
     :attr:`TopKTable.known_top`. A run ranked by another score of the same row order is
     re-scored from the stored statistics (no model); a store that cannot give ``score`` is
-    refused with one line (:class:`~jetex.errors.StoreError`).
+    refused with one line (:class:`~jetex.errors.StoreError`). With ``score=None``, a run that
+    cannot give the default (one ranked in another row order, e.g. made under an earlier
+    default) is read under its own score instead.
     """
     from jetex.errors import StoreError
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, score_values
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score, row_family
     from jetex.ngrams.store import NgramStore
 
     sc = check_score(DEFAULT_SCORE if score is None else score)
@@ -378,6 +386,8 @@ def table_from_store(db: str | Path, path: str = "direct", order: int = 0, score
             )
         same = [r for r in runs if store.run_score(r) == sc]
         run = same[-1] if same else runs[-1]
+        if score is None and not same and row_family(store.run_score(run)) != row_family(sc):
+            sc, same = store.run_score(run), [run]  # no score asked: the run's own
         store.check_rescorable(run, sc)
         rid, K = int(run["run_id"]), int(run["top_k"])
         try:
@@ -398,11 +408,7 @@ def table_from_store(db: str | Path, path: str = "direct", order: int = 0, score
         n = len(cols["input_id"]) // K
         if n * K != len(cols["input_id"]):
             raise StoreError(f"{db}: run {rid} of {path} is incomplete (rows are not a whole top-{K} per input)")
-        st = store.input_stats(rid)
-        pos = np.searchsorted(st["input_id"], cols["input_id"])
-        lq = store.logq(rid)
-        vals = score_values(sc, cols["logit"], st["lse"][pos], st["mean_logit"][pos], st["std_logit"][pos],
-                            None if lq is None else lq[cols["output_id"]])
+        vals = store.entry_scores(run, sc, cols["input_id"], cols["output_id"], cols["logit"])
         inputs = torch.as_tensor(cols["input_id"].reshape(n, K)[:, 0].astype("int64"))
         return TopKTable(
             inputs=inputs,

@@ -35,7 +35,8 @@ def _attention_layer(m, spec: str) -> int:
 
 
 SCORE_HELP = ("How bigrams are ranked: logprob (log P(b|a)), logit (logit centred per input), zlogit (centred logit / "
-              "its row's spread), pmi (log P(b|a) − log mean_a' P(b|a')). Default: the measured default (docs/ngram_scores.md).")
+              "its row's spread), pmi (log P(b|a) − log mean_a' P(b|a')), zpmi (pmi of the z-scored logits: "
+              "log softmax(zlogit)(b) − log its mean over inputs). Default: the measured default (docs/ngram_scores.md).")
 
 
 def _score(score: str | None) -> str:
@@ -241,7 +242,7 @@ def register(group: click.Group) -> None:
 
         if changes < 0:
             raise InputError("--changes must be >= 0")
-        score = _score(score)
+        asked, score = score, _score(score)
         sa, sb = _is_store(a), _is_store(b)
         if sa != sb:
             raise InputError("give two models or two n-gram databases, not one of each")
@@ -250,7 +251,8 @@ def register(group: click.Group) -> None:
 
             if keep_self:
                 raise InputError("--keep-self does not apply to databases (their runs fix it)")
-            ta, tb = table_from_store(a, path, score=score), table_from_store(b, path, score=score)
+            # no --score: each store's run is read under the default, or under its own score when it cannot give it
+            ta, tb = table_from_store(a, path, score=asked), table_from_store(b, path, score=asked)
             check_same_tokenizer(ta, tb, "diff")
             if ta.exclude_self != tb.exclude_self:
                 raise InputError(f"the databases differ in self-transition handling (exclude_self {ta.exclude_self} vs {tb.exclude_self})")

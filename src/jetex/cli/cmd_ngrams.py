@@ -26,7 +26,8 @@ def _show(s: object) -> str:
 
 
 SCORE_HELP = ("How bigrams are ranked: logprob (log P(b|a)), logit (logit centred per input), zlogit (centred logit / "
-              "its row's spread), pmi (log P(b|a) − log mean_a' P(b|a')). Default: the measured default, "
+              "its row's spread), pmi (log P(b|a) − log mean_a' P(b|a')), zpmi (pmi of the z-scored logits: "
+              "log softmax(zlogit)(b) − log its mean over inputs). Default: the measured default, "
               "see docs/ngram_scores.md.")
 
 
@@ -180,17 +181,16 @@ def register(group: click.Group) -> None:
     @click.option("-n", "n", type=int, default=20, show_default=True, help="Rows per path.")
     @click.option("--run", "run_id", type=int, default=None, help="A run id (default: the latest run of each path).")
     @click.option("--score", "score", default=None, help=SCORE_HELP + " A run ranked by another score of the same row "
-                  "order (logprob, logit, zlogit) is re-scored from the stored statistics; pmi needs its own extraction.")
+                  "order (logprob, logit, zlogit) is re-scored from the stored statistics; pmi and zpmi need their own extraction. "
+                  "Without --score, a run that cannot give the default is shown by its own score.")
     def top(as_json, db, path, token, n, run_id, score) -> None:
         """Show the top bigrams (global, or of one input token) and top trigrams per head."""
         from jetex.ngrams.store import NgramStore
 
         if n < 1:
             raise InputError(f"-n must be a positive integer, got {n}")
-        score = _score_default(score)
-        import numpy as np
-
-        from jetex.ngrams.scores import score_label, score_values
+        asked, score = score, _score_default(score)
+        from jetex.ngrams.scores import row_family, score_label
 
         with NgramStore(db, read_only=True) as store:
             runs = _pick_runs(store, path, run_id, score)
@@ -205,20 +205,21 @@ def register(group: click.Group) -> None:
             out = []
             for run in runs:
                 fid = store.fidelity(run["run_id"])
+                score = _score_default(asked)
+                if asked is None and run["kind"] == "bigram" and row_family(store.run_score(run)) != row_family(score):
+                    score = store.run_score(run)  # no --score: a run that cannot give the default shows its own
                 if run["kind"] == "trigram":
                     rows = store.ngrams(run["run_id"], n=n)
                     section = "top trigrams (a … b → c)"
                 elif token_ids:
-                    store.check_rescorable(run, score)
+                    store.check_readable(run, score)
                     rows = []
-                    st = store.input_stats(run["run_id"])
-                    lq = store.logq(run["run_id"])
                     for tid, _ in token_ids:
                         got = store.ngrams(run["run_id"], input_id=tid, n=n)
-                        i = int(np.searchsorted(st["input_id"], tid))
-                        for r in got:
-                            r["score"] = float(score_values(score, r["logit"], st["lse"][i], st["mean_logit"][i],
-                                                            st["std_logit"][i], None if lq is None else lq[r["output_id"]]))
+                        vals = store.entry_scores(run, score, [r["input_id"] for r in got], [r["output_id"] for r in got],
+                                                  [r["logit"] for r in got])
+                        for r, v in zip(got, vals.tolist()):
+                            r["score"] = float(v)
                         rows += got
                     section = "next tokens of " + ", ".join(f"{_show(s)!r} (#{i})" for i, s in token_ids)
                 else:

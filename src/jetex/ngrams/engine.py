@@ -92,8 +92,9 @@ class BigramBatch:
     ``self_top1 [B]`` (t is the full argmax), ``candidates`` for the global top-N;
     ``mean_logit / std_logit [B]`` (μ, σ of the row over its candidates,
     :mod:`jetex.ngrams.scores`), ``col_lse [V]`` (log Σ_{t in batch} P(c | t), for the mean
-    output distribution; None when not accumulated), ``top_scores [B, K]`` (the run's score of
-    the top-K; the top-K is ranked by it).
+    output distribution — or, for the ``zpmi`` column pass, log Σ_t softmax(ζ(t, ·))(c); None
+    when not accumulated), ``top_scores [B, K]`` (the run's score of the top-K; the top-K is
+    ranked by it), ``lse_z [B]`` (lse_ζ of each row: ``zpmi`` runs and the zpmi column pass only).
     """
 
     batch_index: int
@@ -111,6 +112,7 @@ class BigramBatch:
     col_lse: np.ndarray | None = None
     top_scores: np.ndarray | None = None
     score: str = "logprob"
+    lse_z: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         B = len(self.input_ids)
@@ -120,7 +122,7 @@ class BigramBatch:
         for f in ("top_ids", "top_logits", "top_logprobs", "top_scores"):
             if getattr(self, f).shape != (B, K):
                 raise ValueError(f"BigramBatch.{f} must have shape [{B}, K]")
-        for f in ("lse", "self_logit", "self_logprob", "self_top1", "mean_logit", "std_logit"):
+        for f in ("lse", "self_logit", "self_logprob", "self_top1", "mean_logit", "std_logit", "lse_z"):
             v = getattr(self, f)
             if v is not None and v.shape != (B,):
                 raise ValueError(f"BigramBatch.{f} must have shape [{B}]")
@@ -131,7 +133,8 @@ class BigramTable:
     """A whole bigram path in memory: per-input top-K ``[N, K]`` plus per-input stats ``[N]``
     and the global top-N pairs (see :class:`BigramBatch` for the fields). ``score`` ranks the
     rows and the global top; ``top_scores [N, K]`` are its values; ``logq [V]`` is the log mean
-    output distribution (None when not accumulated)."""
+    output distribution (None when not accumulated) — for ``zpmi`` the mean z-scored one, log q_ζ;
+    ``lse_z [N]``: lse_ζ per input (``zpmi`` only)."""
 
     path: str
     order: int
@@ -149,6 +152,7 @@ class BigramTable:
     mean_logit: np.ndarray | None = None
     std_logit: np.ndarray | None = None
     logq: np.ndarray | None = None
+    lse_z: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         N = len(self.input_ids)
@@ -158,7 +162,7 @@ class BigramTable:
         for f in ("top_ids", "top_logits", "top_logprobs", "top_scores"):
             if getattr(self, f).shape != (N, K):
                 raise ValueError(f"BigramTable.{f} must have shape [{N}, {K}]")
-        for f in ("lse", "self_logprob", "self_top1", "mean_logit", "std_logit"):
+        for f in ("lse", "self_logprob", "self_top1", "mean_logit", "std_logit", "lse_z"):
             v = getattr(self, f)
             if v is not None and v.shape != (N,):
                 raise ValueError(f"BigramTable.{f} must have shape [{N}]")
@@ -257,6 +261,7 @@ def iter_bigram_batches(
     score: str = "logprob",
     logq: Tensor | np.ndarray | None = None,
     column_stats: bool = False,
+    column_of: str = "pmi",
 ) -> Iterator[BigramBatch]:
     """Evaluate ``path`` on every input token, batch after batch (see the module docstring).
 
@@ -264,17 +269,21 @@ def iter_bigram_batches(
     (resuming); ``seen`` holds global candidates already known (from committed batches) so
     the deep top-N threshold θ starts where it was. ``score`` (:mod:`jetex.ngrams.scores`)
     ranks the per-row top-K and the global candidates; ``pmi`` needs ``logq`` ``[V]``, the
-    path's log mean output distribution (:func:`column_logq`). Every batch carries its rows'
-    statistics (lse, μ, σ: what re-scoring into another score of the same row order needs).
-    ``column_stats``: also return each batch's column log-sums (``col_lse``) from which the
-    mean output distribution is assembled — only ``pmi`` needs it, and it costs a fifth of
-    the matmul, so it is off by default and computed by :func:`column_logq`'s own pass.
+    path's log mean output distribution, and ``zpmi`` its log mean z-scored output
+    distribution log q_ζ (:func:`column_logq` with that score). Every batch carries its rows'
+    statistics (lse, μ, σ: what re-scoring into another score of the same row order needs;
+    ``zpmi`` also lse_ζ). ``column_stats``: also return each batch's column log-sums
+    (``col_lse``) from which the column distribution of ``column_of`` is assembled (``pmi``:
+    q, ``zpmi``: q_ζ) — only those scores need it, and it costs a fifth of the matmul, so it
+    is off by default and computed by :func:`column_logq`'s own pass.
     """
-    from jetex.ngrams.scores import check_score
+    from jetex.ngrams.scores import COLUMN_SCORES, check_score, missing_columns
 
     score = check_score(score)
-    if score == "pmi" and logq is None:
-        raise InputError("score 'pmi' needs the path's mean output distribution (log q); compute it first")
+    if score in COLUMN_SCORES and logq is None:
+        raise InputError(f"score {score!r} needs {missing_columns(score)}; compute it first")
+    if check_score(column_of) not in COLUMN_SCORES:
+        raise ValueError(f"column_of must be one of {COLUMN_SCORES}, got {column_of!r}")
     n_out = model.vocab_size - (1 if exclude_self else 0)
     K = check_top_k(top_k, n_out)
     N = input_count(model, limit_vocab)
@@ -320,7 +329,7 @@ def iter_bigram_batches(
                     out.add_(bias)
                 batch = _post(out, ids, bi, K, G, exclude_self, best.threshold(G) if G else float("inf"),
                               None if scratch is None else scratch[:b], score=score, logq=lq,
-                              column_stats=column_stats)
+                              column_stats=column_stats, column_of=column_of)
                 if G:
                     best = best.merged(batch.candidates, G)
                 yield batch
@@ -344,6 +353,7 @@ def _post(
     score: str = "logprob",
     logq: Tensor | None = None,
     column_stats: bool = False,
+    column_of: str = "pmi",
 ) -> BigramBatch:
     """Top-K, log-sum-exp, row and column statistics, self statistics and global candidates of
     one batch of logits.
@@ -353,9 +363,11 @@ def _post(
     overwritten, which is fine without a deeper global top-G or column statistics).
 
     Ranking key per row: z itself for logprob / logit / zlogit (each an increasing function
-    of z within a row), z − log q for pmi; the score of an entry is then key − shift(a)
-    (shift = lse, μ; zlogit also divides by σ)."""
-    from jetex.ngrams.scores import FLAT, row_moments, zero_finite
+    of z within a row), z − log q for pmi, ζ − log q_ζ for zpmi (ζ = (z − μ)/σ); the score of
+    an entry is then key − shift(a) (shift = lse, μ, lse_ζ; zlogit also divides by σ).
+    ``column_of``: which column distribution ``column_stats`` accumulates (pmi: of P, zpmi:
+    of softmax(ζ))."""
+    from jetex.ngrams.scores import FLAT, zero_finite, row_moments, zeta_lse, zeta_rows
 
     b = z.shape[0]
     rows = torch.arange(b, device=z.device)
@@ -364,14 +376,30 @@ def _post(
     if exclude_self:
         z[rows, ids] = float("-inf")
     chunks = RowChunks.of(z)
-    zvals, zidx = stable_topk(z, K if score != "pmi" else 1, chunks)
+    reranks = score in ("pmi", "zpmi")
+    zvals, zidx = stable_topk(z, K if not reranks else 1, chunks)
     m = zvals[:, :1]
     # log-sum-exp (jetex.ngrams.topk.sum_exp: chunks far below the max skipped, exp floored;
     # an excluded self-transition, now −inf, adds at most 1.6e−38 to a sum ≥ 1); z stays intact
     lse = m[:, 0] + torch.log(sum_exp(z, m[:, 0], chunks, out=scratch))
-    if score == "pmi":
+    self_ids = ids if exclude_self else None
+    lse_z = None
+    if score == "zpmi" or (column_stats and column_of == "zpmi"):
+        assert scratch is not None
+        # lse_ζ: ζ is O(1–10) (unit spread), its floored log-sum-exp is exact to float32
+        lse_z = zeta_lse(zeta_rows(z, mean, std, self_ids, out=scratch), out=scratch)
+
+    def build_key() -> Tensor:
+        """The ranking key, in scratch for the re-ranking scores (z itself otherwise)."""
+        if score == "pmi":
+            return torch.sub(z, logq[None, :], out=scratch)  # type: ignore[index]  # −inf stays −inf
+        if score == "zpmi":
+            return zeta_rows(z, mean, std, self_ids, out=scratch).sub_(logq[None, :])  # type: ignore[index]
+        return z
+
+    if reranks:
         assert logq is not None and scratch is not None
-        key = torch.sub(z, logq[None, :], out=scratch)  # −inf stays −inf
+        key = build_key()
         kvals, idx = stable_topk(key, K)
         vals = z.gather(1, idx)
     else:
@@ -383,6 +411,8 @@ def _post(
         sel = (lambda t: t) if r is None else (lambda t: t[r])  # noqa: E731
         if score in ("logprob", "pmi"):
             return kv - sel(lse)[:, None]
+        if score == "zpmi":
+            return kv - sel(lse_z)[:, None]
         c = kv - sel(mean)[:, None]
         if score == "logit":
             return c
@@ -395,9 +425,13 @@ def _post(
     if column_stats:
         from jetex.ngrams.scores import batch_column_lse
 
-        col_lse = batch_column_lse(z, lse, out=scratch).cpu().numpy()
-        if score == "pmi":  # scratch held the key: rebuild it for the deep search below
-            key = torch.sub(z, logq[None, :], out=scratch)  # type: ignore[index]
+        if column_of == "zpmi":  # log Σ_rows softmax(ζ(a, ·)) = log-sum-exp over rows of ζ − lse_ζ
+            col_lse = batch_column_lse(zeta_rows(z, mean, std, self_ids, out=scratch), lse_z, out=scratch)
+        else:
+            col_lse = batch_column_lse(z, lse, out=scratch)
+        col_lse = col_lse.cpu().numpy()
+        if reranks:  # scratch held the key: rebuild it for the deep search below
+            key = build_key()
     # global candidates: every row's top-K, plus a deeper top-G where the row could still reach
     # the top-G: rows whose K-th score is at least θ, the G-th best of the pairs seen so far
     # (earlier batches and this batch's top-K: real pairs, so θ never exceeds the final G-th best)
@@ -446,6 +480,7 @@ def _post(
         col_lse=col_lse,
         top_scores=np_(top_scores).astype(np.float32),
         score=score,
+        lse_z=None if lse_z is None else np_(lse_z),
     )
 
 
@@ -458,15 +493,17 @@ def column_logq(
     limit_vocab: int | None = None,
     batch_size: int | None = None,
     progress: bool = False,
+    score: str = "pmi",
 ) -> Float[Tensor, "v"]:
     """log q(c) ``[V]`` (float64): the path's mean output distribution over the input tokens,
-    q(c) = (1/N) Σ_t P(c | t), by one streamed pass (no top-K)."""
+    q(c) = (1/N) Σ_t P(c | t), by one streamed pass (no top-K). ``score="zpmi"``: the mean
+    z-scored output distribution instead, q_ζ(c) = (1/N) Σ_t softmax(ζ(t, ·))(c), ζ the zlogit."""
     from jetex.ngrams.scores import ColumnLSE
 
     acc = ColumnLSE.empty(model.vocab_size)
     for batch in iter_bigram_batches(model, path, top_k=1, order=order, exclude_self=exclude_self,
                                      limit_vocab=limit_vocab, batch_size=batch_size, global_top=0, progress=progress,
-                                     column_stats=True):
+                                     column_stats=True, column_of=score):
         acc.add_partial(batch.col_lse, len(batch.input_ids))
     return acc.logq()
 
@@ -489,15 +526,16 @@ def bigram_table(
     """Evaluate a bigram path on every input token and keep the results in memory.
 
     ``score`` ranks the rows and the global top (:mod:`jetex.ngrams.scores`); for ``pmi`` the
-    mean output distribution is computed first by one more pass (unless ``logq`` is given).
-    The table's ``logq`` is that distribution: for ``pmi``, or for any score with
-    ``column_stats`` (accumulated in the same pass); else None."""
-    from jetex.ngrams.scores import ColumnLSE, check_score
+    mean output distribution (for ``zpmi`` the mean z-scored one, log q_ζ) is computed first
+    by one more pass (unless ``logq`` is given). The table's ``logq`` is that distribution: for
+    ``pmi`` / ``zpmi``, or for any other score with ``column_stats`` (q, accumulated in the same
+    pass); else None."""
+    from jetex.ngrams.scores import COLUMN_SCORES, ColumnLSE, check_score
 
     score = check_score(score)
-    if score == "pmi" and logq is None:
+    if score in COLUMN_SCORES and logq is None:
         logq = column_logq(model, path, order=order, exclude_self=exclude_self, limit_vocab=limit_vocab,
-                           batch_size=batch_size, progress=progress)
+                           batch_size=batch_size, progress=progress, score=score)
     batches = list(iter_bigram_batches(model, path, top_k=top_k, order=order, exclude_self=exclude_self,
                                        limit_vocab=limit_vocab, batch_size=batch_size, global_top=global_top,
                                        progress=progress, score=score, logq=logq,
@@ -514,4 +552,5 @@ def bigram_table(
     return BigramTable(path.name, order, exclude_self, cat("input_ids"), cat("top_ids"), cat("top_logits"),
                        cat("top_logprobs"), cat("lse"), cat("self_logprob"), cat("self_top1"), best, score=score,
                        top_scores=cat("top_scores"), mean_logit=cat("mean_logit"), std_logit=cat("std_logit"),
-                       logq=None if logq is None else np.asarray(torch.as_tensor(logq).double().cpu()))
+                       logq=None if logq is None else np.asarray(torch.as_tensor(logq).double().cpu()),
+                       lse_z=cat("lse_z") if score == "zpmi" else None)

@@ -108,7 +108,8 @@ def extract_ngrams(
     None: :data:`~jetex.ngrams.scores.DEFAULT_SCORE`); the per-input logit mean / spread and
     the path's mean output distribution are stored with every bigram run, so the run can be
     re-scored later (:meth:`~jetex.ngrams.store.NgramStore.rescore_run`). ``pmi`` needs that
-    distribution before ranking: one more pass over the vocabulary. Self-transitions are
+    distribution before ranking, ``zpmi`` the mean z-scored one (log q_ζ): one more pass over
+    the vocabulary, committed before the ranking pass (a resumed run does not redo it). Self-transitions are
     excluded by default (``exclude_self``).
     Trigram paths (``attn:L.H``): the head's exact top-``top_k`` skip-trigrams (order 0 only).
     ``limit_vocab`` restricts the input tokens (and, for trigrams, a, b and c) to ids below it.
@@ -120,7 +121,7 @@ def extract_ngrams(
     loading the model from ``load_spec`` (its name or folder); see
     :mod:`jetex.ngrams.distributed` for ``shard_batches``, ``retries``, ``cpus_per_worker``.
     """
-    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
+    from jetex.ngrams.scores import COLUMN_SCORES, DEFAULT_SCORE, check_score
 
     score = check_score(DEFAULT_SCORE if score is None else score)
     plist: list[NgramPath] = []
@@ -146,9 +147,9 @@ def extract_ngrams(
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     if backend not in ("local", "ray"):
         raise InputError(f"unknown backend {backend!r}; use 'local' or 'ray'")
-    if backend == "ray" and score == "pmi" and any(isinstance(p, BigramPath) for p in plist):
-        raise InputError("--score pmi needs a pass for the mean output distribution first, which the Ray backend does not "
-                         "run; extract locally, or extract with another score")
+    if backend == "ray" and score in COLUMN_SCORES and any(isinstance(p, BigramPath) for p in plist):
+        raise InputError(f"--score {score} needs a pass for the mean output distribution first, which the Ray backend does "
+                         "not run; extract locally, or extract with another score")
     dt = resolve_dtype(dtype) if dtype is not None else model.dtype
     if backend == "local":
         # no placement asked: evaluate the model as it is (whatever its dtype, e.g. float64 test models)
@@ -252,11 +253,11 @@ def _run_path(store: NgramStore, model: ResidualModel, p: NgramPath, *, top_k: i
         assert isinstance(p, BigramPath)
         seen = store.global_candidates(rid) if global_top else None
         logq = None
-        if score == "pmi":  # the mean output distribution first (one more pass), committed before the ranking pass
+        if score in ("pmi", "zpmi"):  # the column distribution first (one more pass), committed before the ranking pass
             logq = store.logq(rid)
             if logq is None:
                 logq = column_logq(cm, p, order=order, exclude_self=exclude_self, limit_vocab=limit_vocab, batch_size=B,
-                                   progress=progress).numpy()
+                                   progress=progress, score=score).numpy()
                 store.write_logq(rid, logq)
         for batch in iter_bigram_batches(cm, p, top_k=top_k, order=order, exclude_self=exclude_self,
                                          limit_vocab=limit_vocab, batch_size=B, global_top=global_top, skip=done,

@@ -12,15 +12,29 @@ tokens b ≠ a when self-transitions are excluded (``exclude_self``). Over C(a):
   σ(a) the (population) standard deviation of z(a, ·) over C(a) (0 for a constant row,
   σ(a) ≤ 1e−12·(1 + |μ(a)|): such a row prefers nothing);
 - ``pmi``: log P(b | a) − log q(b), with q(b) = (1/N) Σ_{a'} P(b | a') the path's mean
-  output distribution over the N input tokens of the table (P as in ``logprob``).
+  output distribution over the N input tokens of the table (P as in ``logprob``);
+- ``zpmi``: pmi of the path after each row is brought to unit logit spread. With
+  ζ(a, b) = (z(a, b) − μ(a)) / σ(a) the zlogit over C(a) (ζ ≡ 0 on a flat row, as for
+  ``zlogit``: its softmax is uniform over C(a)),
+
+      zpmi(a, b) = log softmax_{C(a)}(ζ(a, ·))(b) − log q_ζ(b)
+                 = ζ(a, b) − lse_ζ(a) − log q_ζ(b),
+      lse_ζ(a) = log Σ_{b' ∈ C(a)} exp ζ(a, b'),   q_ζ(b) = (1/N) Σ_{a'} softmax(ζ(a', ·))(b).
+
+  The softmax is tempered by σ(a), so a row whose logits span 100+ nats no longer puts
+  P ≈ 1 on one output, and zpmi does not saturate at pmi's bound log N.
 
 ``logprob``, ``logit`` and ``zlogit`` are increasing functions of z within one row, so they
 rank the outputs of one input token identically (the same per-row top-K); they differ in how
-rows compare with each other, i.e. in every global ranking. ``pmi`` re-ranks within rows too
-(it favours outputs the path gives to few inputs): its per-row top-K is another set.
+rows compare with each other, i.e. in every global ranking. ``pmi`` and ``zpmi`` re-rank
+within rows too (they favour outputs the path gives to few inputs): each has its own per-row
+top-K, different from the others' and from each other's. Both need their column distribution
+(q or q_ζ: :data:`COLUMN_SCORES`) before ranking, i.e. a first pass over all inputs.
 
-What re-scoring needs (kept by the n-gram database, :mod:`jetex.ngrams.store`): per input
-token lse(a) (log-sum-exp over C(a)), μ(a), σ(a); per output token log q(b).
+What re-scoring and reading need (kept by the n-gram database, :mod:`jetex.ngrams.store`):
+per input token lse(a) (log-sum-exp over C(a)), μ(a), σ(a), and for ``zpmi`` lse_ζ(a); per
+output token log q(b) (``pmi``) or log q_ζ(b) (``zpmi``): the run's score's column
+distribution, called ``logq`` in the functions below.
 
 The default score is :data:`DEFAULT_SCORE`, chosen by measurement (``docs/ngram_scores.md``).
 """
@@ -44,6 +58,7 @@ SCORES: dict[str, str] = {
     "logit": "the path's logit centred per input row, z(a,b) − mean_b' z(a,b')",
     "zlogit": "the centred logit divided by the row's standard deviation",
     "pmi": "log P(b|a) − log mean_a' P(b|a'), against the path's mean output distribution",
+    "zpmi": "pmi of the z-scored logits: log softmax(ζ(a,·))(b) − log mean_a' softmax(ζ(a',·))(b), ζ the zlogit",
 }
 #: the measured default (docs/ngram_scores.md)
 DEFAULT_SCORE = "zlogit"
@@ -51,6 +66,8 @@ DEFAULT_SCORE = "zlogit"
 FLAT = 1e-12
 #: scores whose per-row ranking is the ranking of the raw logits (same per-row top-K)
 ROW_ORDER_Z = ("logprob", "logit", "zlogit")
+#: scores that need the path's column distribution over all inputs first (q for pmi, q_ζ for zpmi)
+COLUMN_SCORES = ("pmi", "zpmi")
 
 
 def zero_finite(x: Tensor) -> Tensor:
@@ -74,13 +91,22 @@ def check_score(name: object) -> str:
 
 
 def row_family(score: str) -> str:
-    """``"z"`` for scores that rank a row like its logits, ``"pmi"`` for pmi."""
-    return "z" if check_score(score) in ROW_ORDER_Z else "pmi"
+    """``"z"`` for the scores that rank a row like its logits; ``pmi`` and ``zpmi`` re-rank rows,
+    each in its own order, so each is its own family (named by itself)."""
+    s = check_score(score)
+    return "z" if s in ROW_ORDER_Z else s
 
 
 def score_label(score: str) -> str:
     """A short readable name of a score, for table headers."""
-    return {"logprob": "log P(b|a)", "logit": "centred logit", "zlogit": "z-scored logit", "pmi": "PMI"}[check_score(score)]
+    return {"logprob": "log P(b|a)", "logit": "centred logit", "zlogit": "z-scored logit", "pmi": "PMI",
+            "zpmi": "PMI of z-scored logits"}[check_score(score)]
+
+
+def missing_columns(score: str) -> str:
+    """What a column score lacks when its distribution is not given (the end of an error line)."""
+    return ("the path's mean output distribution (log q)" if check_score(score) == "pmi"
+            else "the path's mean z-scored output distribution (log q_ζ)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,6 +174,48 @@ def batch_column_lse(z: Float[Tensor, "b v"], lse: Float[Tensor, "b"], out: Tens
     return logsumexp(x, dim=0, out=x)  # −inf for a column every row excludes
 
 
+def flat_rows(mean: Tensor, std: Tensor) -> Tensor:
+    """Which rows are constant (σ ≤ FLAT·(1 + |μ|)): their zlogit (ζ) is 0."""
+    return std <= FLAT * (1 + mean.abs())
+
+
+def zeta_rows(
+    z: Float[Tensor, "b v"],
+    mean: Float[Tensor, "b"],
+    std: Float[Tensor, "b"],
+    self_ids: Int[Tensor, "b"] | None = None,
+    out: Tensor | None = None,
+) -> Float[Tensor, "b v"]:
+    """ζ = (z − μ) / σ of rows z (the zlogit; 0 on a flat row), written into ``out`` when given
+    (z is left intact). ``self_ids``: the excluded self-transition of each row, set to −inf
+    (whatever z holds there). One subtraction and one division, the arithmetic of the
+    engine's zlogit, so ζ equals the zlogit values bit for bit."""
+    sd = torch.where(flat_rows(mean, std), torch.full_like(std, float("inf")), std)  # finite / inf = 0
+    x = torch.sub(z, mean[:, None], out=out) if out is not None else z - mean[:, None]
+    x.div_(sd[:, None])
+    if self_ids is not None:
+        x[torch.arange(x.shape[0], device=x.device), self_ids] = float("-inf")
+    return x
+
+
+def zeta_lse(zeta: Float[Tensor, "b v"], out: Tensor | None = None) -> Float[Tensor, "b"]:
+    """lse_ζ(a) = log Σ_{b ∈ C(a)} exp ζ(a, b) ``[B]`` (floored log-sum-exp; ``out``: scratch,
+    may be ζ itself, which is then overwritten)."""
+    return logsumexp(zeta, dim=1, out=out)
+
+
+def column_logprobs(score: str, z: Float[Tensor, "b v"], ids: Int[Tensor, "b"], *, exclude_self: bool = True) -> Float[Tensor, "b v"]:
+    """log of the per-row distribution whose mean over the inputs is the column distribution of
+    ``score`` (:data:`COLUMN_SCORES`): log P(· | a) for ``pmi``, log softmax(ζ(a, ·)) for
+    ``zpmi`` (float32, an excluded self-transition −inf)."""
+    s = check_score(score)
+    if s not in COLUMN_SCORES:
+        raise ValueError(f"score {s!r} has no column distribution")
+    if s == "pmi":
+        return score_rows("logprob", z, ids, exclude_self=exclude_self)[0]
+    return torch.log_softmax(score_rows("zlogit", z, ids, exclude_self=exclude_self)[0], dim=-1)
+
+
 # ---------------------------------------------------------------------------------------
 # scores of given entries
 # ---------------------------------------------------------------------------------------
@@ -158,8 +226,10 @@ def score_values(
     mean: Tensor | np.ndarray | float | None = None,
     std: Tensor | np.ndarray | float | None = None,
     logq: Tensor | np.ndarray | float | None = None,
+    lse_z: Tensor | np.ndarray | float | None = None,
 ) -> np.ndarray:
-    """The score of entries (a, b) from their logit z(a, b), the row's lse / μ / σ and log q(b)
+    """The score of entries (a, b) from their logit z(a, b), the row's lse / μ / σ / lse_ζ and
+    the score's column statistic ``logq`` of b (log q(b) for ``pmi``, log q_ζ(b) for ``zpmi``)
     (all broadcastable; numpy float64 out). Raises :class:`InputError` when a needed statistic is None."""
     s = check_score(score)
     f = lambda x: np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)  # noqa: E731
@@ -176,8 +246,12 @@ def score_values(
         flat = sd <= FLAT * (1 + np.abs(f(mean)))
         return np.where(flat, np.where(np.isfinite(c), 0.0, c), c / np.where(flat, 1.0, sd))
     if logq is None:
-        raise InputError("score 'pmi' needs the path's mean output distribution")
-    return z - f(lse) - f(logq)
+        raise InputError(f"score {s!r} needs {missing_columns(s)}")
+    if s == "pmi":
+        return z - f(lse) - f(logq)
+    if mean is None or std is None or lse_z is None:
+        raise InputError("score 'zpmi' needs the per-input logit mean, spread and z-scored log-sum-exp (lse_ζ)")
+    return score_values("zlogit", z, lse, mean, std) - f(lse_z) - f(logq)
 
 
 def score_matrix(
@@ -189,7 +263,8 @@ def score_matrix(
     logq: Float[Tensor, "v"] | None = None,
 ) -> Float[Tensor, "b v"]:
     """The score of every (a, b) of full logit rows z ``[B, V]`` for input ids ``[B]``
-    (float64; an excluded self-transition is −inf). A reference implementation (tests, oracles)."""
+    (float64; an excluded self-transition is −inf); ``logq``: the score's column statistic
+    (``pmi``: log q, ``zpmi``: log q_ζ). A reference implementation (tests, oracles)."""
     s = check_score(score)
     z = z.double()
     rows = torch.arange(z.shape[0])
@@ -197,12 +272,15 @@ def score_matrix(
     if exclude_self:
         zc[rows, ids] = float("-inf")
     lse = torch.logsumexp(zc, dim=1, keepdim=True)
+    if s in COLUMN_SCORES and logq is None:
+        raise InputError(f"score {s!r} needs {missing_columns(s)}")
     if s == "logprob":
         return zc - lse
     if s == "pmi":
-        if logq is None:
-            raise InputError("score 'pmi' needs the path's mean output distribution")
         return zc - lse - logq.double()[None, :]
+    if s == "zpmi":
+        zeta = score_matrix("zlogit", z, ids, exclude_self=exclude_self)
+        return torch.log_softmax(zeta, dim=1) - logq.double()[None, :]
     mask = torch.ones_like(z, dtype=torch.bool)
     if exclude_self:
         mask[rows, ids] = False
@@ -225,13 +303,16 @@ def score_rows(
     logq: Float[Tensor, "v"] | None = None,
 ) -> tuple[Float[Tensor, "b v"], Float[Tensor, "b v"]]:
     """(score, log P) ``[B, V]`` (float32) of full logit rows z for input ids (an excluded
-    self-transition is −inf in both): the fast form of :func:`score_matrix` for streamed tables."""
+    self-transition is −inf in both): the fast form of :func:`score_matrix` for streamed tables
+    (``logq``: the score's column statistic, as there)."""
     s = check_score(score)
     z = z.float()
     rows = torch.arange(z.shape[0])
     self_logit = z[rows, ids].clone()
+    if s in COLUMN_SCORES and logq is None:
+        raise InputError(f"score {s!r} needs {missing_columns(s)}")
     mean = std = None
-    if s in ("logit", "zlogit"):
+    if s in ("logit", "zlogit", "zpmi"):
         mean, std = row_moments(z, self_logit if exclude_self else None)
     zc = z.clone()
     if exclude_self:
@@ -240,9 +321,10 @@ def score_rows(
     if s == "logprob":
         return lp, lp
     if s == "pmi":
-        if logq is None:
-            raise InputError("score 'pmi' needs the path's mean output distribution")
         return lp - logq.float()[None, :], lp
+    if s == "zpmi":
+        zeta = zeta_rows(z, mean, std, ids if exclude_self else None)
+        return torch.log_softmax(zeta, dim=-1) - logq.float()[None, :], lp
     c = zc - mean[:, None]
     if s == "logit":
         return c, lp

@@ -18,10 +18,13 @@ Schema (version 1):
   for trigrams), ``logprob`` / ``prob`` (log P(c|t); for trigrams log S and S =
   p(a|b)·P_OV(c|a)), ``attn_prob`` (p(a|b), trigrams only), ``rank``.
 - ``input_stats(run_id, input_id, lse, self_logit, self_logprob, self_top1, mean_logit,
-  std_logit)``: per input token of a bigram run (log-sum-exp of its softmax; the
-  self-transition in the full softmax; μ and σ of its logits over the candidate outputs).
-- ``output_stats(run_id, output_id, logq)``: log q(c), the path's mean output distribution
-  q(c) = (1/N) Σ_t P(c | t) over the run's inputs, kept by ``pmi`` runs (written by their
+  std_logit, lse_z)``: per input token of a bigram run (log-sum-exp of its softmax; the
+  self-transition in the full softmax; μ and σ of its logits over the candidate outputs;
+  lse_ζ, the log-sum-exp of its z-scored logits, kept by ``zpmi`` runs only, else NULL).
+- ``output_stats(run_id, output_id, logq)``: the column distribution of the run's score:
+  for ``pmi`` runs log q(c), the path's mean output distribution
+  q(c) = (1/N) Σ_t P(c | t) over the run's inputs; for ``zpmi`` runs log q_ζ(c), the mean
+  z-scored output distribution (1/N) Σ_t softmax(ζ(t, ·))(c) (both written by their
   first pass, before the ranking pass, so a killed run does not redo it; or assembled when a
   run finishes from ``column_parts(run_id, batch, output_id, log_sum)``, each batch's
   log Σ_{t ∈ batch} P(c|t), committed with the batch, for callers that pass
@@ -35,9 +38,14 @@ Scores (``options.score`` of a run; runs made before scores existed rank by ``lo
 the ngrams rows of a bigram run are each input's top-K by that score. ``logprob``,
 ``logit`` and ``zlogit`` rank a row identically, so a run of one of them can be re-scored into
 another without evaluating the model (:meth:`NgramStore.rescore_run`: a new run, written in
-one transaction); ``pmi`` ranks rows differently and needs its own extraction. A store made
-before the statistics existed (no ``mean_logit`` / ``output_stats``) is refused for the scores
-that need them, with a line saying to re-extract.
+one transaction); ``pmi`` and ``zpmi`` each rank rows in their own order and need their own
+extraction. A store made before the statistics existed (no ``mean_logit`` / ``output_stats`` /
+``lse_z``) is refused for the scores that need them, with a line saying to re-extract.
+
+Migrations: the schema version stays 1; columns and tables added since (``mean_logit``,
+``std_logit``, ``score``, ``output_stats``, ``column_parts``, ``lse_z``) are added to an older
+file when it is opened for writing (:data:`_ADDED`), and read as NULL from an older file
+opened read-only.
 - ``fidelity(run_id, path, sample_size, n_inputs, sample_rule, context, mean_kl,
   top1_agreement, top10_agreement)``.
 - ``done_batches(run_id, batch, n_rows, committed_at)``: committed in the same transaction as
@@ -80,7 +88,7 @@ _DDL = [
         prob REAL, attn_prob REAL, rank INTEGER)""",
     """CREATE TABLE IF NOT EXISTS input_stats (
         run_id INTEGER, input_id INTEGER, lse REAL, self_logit REAL, self_logprob REAL, self_top1 BOOLEAN,
-        mean_logit REAL, std_logit REAL)""",
+        mean_logit REAL, std_logit REAL, lse_z REAL)""",
     """CREATE TABLE IF NOT EXISTS top_pairs (
         run_id INTEGER, input_id INTEGER, output_id INTEGER, logit REAL, logprob REAL, rank INTEGER, score REAL)""",
     """CREATE TABLE IF NOT EXISTS output_stats (run_id INTEGER, output_id INTEGER, logq DOUBLE)""",
@@ -101,7 +109,11 @@ _ADDED = [
     "ALTER TABLE top_pairs ADD COLUMN IF NOT EXISTS score REAL",
     "CREATE TABLE IF NOT EXISTS output_stats (run_id INTEGER, output_id INTEGER, logq DOUBLE)",
     "CREATE TABLE IF NOT EXISTS column_parts (run_id INTEGER, batch INTEGER, output_id INTEGER, log_sum DOUBLE)",
+    "ALTER TABLE input_stats ADD COLUMN IF NOT EXISTS lse_z REAL",
 ]
+#: the columns of input_stats, in order (inserts name them: older files may lack the last ones)
+_INPUT_STATS_COLS = ("run_id", "input_id", "lse", "self_logit", "self_logprob", "self_top1", "mean_logit", "std_logit",
+                     "lse_z")
 
 
 def _now() -> _dt.datetime:
@@ -380,6 +392,7 @@ class NgramStore:
             "self_top1": pa.array(batch.self_top1.astype(bool)),
             "mean_logit": pa.array(batch.mean_logit.astype(np.float32)) if batch.mean_logit is not None else pa.nulls(B, pa.float32()),
             "std_logit": pa.array(batch.std_logit.astype(np.float32)) if batch.std_logit is not None else pa.nulls(B, pa.float32()),
+            "lse_z": pa.array(batch.lse_z.astype(np.float32)) if getattr(batch, "lse_z", None) is not None else pa.nulls(B, pa.float32()),
         })
         c = batch.candidates
         cand = pa.table({
@@ -532,10 +545,11 @@ class NgramStore:
         return str(json.loads(run.get("options") or "{}").get("score", "logprob")) if run["kind"] == "bigram" else "trigram"
 
     def input_stats(self, run_id: int) -> dict[str, np.ndarray]:
-        """Per-input statistics of a bigram run: ``input_id, lse, mean_logit, std_logit`` ``[N]``
-        (``mean_logit`` / ``std_logit`` NaN in stores made before scores)."""
-        has = self._has_column("input_stats", "mean_logit")
-        cols = "input_id, lse, " + ("mean_logit, std_logit" if has else "CAST(NULL AS REAL) AS mean_logit, CAST(NULL AS REAL) AS std_logit")
+        """Per-input statistics of a bigram run: ``input_id, lse, mean_logit, std_logit, lse_z`` ``[N]``
+        (NaN where the store does not keep them: ``mean_logit`` / ``std_logit`` in stores made
+        before scores, ``lse_z`` except in ``zpmi`` runs)."""
+        cols = "input_id, lse, " + ", ".join(c if self._has_column("input_stats", c) else f"CAST(NULL AS REAL) AS {c}"
+                                              for c in ("mean_logit", "std_logit", "lse_z"))
         d = self.con.execute(f"SELECT {cols} FROM input_stats WHERE run_id = ? ORDER BY input_id", [run_id]).fetchnumpy()
         return {k: np.asarray(np.ma.filled(v, np.nan) if np.ma.isMaskedArray(v) else v, dtype=np.float64 if k != "input_id" else np.int64)
                 for k, v in d.items()}
@@ -550,7 +564,7 @@ class NgramStore:
         where = f"run {run['run_id']} ({run['path']}) of {self.path}"
         if have == score:
             return
-        if row_family(have) != row_family(score):
+        if row_family(have) != row_family(score) or row_family(score) != "z":
             raise StoreError(f"{where} ranks each input's outputs by {have}, which orders them differently from {score}; "
                              f"re-extract with `jetex ngrams extract --score {score}`")
         st = self.input_stats(run["run_id"])
@@ -558,12 +572,45 @@ class NgramStore:
             raise StoreError(f"{where} was made without the per-input logit statistics that score {score!r} needs "
                              f"(an older store); re-extract it with `jetex ngrams extract --redo`")
 
+    def check_readable(self, run: dict, score: str) -> None:
+        """Refuse (one-line :class:`~jetex.errors.InputError`) to give the values of ``run``'s rows
+        under ``score`` when the store lacks the statistics they need (a run or store made without
+        them), after :meth:`check_rescorable`."""
+        from jetex.errors import InputError
+        from jetex.ngrams.scores import COLUMN_SCORES, check_score
+
+        score = check_score(score)
+        self.check_rescorable(run, score)
+        if score not in COLUMN_SCORES:
+            return
+        where = f"run {run['run_id']} ({run['path']}) of {self.path}"
+        st = self.input_stats(run["run_id"])
+        if self.logq(run["run_id"]) is None or (score == "zpmi" and (len(st["lse_z"]) == 0 or np.isnan(st["lse_z"]).any())):
+            what = ("the per-input z-scored log-sum-exp and mean z-scored output distribution" if score == "zpmi"
+                    else "the mean output distribution")
+            raise InputError(f"{where} was made without {what} that score {score!r} needs; "
+                             f"re-extract it with `jetex ngrams extract --score {score} --redo`")
+
+    def entry_scores(self, run: dict, score: str, input_ids: Any, output_ids: Any, logits: Any) -> np.ndarray:
+        """The values under ``score`` of entries (input, output, logit) of a bigram run's rows,
+        from the stored statistics (float64; refused as by :meth:`check_readable`)."""
+        from jetex.ngrams.scores import score_values
+
+        self.check_readable(run, score)
+        st = self.input_stats(run["run_id"])
+        inp = np.asarray(input_ids, dtype=np.int64)
+        pos = np.searchsorted(st["input_id"], inp)
+        logq = self.logq(run["run_id"])
+        return score_values(score, np.asarray(logits, dtype=np.float64), st["lse"][pos], st["mean_logit"][pos],
+                            st["std_logit"][pos], None if logq is None else logq[np.asarray(output_ids, dtype=np.int64)],
+                            st["lse_z"][pos])
+
     def rescored(self, run: dict, score: str, n: int) -> tuple[dict, np.ndarray, np.ndarray, bool]:
         """A bigram run's rows under another ``score`` (same row order), without writing:
         (rows: input_id / output_id / logit / logprob / rank arrays, their score values, the
         indices of the global top-``n`` by score (ties: lower input, then output id), and whether
         that top-n is certified exact: its n-th value ≥ every row's K-th kept value)."""
-        from jetex.ngrams.scores import check_score, score_values
+        from jetex.ngrams.scores import check_score
 
         score = check_score(score)
         self.check_rescorable(run, score)
@@ -571,11 +618,7 @@ class NgramStore:
         rows = self.con.execute("SELECT input_id, output_id, logit, logprob, rank FROM ngrams WHERE run_id = ? ORDER BY input_id, rank",
                                 [rid]).fetchnumpy()
         rows = {k: np.asarray(v) for k, v in rows.items()}
-        st = self.input_stats(rid)
-        pos = np.searchsorted(st["input_id"], rows["input_id"])
-        logq = self.logq(rid)
-        vals = score_values(score, rows["logit"], st["lse"][pos], st["mean_logit"][pos], st["std_logit"][pos],
-                            None if logq is None else logq[rows["output_id"]])
+        vals = self.entry_scores(run, score, rows["input_id"], rows["output_id"], rows["logit"])
         K = int(run["top_k"])
         kth = vals.reshape(-1, K)[:, -1] if len(vals) else np.zeros(1)
         order = np.lexsort((rows["output_id"], rows["input_id"], -vals))[:n]
@@ -611,9 +654,11 @@ class NgramStore:
                                                    json.dumps(stats, sort_keys=True), run_id])
             cols = ", ".join(f'"{c}"' for c in _NGRAM_COLS[1:])
             self.con.execute(f"INSERT INTO ngrams SELECT ?, {cols} FROM ngrams WHERE run_id = ?", [rid, run_id])
-            self.con.execute("""INSERT INTO input_stats SELECT ?, input_id, lse, self_logit, self_logprob, self_top1, mean_logit,
-                                std_logit FROM input_stats WHERE run_id = ?""", [rid, run_id])
-            self.con.execute("INSERT INTO output_stats SELECT ?, output_id, logq FROM output_stats WHERE run_id = ?", [rid, run_id])
+            cols = ", ".join(_INPUT_STATS_COLS[1:])
+            self.con.execute(f"INSERT INTO input_stats ({', '.join(_INPUT_STATS_COLS)}) SELECT ?, {cols} FROM input_stats "
+                             "WHERE run_id = ?", [rid, run_id])
+            self.con.execute("INSERT INTO output_stats (run_id, output_id, logq) SELECT ?, output_id, logq FROM output_stats "
+                             "WHERE run_id = ?", [rid, run_id])
             self.con.execute("INSERT INTO done_batches SELECT ?, batch, n_rows, committed_at FROM done_batches WHERE run_id = ?",
                              [rid, run_id])
             self._insert("top_pairs", ("run_id", "input_id", "output_id", "logit", "logprob", "rank", "score"), pa.table({
@@ -721,14 +766,18 @@ class NgramStore:
         has = self._has_column("input_stats", "mean_logit") and self._has_table("output_stats")
         mu, sd = ("s.mean_logit", "s.std_logit") if has else ("CAST(NULL AS REAL)", "CAST(NULL AS REAL)")
         lq = "o.logq" if has else "CAST(NULL AS DOUBLE)"
+        lz = "s.lse_z" if has and self._has_column("input_stats", "lse_z") else "CAST(NULL AS REAL)"
+        # ζ as the engine computes it (a flat row, σ ≤ FLAT·(1 + |μ|), has ζ = 0)
+        zeta = f"CASE WHEN {sd} > 1e-12 * (1 + abs({mu})) THEN (n.logit - {mu}) / {sd} ELSE 0 END"
         joins = ("LEFT JOIN input_stats s ON s.run_id = n.run_id AND s.input_id = n.input_id AND r.kind = 'bigram' "
                  "LEFT JOIN output_stats o ON o.run_id = n.run_id AND o.output_id = n.output_id" if has else "")
         name = "CASE WHEN r.kind = 'trigram' THEN 'trigram' ELSE coalesce(json_extract_string(r.options, '$.score'), 'logprob') END"
         sql = f"""SELECT n.*, r.kind, r.top_k, r.exclude_self, r.model_name, r.model_fingerprint, r.tokenizer_fingerprint,
                          {name} AS score_name,
                          CASE {name} WHEN 'logit' THEN n.logit - {mu}
-                                     WHEN 'zlogit' THEN CASE WHEN {sd} > 0 THEN (n.logit - {mu}) / {sd} ELSE 0 END
+                                     WHEN 'zlogit' THEN {zeta}
                                      WHEN 'pmi' THEN n.logprob - {lq}
+                                     WHEN 'zpmi' THEN {zeta} - {lz} - {lq}
                                      ELSE n.logprob END AS score
                   FROM ngrams n JOIN runs r USING (run_id) {joins} WHERE r.status = 'done'
                   ORDER BY n.run_id, n.rank, n.input_id"""

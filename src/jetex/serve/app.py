@@ -15,7 +15,7 @@ Pages (one static app, shared navigation): ``/lens``, ``/paths``, ``/attribution
 ``/api/attribute``       POST   ``{model?, text, method?, target?|target_id?, layer?, order?,
                                 steps?, faithfulness?, candidates?}`` → scores per input token
 ``/api/ngrams/top``      GET    ``store?, path?, score?, n?, token?, side?, model?, format?`` (score:
-                                logprob/logit/zlogit/pmi, default the run's own; trigrams: prob/attn_prob)
+                                logprob/logit/zlogit/pmi/zpmi, default the run's own; trigrams: prob/attn_prob)
 ``/api/ngrams/diff``     GET    ``a, b, path?, top?, step?`` → two stores side by side
 =======================  =====  ==============================================================
 

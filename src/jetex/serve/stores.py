@@ -14,12 +14,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from jetex.apps.diff import diff_bigrams
 from jetex.apps.tables import table_from_store
 from jetex.errors import JetexError
-from jetex.ngrams.scores import SCORES as BIGRAM_SCORES, check_score, score_label, score_values
+from jetex.ngrams.scores import SCORES as BIGRAM_SCORES, check_score, score_label
 from jetex.ngrams.store import NgramStore
 from jetex.serve.limits import RequestError
 
@@ -95,7 +94,7 @@ class ServedStore:
         the input (``side="input"``) or the output (``side="output"``).
 
         Bigram runs are ranked by a score of :mod:`jetex.ngrams.scores` (``logprob``, ``logit``,
-        ``zlogit``, ``pmi``; default: the run's own score, the store's default), each row's value
+        ``zlogit``, ``pmi``, ``zpmi``; default: the run's own score, the store's default), each row's value
         in the column ``score``; another score of the same row order is re-scored from the
         stored statistics (as ``jetex ngrams top --score``). Trigram (attention head) runs are
         ranked by ``prob`` (default) or ``attn_prob``."""
@@ -157,13 +156,11 @@ class ServedStore:
             kw = {"input_id": tid} if side == "input" else {"output_id": tid}
             rows += self.store.ranked(rid, "logit", n=int(run["n_inputs"]) * int(run["top_k"]), **kw)
         if rows:
-            st = self.store.input_stats(rid)
-            logq = self.store.logq(rid)
-            inp = np.array([r["input_id"] for r in rows], dtype=np.int64)
-            pos = np.searchsorted(st["input_id"], inp)
-            vals = score_values(score, np.array([r["logit"] for r in rows], dtype=np.float64), st["lse"][pos],
-                                st["mean_logit"][pos], st["std_logit"][pos],
-                                None if logq is None else logq[np.array([r["output_id"] for r in rows], dtype=np.int64)])
+            try:
+                vals = self.store.entry_scores(run, score, [r["input_id"] for r in rows], [r["output_id"] for r in rows],
+                                               [r["logit"] for r in rows])
+            except JetexError as e:
+                raise RequestError(409, str(e)) from None
             for r, v in zip(rows, vals.tolist()):
                 r["score"] = v
         return rows, True
