@@ -55,7 +55,7 @@ from jetex.ngrams.paths import parse_path
 from jetex.ngrams.scores import SCORES, ColumnLSE, score_rows
 
 TOP = 1000
-ALL = [*SCORES, "pmi64", "zpmi"]
+ALL = [*dict.fromkeys([*SCORES, "pmi64", "zpmi"])]  # zpmi is an engine score since 2026-12-02 (computed here from its definition)
 
 
 def zscored(z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -77,14 +77,14 @@ def column_stats(m, p, ids: torch.Tensor, batch: int) -> tuple[torch.Tensor, tor
 
 def scores_of(name: str, z: torch.Tensor, ids: torch.Tensor, logq: torch.Tensor, logqz: torch.Tensor) -> torch.Tensor:
     """The score ``name`` of every (a, b) of the rows z (float64; self −inf)."""
+    if name == "zpmi":  # from the definition, independently of the engine's implementation
+        return torch.log_softmax(zscored(z, ids).double(), -1) - logqz[None, :]
     if name in SCORES:
         return score_rows(name, z, ids, exclude_self=True, logq=logq)[0].double()
     if name == "pmi64":
         zc = z.double().clone()
         zc[torch.arange(len(ids)), ids] = float("-inf")
         return torch.log_softmax(zc, -1) - logq[None, :]
-    if name == "zpmi":
-        return torch.log_softmax(zscored(z, ids).double(), -1) - logqz[None, :]
     raise ValueError(name)
 
 

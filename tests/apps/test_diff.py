@@ -75,9 +75,20 @@ def test_top_lists_and_ranks_match_brute_force(model_a, model_b):
 
 
 def test_topk_table_matches_full_rows(model_a):
+    """The per-row top-5 by the default score (zpmi), its values and log-probabilities, from full rows."""
+    from jetex.apps.tables import path_logits
+    from jetex.ngrams.scores import DEFAULT_SCORE, score_matrix
+
     t = topk_table(model_a, "direct", 5)
+    assert t.score == DEFAULT_SCORE == "zpmi"
     lp = full_logprobs(model_a)
-    assert torch.allclose(t.logp.double(), lp.topk(5, dim=-1).values, atol=1e-5)
+    ids = torch.arange(model_a.vocab_size)
+    z = path_logits(model_a, "direct", ids)
+    lq = torch.log_softmax(score_matrix("zlogit", z, ids, exclude_self=True), 1).exp().mean(0).log()
+    v, i = score_matrix("zpmi", z, ids, exclude_self=True, logq=lq).topk(5, dim=-1)
+    assert torch.equal(t.ids.long(), i)
+    assert torch.allclose(t.values.double(), v, atol=1e-5)
+    assert torch.allclose(t.logp.double(), lp.gather(1, i), atol=1e-5)
     assert t.complete is False and topk_table(model_a, "direct", model_a.vocab_size - 1).complete
 
 

@@ -250,3 +250,14 @@ def test_zpmi_refusals_are_one_line(zpmi_store, stores, capsys, tmp_path):
     assert main(["ngrams", "top", "--db", str(old), "--path", "direct", "--token", "#3", "--score", "zpmi"]) != 0
     err = _err(capsys)
     assert len(err) == 1 and "z-scored log-sum-exp" in err[0] and "re-extract" in err[0], err
+
+
+def test_help_names_the_default_score(capsys):
+    """The --score help of every command names the default of jetex.ngrams.scores."""
+    from jetex.ngrams.scores import DEFAULT_SCORE
+
+    for cmd in (["ngrams", "extract"], ["ngrams", "top"], ["diff"], ["index"], ["dynamics"], ["roles"]):
+        capsys.readouterr()
+        assert main([*cmd, "--help"]) == 0
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"Default: {DEFAULT_SCORE}, the measured default" in text and "zpmi (pmi of the z-scored logits" in text, cmd

@@ -141,9 +141,39 @@ def test_worker_computes_the_engine_batches(tiny_llama_f32, tiny_llama_dir, tmp_
     assert backend.shards(10, {0, 1, 4}) == [(0, (2,)), (1, (3, 5)), (2, (6, 7, 8)), (3, (9,))]
 
 
+@pytest.mark.parametrize("score", ["pmi", "zpmi"])
+def test_worker_first_pass_equals_the_engine(tiny_llama_f32, tiny_llama_dir, score):
+    """The actor's first-pass shards (column log-sums per batch), summed in batch order, give the
+    engine's column distribution bit for bit."""
+    import numpy as np
+
+    from jetex.ngrams.engine import column_logq
+    from jetex.ngrams.paths import parse_path
+    from jetex.ngrams.scores import ColumnLSE
+
+    w = ShardWorker(LoadSpec(tiny_llama_dir))
+    parts = []
+    for shard, batches in ((0, (0, 1, 2, 3)), (1, (4, 5, 6, 7, 8, 9))):
+        parts += w.run_shard(ShardTask(shard, "bigram", "direct", batches, 10, 8, 1, 0, True, None, 0, None, score,
+                                       column_of=score))
+    assert [p.batch_index for p in parts] == list(range(10))
+    acc = ColumnLSE.empty(tiny_llama_f32.vocab_size)
+    for p in parts:
+        acc.add_partial(p.col_lse, p.n_rows)
+    (path,) = parse_path(tiny_llama_f32, "direct")
+    want = column_logq(tiny_llama_f32, path, exclude_self=True, batch_size=8, score=score)
+    np.testing.assert_array_equal(acc.logq().numpy(), want.numpy())
+
+
 def test_fault_plan_parsing(monkeypatch, tmp_path):
     monkeypatch.setenv(FAULT_ENV, f"shard=2,times=always,dir={tmp_path}")
     assert FaultPlan.from_env() == FaultPlan(2, -1, str(tmp_path))
+    monkeypatch.setenv(FAULT_ENV, f"shard=2,times=1,dir={tmp_path},pass=first")
+    assert FaultPlan.from_env() == FaultPlan(2, 1, str(tmp_path), "first")
+    FaultPlan(2, 1, str(tmp_path), "first").strike(2, "rank")  # another pass: no exit
+    monkeypatch.setenv(FAULT_ENV, f"shard=2,times=1,dir={tmp_path},pass=third")
+    with pytest.raises(ClusterError, match="pass=first"):
+        FaultPlan.from_env()
     monkeypatch.setenv(FAULT_ENV, "shard=x")
     with pytest.raises(ClusterError, match=FAULT_ENV):
         FaultPlan.from_env()
@@ -195,7 +225,8 @@ def test_two_workers_one_killed_mid_shard_equal_the_local_engine(ray_session, re
 
 def test_worker_dying_repeatedly_stops_and_keeps_commits(ray_session, reference, tiny_llama_f32, tiny_llama_dir, tmp_path, monkeypatch):
     marks = tmp_path / "faults"
-    monkeypatch.setenv(FAULT_ENV, f"shard=8,times=always,dir={marks}")
+    # in the ranking pass (the default score, zpmi, runs a first column pass before it)
+    monkeypatch.setenv(FAULT_ENV, f"shard=8,times=always,dir={marks},pass=rank")
     db = tmp_path / "ray.duckdb"
     with pytest.raises(ClusterError) as e:
         extract_ngrams(tiny_llama_f32, ["direct"], db=db, backend="ray", workers=1, retries=1,
@@ -220,6 +251,36 @@ def test_worker_dying_repeatedly_stops_and_keeps_commits(ray_session, reference,
     got = _comparable(dump(db))
     assert got["ngrams"] == [row for row in reference["ngrams"] if row[1] == "direct"]
     assert got["top_pairs"] == [row for row in reference["top_pairs"] if row[0] == 1]
+
+
+def test_worker_dying_repeatedly_in_the_first_pass(ray_session, reference, tiny_llama_f32, tiny_llama_dir, tmp_path,
+                                                  monkeypatch):
+    """A zpmi run (the default score) computes its column distribution on the workers first: a
+    worker that keeps dying there stops the run with one line, before anything of the ranking
+    is committed; a rerun computes the same table."""
+    marks = tmp_path / "faults"
+    monkeypatch.setenv(FAULT_ENV, f"shard=3,times=always,dir={marks},pass=first")
+    db = tmp_path / "ray.duckdb"
+    with pytest.raises(ClusterError) as e:
+        extract_ngrams(tiny_llama_f32, ["direct"], db=db, backend="ray", workers=1, retries=1,
+                       load_spec=tiny_llama_dir, **KW)
+    msg = str(e.value)
+    assert "\n" not in msg and "first pass of --score zpmi" in msg and "restarted 1 time" in msg and "rerun" in msg
+    assert len(list(marks.iterdir())) == 2
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM output_stats").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM done_batches").fetchone()[0] == 0
+    finally:
+        con.close()
+    monkeypatch.delenv(FAULT_ENV)
+    monkeypatch.setenv("JETEX_NUM_THREADS", "1")
+    (r,) = extract_ngrams(tiny_llama_f32, ["direct"], db=db, backend="ray", workers=2, load_spec=tiny_llama_dir, **KW)
+    assert r.status == "done"
+    got = _comparable(dump(db))
+    assert got["ngrams"] == [row for row in reference["ngrams"] if row[1] == "direct"]
+    assert got["top_pairs"] == [row for row in reference["top_pairs"] if row[0] == 1]
+    assert got["output_stats"] == [row for row in reference["output_stats"] if row[0] == 1]
 
 
 def test_worker_that_cannot_load_the_model(ray_session, tiny_llama_f32, tmp_path):

@@ -118,8 +118,10 @@ def test_injected_disk_full_keeps_committed_batches(tiny_llama, tmp_path, monkey
             extract_ngrams(tiny_llama, ["direct"], db=db, **KW)
         assert "\n" not in str(e.value)
     with NgramStore(db, read_only=True) as s:
-        # 3 inserts per batch (ngrams, input_stats, top_pairs; a zlogit run keeps no column
-        # statistics): batches 0 and 1 committed, batch 2 rolled back whole after its first insert
+        # 1 insert for log q_ζ (the first pass of the default score, zpmi), then 3 per batch
+        # (ngrams, input_stats, top_pairs; no column_parts): batches 0 and 1 committed, batch 2
+        # rolled back whole after its first insert
+        assert s.logq(1) is not None
         assert s.done_batches(1) == {0, 1}
         assert s._q("SELECT count(*) FROM ngrams")[0][0] == 2 * 8 * 4
         assert s._q("SELECT count(*) FROM input_stats")[0][0] == 16

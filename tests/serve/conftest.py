@@ -18,8 +18,10 @@ from serve_helpers import SlowBlocks, file_hash  # noqa: E402
 
 @pytest.fixture(scope="session")
 def serve_files(tiny_llama_dir, tmp_path_factory):
-    """The tiny Llama folder and two direct-path bigram stores: ``store_a`` of that model,
-    ``store_b`` of the same architecture and tokenizer with perturbed weights (another model)."""
+    """The tiny Llama folder and two direct-path bigram stores (ranked by the default score):
+    ``store_a`` of that model, ``store_b`` of the same architecture and tokenizer with perturbed
+    weights (another model); ``store_a`` also holds an ``mlp:1`` run ranked by ``zlogit`` (a
+    score other scores of its row order are re-scored from)."""
     import jetex
     import torch
     from jetex.ngrams import extract_ngrams
@@ -38,6 +40,8 @@ def serve_files(tiny_llama_dir, tmp_path_factory):
         db = root / f"{key}.duckdb"
         extract_ngrams(m, ["direct"], db=db, top_k=8, exclude_self=True, global_top=40, progress=False, fidelity_sample=0)
         out[key] = str(db)
+    extract_ngrams(a, ["mlp:1"], db=out["store_a"], top_k=8, exclude_self=True, global_top=40, progress=False,
+                   fidelity_sample=0, score="zlogit")
     return out
 
 

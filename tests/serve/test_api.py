@@ -212,33 +212,47 @@ def test_ngrams_listing_search_export_and_diff(explorer, serve_files):
 
     st, status = request(explorer.url, "GET", "/api/status")
     assert [s["name"] for s in status["stores"]] == ["store_a", "store_b"]
+    from jetex.ngrams.scores import DEFAULT_SCORE
+
     with NgramStore(serve_files["store_a"], read_only=True) as s:
-        run = s.runs(status="done")[-1]
+        run = [r for r in s.runs(status="done") if r["path"] == "direct"][-1]
         rid, own = run["run_id"], s.run_score(run)
-        refs = {sc: s.top_pairs(rid, 7, score=sc) for sc in ("logprob", "logit", "zlogit")}
+        own_top = s.top_pairs(rid, 7)
+        zrun = [r for r in s.runs(status="done") if r["path"] == "mlp:1"][-1]
+        zrid = zrun["run_id"]
+        refs = {sc: s.top_pairs(zrid, 7, score=sc) for sc in ("logprob", "logit", "zlogit")}
         tid = s.find_tokens("cat")[0][0]
-        as_output = s.ranked(rid, "prob", output_id=tid, n=50)
+        as_output = s.ranked(zrid, "prob", output_id=tid, n=50)
         as_input = s.ngrams(rid, input_id=tid)
     # default: the run's own score (the store's default), its values in the column "score"
+    assert own == DEFAULT_SCORE and s.run_score(zrun) == "zlogit"
     st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&path=direct&n=7")
     assert st == 200, out
     assert out["score"] == out["default_score"] == own and "score" in out["columns"]
-    assert [r["score"] for r in out["rows"]] == pytest.approx([r["score"] for r in refs[own]], abs=1e-5)
+    assert [(r["input_id"], r["output_id"]) for r in out["rows"]] == [(r["input_id"], r["output_id"]) for r in own_top]
+    assert [r["score"] for r in out["rows"]] == pytest.approx([r["score"] for r in own_top], abs=1e-5)
     for sc, ref in refs.items():  # every score of the same row order, as `jetex ngrams top --score`
-        st, out = request(explorer.url, "GET", f"/api/ngrams/top?store=store_a&path=direct&score={sc}&n=7")
-        assert st == 200 and out["score"] == sc, out
+        st, out = request(explorer.url, "GET", f"/api/ngrams/top?store=store_a&path=mlp:1&score={sc}&n=7")
+        assert st == 200 and out["score"] == sc and out["default_score"] == "zlogit", out
         assert [(r["input_id"], r["output_id"]) for r in out["rows"]] == [(r["input_id"], r["output_id"]) for r in ref]
         assert [r["score"] for r in out["rows"]] == pytest.approx([r["score"] for r in ref], abs=1e-5)
     # a token's rows: logprob is the stored log-probability itself; the listing is ranked by the score
-    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&token=cat&side=output&n=50&score=logprob")
+    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&path=mlp:1&token=cat&side=output&n=50&score=logprob")
     assert st == 200 and out["rows"] and all(r["output"] == "cat" for r in out["rows"])
     assert {(r["input_id"]) for r in out["rows"]} == {r["input_id"] for r in as_output}
     assert [r["score"] for r in out["rows"]] == pytest.approx([r["logprob"] for r in out["rows"]], abs=1e-5)
-    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&token=cat&side=input&n=50")
+    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&path=direct&token=cat&side=input&n=50")
     assert st == 200 and {r["output_id"] for r in out["rows"]} == {r["output_id"] for r in as_input}
     assert out["score"] == own and [r["score"] for r in out["rows"]] == sorted((r["score"] for r in out["rows"]), reverse=True)
-    st, out = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&n=5&score=pmi")
-    assert st == 409 and "orders them differently" in out["error"], out  # pmi needs its own extraction
+    # the zpmi values of the token's rows, read from the stored lse_ζ and log q_ζ, are the ranked ones
+    by_pair = {(r["input_id"], r["output_id"]): r["score"] for r in own_top}
+    st, out = request(explorer.url, "GET", f"/api/ngrams/top?store=store_a&path=direct&token=%23{own_top[0]['input_id']}"
+                      "&side=input&n=8")
+    assert st == 200 and out["rows"][0]["score"] == pytest.approx(by_pair[(own_top[0]["input_id"], out["rows"][0]["output_id"])],
+                                                                  abs=1e-5)
+    for path, sc in (("direct", "pmi"), ("direct", "zlogit"), ("mlp:1", "pmi"), ("mlp:1", "zpmi")):
+        st, out = request(explorer.url, "GET", f"/api/ngrams/top?store=store_a&path={path}&n=5&score={sc}")
+        assert st == 409 and "orders them differently" in out["error"], out  # pmi / zpmi need their own extraction
     st, text = request(explorer.url, "GET", "/api/ngrams/top?store=store_a&n=5&format=csv")
     rows = list(csv.DictReader(io.StringIO(text)))
     assert st == 200 and len(rows) == 5 and set(rows[0]) >= {"input", "output", "score", "prob"}

@@ -36,7 +36,7 @@ def _attention_layer(m, spec: str) -> int:
 
 SCORE_HELP = ("How bigrams are ranked: logprob (log P(b|a)), logit (logit centred per input), zlogit (centred logit / "
               "its row's spread), pmi (log P(b|a) − log mean_a' P(b|a')), zpmi (pmi of the z-scored logits: "
-              "log softmax(zlogit)(b) − log its mean over inputs). Default: the measured default (docs/ngram_scores.md).")
+              "log softmax(zlogit)(b) − log its mean over inputs). Default: zpmi, the measured default (docs/ngram_scores.md).")
 
 
 def _score(score: str | None) -> str:

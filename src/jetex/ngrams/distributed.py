@@ -27,6 +27,11 @@ The global top-N of a bigram run is exact whatever order batches arrive in: each
 sent the best N candidates committed so far (a lower bound θ of the final N-th best, see
 :mod:`jetex.ngrams.engine`).
 
+Scores with a column distribution (``pmi``, ``zpmi``: :data:`jetex.ngrams.scores.COLUMN_SCORES`)
+run their first pass on the workers too (:meth:`RayBackend.column_logq`: each batch's column
+log-sums, summed by the driver in batch order, so the result does not depend on which worker
+computed what); the driver commits log q before the ranking pass, whose tasks carry it.
+
 Ray is an optional dependency (``pip install 'jetex[ray]'``), imported only here and only
 when the Ray backend is used. ``address`` connects to a running cluster (checked first
 with a bounded TCP probe, since Ray itself retries an unreachable address for minutes);
@@ -40,7 +45,9 @@ fingerprint code (:class:`RayBackend`), subclassed one layer up in
 
 Test-only fault injection: ``$JETEX_RAY_FAULT = "shard=S,times=T,dir=D"`` makes the actor
 process running shard S exit (``os._exit``) after computing the shard's first batch, the
-first T times (``times=always``: every time), counted by marker files in folder D. For
+first T times (``times=always``: every time), counted by marker files in folder D; with
+``,pass=first`` or ``,pass=rank`` only in the first (column) pass of a pmi / zpmi run or only
+in the ranking pass (default: either). For
 checkpoints S is the checkpoint's index and the exit comes once it is loaded, before its sweep.
 """
 
@@ -109,11 +116,13 @@ class LoadSpec:
 
 @dataclass(frozen=True)
 class FaultPlan:
-    """Test-only: exit the actor process running ``shard`` (``times`` times; −1: always)."""
+    """Test-only: exit the actor process running ``shard`` (``times`` times; −1: always) in the
+    pass ``phase`` (``first``: a first column pass, ``rank``: a ranking pass, ``any``)."""
 
     shard: int
     times: int
     folder: str
+    phase: str = "any"
 
     @staticmethod
     def from_env() -> "FaultPlan | None":
@@ -123,13 +132,17 @@ class FaultPlan:
         try:
             kv = dict(part.split("=", 1) for part in text.split(","))
             times = -1 if kv.get("times", "1") == "always" else int(kv.get("times", "1"))
-            return FaultPlan(int(kv["shard"]), times, kv["dir"])
+            phase = kv.get("pass", "any")
+            if phase not in ("any", "first", "rank"):
+                raise ValueError(phase)
+            return FaultPlan(int(kv["shard"]), times, kv["dir"], phase)
         except (KeyError, ValueError):
-            raise ClusterError(f"${FAULT_ENV} must look like 'shard=S,times=T|always,dir=FOLDER', got {text!r}") from None
+            raise ClusterError(f"${FAULT_ENV} must look like 'shard=S,times=T|always,dir=FOLDER[,pass=first|rank]', "
+                               f"got {text!r}") from None
 
-    def strike(self, shard: int) -> None:
+    def strike(self, shard: int, phase: str = "rank") -> None:
         """Exit this process if the plan says so (and record that it did)."""
-        if shard != self.shard:
+        if shard != self.shard or self.phase not in ("any", phase):
             return
         os.makedirs(self.folder, exist_ok=True)
         n = sum(1 for f in os.listdir(self.folder) if f.startswith(f"fault-{shard}-"))
@@ -156,12 +169,23 @@ class ShardTask:
     global_top: int = 0
     seen: Any = None  # GlobalCandidates committed so far (bigrams), for the θ bound
     score: str = "logprob"
+    logq: Any = None  # the score's column distribution [V] (pmi, zpmi), computed by the first pass
+    column_of: str | None = None  # a first-pass task: the column log-sums of this score's distribution
 
     def __post_init__(self) -> None:
         if self.kind not in ("bigram", "trigram"):
             raise ValueError("ShardTask.kind must be 'bigram' or 'trigram'")
         if not self.batches or any(not 0 <= b < self.n_batches for b in self.batches):
             raise ValueError("ShardTask.batches must be non-empty indices below n_batches")
+
+
+@dataclass
+class ColumnPart:
+    """A first-pass batch's result: log Σ_{t ∈ batch} of the score's per-row distribution ``[V]``."""
+
+    batch_index: int
+    col_lse: Any
+    n_rows: int
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,17 +235,23 @@ class ShardWorker:
 
         p = self._path(task.path)
         skip = set(range(task.n_batches)) - set(task.batches)
-        if task.kind == "bigram":
+        if task.kind == "bigram" and task.column_of is not None:
+            it = (ColumnPart(b.batch_index, b.col_lse, len(b.input_ids)) for b in iter_bigram_batches(
+                self.model, p, top_k=1, order=task.order, exclude_self=task.exclude_self, limit_vocab=task.limit_vocab,
+                batch_size=task.batch_size, global_top=0, skip=skip, column_stats=True, column_of=task.column_of))
+        elif task.kind == "bigram":
             it = iter_bigram_batches(self.model, p, top_k=task.top_k, order=task.order, exclude_self=task.exclude_self,
                                      limit_vocab=task.limit_vocab, batch_size=task.batch_size,
-                                     global_top=task.global_top, skip=skip, seen=task.seen, score=task.score)
+                                     global_top=task.global_top, skip=skip, seen=task.seen, score=task.score,
+                                     logq=task.logq)
         else:
             it = iter_trigram_chunks(self.model, p, top_k=task.top_k, limit_vocab=task.limit_vocab,
                                      chunk_size=task.batch_size, skip=skip)
         for i, out in enumerate(it):
             yield out
             if i == 0 and self.fault is not None:
-                self.fault.strike(task.shard)  # killed mid-shard: the batches computed so far are lost
+                # killed mid-shard: the batches computed so far are lost
+                self.fault.strike(task.shard, "first" if task.column_of is not None else "rank")
 
 
 # ---------------------------------------------------------------------------------------
@@ -481,9 +511,66 @@ class RayBackend:
                 out.append((s, todo))
         return out
 
+    def column_logq(self, run: dict, path: Any, *, order: int, exclude_self: bool, limit_vocab: int | None,
+                    score: str) -> Any:
+        """The first pass of a ``pmi`` / ``zpmi`` run on the workers: log q ``[V]`` (float64 numpy;
+        for zpmi log q_ζ), the same as :func:`jetex.ngrams.engine.column_logq` (the batches' column
+        log-sums are added in batch order). Nothing is committed here: the caller stores the result."""
+        import numpy as np
+
+        from jetex.ngrams.scores import ColumnLSE
+
+        B, nb = int(run["batch_size"]), int(run["n_batches"])
+        todo = collections.deque(self.shards(nb, set()))
+        self.start()
+        parts: dict[int, ColumnPart] = {}
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=nb, unit="batch", desc=f"{path.name} first pass ({score}, ray ×{self.n_workers})", file=sys.stderr,
+                       dynamic_ncols=True, smoothing=0.1)
+
+        def submit(actor: Any, item: tuple[int, tuple[int, ...]]) -> Any:
+            shard, batches = item
+            return actor.run_shard.remote(ShardTask(shard, "bigram", path.name, batches, nb, B, 1, order, exclude_self,
+                                                    limit_vocab, 0, None, score, column_of=score))
+
+        def take(item: tuple[int, tuple[int, ...]], ai: int, results: list) -> None:
+            for part in results:
+                if part.batch_index not in parts and bar is not None:
+                    bar.update(1)
+                parts[part.batch_index] = part
+
+        try:
+            failure = self._drive(lambda ai: todo.popleft() if todo else None, submit, take)
+        finally:
+            if bar is not None:
+                bar.close()
+        if failure is not None:
+            (shard, _), e = failure
+            cause = _root_cause(e)
+            S = self.shard_batches
+            batches = f"batches {shard * S}..{min(nb, (shard + 1) * S) - 1}" if S > 1 else f"batch {shard}"
+            what = f"the first pass of --score {score} (its column distribution, nothing committed yet)"
+            if isinstance(cause, JetexError):
+                raise type(cause)(str(cause)) from None
+            if isinstance(e, self._ray.exceptions.RayActorError):
+                raise ClusterError(
+                    f"{path.name}: the Ray worker running shard {shard} ({batches}) of {what} died and was restarted "
+                    f"{self.retries} time(s) without finishing; rerun to resume") from None
+            raise ClusterError(f"{path.name}: shard {shard} ({batches}) of {what} failed on a Ray worker: "
+                               f"{_one_line(cause)}; rerun to resume") from None
+        acc = ColumnLSE.empty(int(len(next(iter(parts.values())).col_lse)))
+        for b in sorted(parts):
+            acc.add_partial(parts[b].col_lse, parts[b].n_rows)
+        return np.asarray(acc.logq())
+
     def run_path(self, store: Any, run: dict, path: Any, *, kind: str, top_k: int, order: int, exclude_self: bool,
-                 limit_vocab: int | None, global_top: int, done: set[int], score: str = "logprob") -> None:
-        """Compute every batch of ``run`` not in ``done`` on the workers and commit each one."""
+                 limit_vocab: int | None, global_top: int, done: set[int], score: str = "logprob",
+                 logq: Any = None) -> None:
+        """Compute every batch of ``run`` not in ``done`` on the workers and commit each one
+        (``logq``: the column distribution ``pmi`` / ``zpmi`` rank by, from :meth:`column_logq`)."""
         todo = collections.deque(self.shards(int(run["n_batches"]), done))
         if not todo:
             return
@@ -501,7 +588,8 @@ class RayBackend:
         def submit(actor: Any, item: tuple[int, tuple[int, ...]]) -> Any:
             shard, batches = item
             task = ShardTask(shard, kind, path.name, batches, nb, B, top_k, order, exclude_self, limit_vocab,
-                             global_top, best if best is not None and len(best) else None, score)
+                             global_top, best if best is not None and len(best) else None, score,
+                             logq if kind == "bigram" else None)
             return actor.run_shard.remote(task)
 
         def commit(item: tuple[int, tuple[int, ...]], ai: int, results: list) -> None:

@@ -262,6 +262,7 @@ def iter_bigram_batches(
     logq: Tensor | np.ndarray | None = None,
     column_stats: bool = False,
     column_of: str = "pmi",
+    desc: str | None = None,
 ) -> Iterator[BigramBatch]:
     """Evaluate ``path`` on every input token, batch after batch (see the module docstring).
 
@@ -275,7 +276,8 @@ def iter_bigram_batches(
     ``zpmi`` also lse_ζ). ``column_stats``: also return each batch's column log-sums
     (``col_lse``) from which the column distribution of ``column_of`` is assembled (``pmi``:
     q, ``zpmi``: q_ζ) — only those scores need it, and it costs a fifth of the matmul, so it
-    is off by default and computed by :func:`column_logq`'s own pass.
+    is off by default and computed by :func:`column_logq`'s own pass. ``desc``: the progress
+    bar's label (default: the path's name).
     """
     from jetex.ngrams.scores import COLUMN_SCORES, check_score, missing_columns
 
@@ -302,7 +304,7 @@ def iter_bigram_batches(
         from tqdm.auto import tqdm
 
         done = sum(1 for i in skip if 0 <= i < n_batches)
-        bar = tqdm(total=N, initial=min(N, done * B), unit="tok", desc=path.name, file=sys.stderr,
+        bar = tqdm(total=N, initial=min(N, done * B), unit="tok", desc=desc or path.name, file=sys.stderr,
                    dynamic_ncols=True, smoothing=0.1, leave=True)
     grad_ctx = torch.inference_mode if order == 0 else torch.no_grad
     try:
@@ -503,7 +505,7 @@ def column_logq(
     acc = ColumnLSE.empty(model.vocab_size)
     for batch in iter_bigram_batches(model, path, top_k=1, order=order, exclude_self=exclude_self,
                                      limit_vocab=limit_vocab, batch_size=batch_size, global_top=0, progress=progress,
-                                     column_stats=True, column_of=score):
+                                     column_stats=True, column_of=score, desc=f"{path.name} first pass ({score})"):
         acc.add_partial(batch.col_lse, len(batch.input_ids))
     return acc.logq()
 

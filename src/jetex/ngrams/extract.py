@@ -45,6 +45,7 @@ from jetex.ngrams.engine import (
 )
 from jetex.ngrams.fidelity import path_fidelity
 from jetex.ngrams.paths import BigramPath, NgramPath, TrigramPath, parse_paths
+from jetex.ngrams.scores import COLUMN_SCORES
 from jetex.ngrams.store import NgramStore
 from jetex.ngrams.trigrams import iter_trigram_chunks, n_trigram_chunks, trigram_chunk_size
 
@@ -121,7 +122,7 @@ def extract_ngrams(
     loading the model from ``load_spec`` (its name or folder); see
     :mod:`jetex.ngrams.distributed` for ``shard_batches``, ``retries``, ``cpus_per_worker``.
     """
-    from jetex.ngrams.scores import COLUMN_SCORES, DEFAULT_SCORE, check_score
+    from jetex.ngrams.scores import DEFAULT_SCORE, check_score
 
     score = check_score(DEFAULT_SCORE if score is None else score)
     plist: list[NgramPath] = []
@@ -147,9 +148,6 @@ def extract_ngrams(
         raise InputError(f"batch size must be a positive integer, got {batch_size!r}")
     if backend not in ("local", "ray"):
         raise InputError(f"unknown backend {backend!r}; use 'local' or 'ray'")
-    if backend == "ray" and score in COLUMN_SCORES and any(isinstance(p, BigramPath) for p in plist):
-        raise InputError(f"--score {score} needs a pass for the mean output distribution first, which the Ray backend does "
-                         "not run; extract locally, or extract with another score")
     dt = resolve_dtype(dtype) if dtype is not None else model.dtype
     if backend == "local":
         # no placement asked: evaluate the model as it is (whatever its dtype, e.g. float64 test models)
@@ -246,19 +244,24 @@ def _run_path(store: NgramStore, model: ResidualModel, p: NgramPath, *, top_k: i
     if runner is not None and resumed < int(run["n_batches"]):
         runner.start()  # connect and start the workers outside the run's compute time
     t0 = time.perf_counter()
+    logq = None
+    if kind == "bigram" and score in COLUMN_SCORES:
+        # the column distribution first (one more pass), committed before the ranking pass
+        logq = store.logq(rid)
+        if logq is None:
+            if runner is not None:
+                logq = runner.column_logq(run, p, order=order, exclude_self=exclude_self, limit_vocab=limit_vocab,
+                                          score=score)
+            else:
+                logq = column_logq(cm, p, order=order, exclude_self=exclude_self, limit_vocab=limit_vocab, batch_size=B,
+                                   progress=progress, score=score).numpy()
+            store.write_logq(rid, logq)
     if runner is not None:
         runner.run_path(store, run, p, kind=kind, top_k=top_k, order=order, exclude_self=exclude_self,
-                        limit_vocab=limit_vocab, global_top=global_top, done=done, score=score)
+                        limit_vocab=limit_vocab, global_top=global_top, done=done, score=score, logq=logq)
     elif kind == "bigram":
         assert isinstance(p, BigramPath)
         seen = store.global_candidates(rid) if global_top else None
-        logq = None
-        if score in ("pmi", "zpmi"):  # the column distribution first (one more pass), committed before the ranking pass
-            logq = store.logq(rid)
-            if logq is None:
-                logq = column_logq(cm, p, order=order, exclude_self=exclude_self, limit_vocab=limit_vocab, batch_size=B,
-                                   progress=progress, score=score).numpy()
-                store.write_logq(rid, logq)
         for batch in iter_bigram_batches(cm, p, top_k=top_k, order=order, exclude_self=exclude_self,
                                          limit_vocab=limit_vocab, batch_size=B, global_top=global_top, skip=done,
                                          seen=seen, progress=progress, score=score, logq=logq):

@@ -22,7 +22,8 @@ tokens b ≠ a when self-transitions are excluded (``exclude_self``). Over C(a):
       lse_ζ(a) = log Σ_{b' ∈ C(a)} exp ζ(a, b'),   q_ζ(b) = (1/N) Σ_{a'} softmax(ζ(a', ·))(b).
 
   The softmax is tempered by σ(a), so a row whose logits span 100+ nats no longer puts
-  P ≈ 1 on one output, and zpmi does not saturate at pmi's bound log N.
+  P ≈ 1 on one output: zpmi shares pmi's bound log N (q_ζ(b) ≥ softmax(ζ(a, ·))(b) / N)
+  but its top pairs do not pile up at it.
 
 ``logprob``, ``logit`` and ``zlogit`` are increasing functions of z within one row, so they
 rank the outputs of one input token identically (the same per-row top-K); they differ in how
@@ -61,7 +62,7 @@ SCORES: dict[str, str] = {
     "zpmi": "pmi of the z-scored logits: log softmax(ζ(a,·))(b) − log mean_a' softmax(ζ(a',·))(b), ζ the zlogit",
 }
 #: the measured default (docs/ngram_scores.md)
-DEFAULT_SCORE = "zlogit"
+DEFAULT_SCORE = "zpmi"
 #: a row whose logit spread is at most FLAT·(1 + |mean|) is constant: its zlogit is 0
 FLAT = 1e-12
 #: scores whose per-row ranking is the ranking of the raw logits (same per-row top-K)
@@ -155,7 +156,8 @@ class ColumnLSE:
 
     def add_partial(self, part: np.ndarray | Tensor, n_rows: int) -> None:
         """Add a batch's log Σ_{a ∈ batch} P(b | a) ``[V]`` over ``n_rows`` rows."""
-        self.value = torch.logaddexp(self.value, torch.as_tensor(part, dtype=torch.float64))
+        part = np.array(part.cpu() if isinstance(part, Tensor) else part, dtype=np.float64)  # a writable copy
+        self.value = torch.logaddexp(self.value, torch.from_numpy(part))
         self.n_rows += int(n_rows)
 
     def logq(self) -> Float[Tensor, "v"]:
@@ -189,7 +191,7 @@ def zeta_rows(
     """ζ = (z − μ) / σ of rows z (the zlogit; 0 on a flat row), written into ``out`` when given
     (z is left intact). ``self_ids``: the excluded self-transition of each row, set to −inf
     (whatever z holds there). One subtraction and one division, the arithmetic of the
-    engine's zlogit, so ζ equals the zlogit values bit for bit."""
+    engine's zlogit, so ζ equals its zlogit values."""
     sd = torch.where(flat_rows(mean, std), torch.full_like(std, float("inf")), std)  # finite / inf = 0
     x = torch.sub(z, mean[:, None], out=out) if out is not None else z - mean[:, None]
     x.div_(sd[:, None])
