@@ -115,13 +115,22 @@ def test_refusals_are_one_line(stores, capsys, tmp_path):
     assert main(["ngrams", "top", "--db", str(old), "--path", "direct", "--score", "logprob", "-n", "3"]) == 0
 
 
-def test_default_excludes_self_transitions_everywhere(stores, capsys):
-    """`ngrams top` (like diff, index, dynamics, roles) shows no self-transition by default."""
+def test_default_excludes_self_transitions_everywhere(stores, tiny_llama_dir, capsys, tmp_path):
+    """`ngrams top` (like diff, index, dynamics, roles) shows no self-transition by default: on a
+    store extracted with every default (the default score, zpmi), and on a store of the former
+    default zlogit, which `ngrams top` without --score reads under its own score."""
+    from jetex.ngrams.scores import DEFAULT_SCORE
+
+    db = tmp_path / "default.duckdb"
+    assert main(["ngrams", "extract", "-m", tiny_llama_dir, "--path", "direct", "--db", str(db), *BASE]) == 0
     capsys.readouterr()
-    assert main(["ngrams", "top", "--db", str(stores["zlogit"]), "--path", "direct", "-n", "25", "--json"]) == 0
-    rows = _json(capsys)["paths"][0]["rows"]
-    assert len(rows) == 25 and all(r["input_id"] != r["output_id"] for r in rows)
-    assert len({round(r["score"], 6) for r in rows}) > 20
+    for src, want in ((db, DEFAULT_SCORE), (stores["zlogit"], "zlogit")):
+        assert main(["ngrams", "top", "--db", str(src), "--path", "direct", "-n", "25", "--json"]) == 0
+        got = _json(capsys)["paths"][0]
+        rows = got["rows"]
+        assert got["score"] == want
+        assert len(rows) == 25 and all(r["input_id"] != r["output_id"] for r in rows)
+        assert len({round(r["score"], 6) for r in rows}) > 20
 
 
 def test_export_carries_each_rows_score(stores, capsys, tmp_path):
@@ -261,3 +270,16 @@ def test_help_names_the_default_score(capsys):
         assert main([*cmd, "--help"]) == 0
         text = " ".join(capsys.readouterr().out.split())
         assert f"Default: {DEFAULT_SCORE}, the measured default" in text and "zpmi (pmi of the z-scored logits" in text, cmd
+
+
+def test_diff_of_stores_without_score_reads_their_runs(stores, zpmi_store, capsys):
+    """`jetex diff A.duckdb B.duckdb` without --score: zpmi runs by the default; runs of the former
+    default (zlogit) under their own score; an explicit score a run cannot give is one line."""
+    capsys.readouterr()
+    for db, want in ((zpmi_store, "zpmi"), (stores["zlogit"], "zlogit")):
+        assert main(["diff", str(db), str(db), "--path", "direct", "--top", "20", "--json"]) == 0
+        out = _json(capsys)
+        assert out["score"] == want and out["identical"]
+    assert main(["diff", str(stores["zlogit"]), str(stores["zlogit"]), "--path", "direct", "--score", "zpmi"]) != 0
+    err = _err(capsys)
+    assert len(err) == 1 and "orders them differently from zpmi" in err[0]

@@ -13,6 +13,7 @@ import torch
 from jetex.errors import InputError
 from jetex.ngrams import NgramStore, bigram_table, extract_ngrams, parse_path
 from jetex.ngrams.device import PrecisionReport, place_model, precision_report, resolve_device, resolve_dtype
+from jetex.ngrams.scores import DEFAULT_SCORE
 
 KW = dict(top_k=4, global_top=30, batch_size=8, fidelity_sample=16, progress=False)
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
@@ -98,12 +99,14 @@ def test_bfloat16_extraction_on_cpu(tiny_llama_f32, tmp_path):
         rows = sorted(s.ngrams(run["run_id"]), key=lambda r: (r["input_id"], r["rank"]))
     # the rows are the engine's on the bfloat16 copy (softmax statistics in float32)
     (p,) = parse_path(m, "mlp:1")
-    t = bigram_table(place_model(m, "cpu", "bfloat16"), p, top_k=4, global_top=30, batch_size=8, exclude_self=True)  # as extract_ngrams (self-transitions excluded by default)
+    # as extract_ngrams: self-transitions excluded and rows ranked by the default score
+    t = bigram_table(place_model(m, "cpu", "bfloat16"), p, top_k=4, global_top=30, batch_size=8, exclude_self=True,
+                     score=DEFAULT_SCORE)
     np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
     np.testing.assert_allclose([r["logprob"] for r in rows], t.top_logprobs.reshape(-1), rtol=1e-6)
     assert t.top_logprobs.dtype == np.float32
     # and close to float32: the top-1 next token agrees for almost every input
-    t32 = bigram_table(m, p, top_k=4, global_top=30, batch_size=8)
+    t32 = bigram_table(m, p, top_k=4, global_top=30, batch_size=8, exclude_self=True, score=DEFAULT_SCORE)
     assert (t.top_ids[:, 0] == t32.top_ids[:, 0]).mean() > 0.9
     # a run computed in bfloat16 is never resumed or reused in float32
     with pytest.raises(InputError, match="computed in bfloat16, not float32"):
@@ -145,7 +148,8 @@ def test_float16_extraction_on_cpu(tiny_llama_f32, tmp_path):
     assert res[1].precision["max_abs_logprob_diff"] == pytest.approx(float(lp))
     assert res[1].precision["top1_agreement"] == pytest.approx(float((zlo.argmax(-1) == z32.argmax(-1)).float().mean()))
     # the rows are the engine's on the float16 copy (softmax statistics in float32)
-    t = bigram_table(h, p, top_k=4, global_top=30, batch_size=8, exclude_self=True)  # as extract_ngrams (self-transitions excluded by default)
+    # as extract_ngrams: self-transitions excluded and rows ranked by the default score
+    t = bigram_table(h, p, top_k=4, global_top=30, batch_size=8, exclude_self=True, score=DEFAULT_SCORE)
     np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
     np.testing.assert_allclose([r["logprob"] for r in rows], t.top_logprobs.reshape(-1), rtol=1e-6)
     assert t.top_logprobs.dtype == np.float32
@@ -209,7 +213,9 @@ def test_extraction_on_a_device_float32_and_bfloat16(tiny_llama_f32, tmp_path, d
         assert rep is not None and rep["dtype"] == "bfloat16" and rep["device"].startswith(device), r.path
         assert rep["sample_size"] == 32 and 0 < rep["max_abs_logit_diff"] < 0.5 and rep["topk_overlap"] > 0.8
     (p,) = parse_path(m, "mlp:1")
-    t = bigram_table(place_model(m, device, "bfloat16"), p, top_k=4, global_top=30, batch_size=8, exclude_self=True)  # as extract_ngrams (self-transitions excluded by default)
+    # as extract_ngrams: self-transitions excluded and rows ranked by the default score
+    t = bigram_table(place_model(m, device, "bfloat16"), p, top_k=4, global_top=30, batch_size=8, exclude_self=True,
+                     score=DEFAULT_SCORE)
     _, rows = _rows(db, "mlp:1")
     np.testing.assert_array_equal(np.array([r["output_id"] for r in rows]).reshape(-1, 4), t.top_ids)
     np.testing.assert_allclose([r["logprob"] for r in rows], t.top_logprobs.reshape(-1), rtol=1e-6)

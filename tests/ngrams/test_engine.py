@@ -165,3 +165,22 @@ def test_fidelity_against_direct_computation(tiny_llama):
     # the sample is deterministic and evenly spaced
     assert fidelity_sample(100, 4).tolist() == [0, 25, 50, 75]
     assert path_fidelity(m, paths[:1], sample=8)["direct"].sample_size == 8
+
+
+def test_generators_leave_no_grad_mode_behind(tiny_llama):
+    """A consumer of the batch / chunk generators runs outside inference mode between items, so
+    one that stops early (an interrupted extraction) leaves no inference mode behind, whenever
+    the suspended generator is collected."""
+    from jetex.ngrams.paths import parse_path
+    from jetex.ngrams.trigrams import iter_trigram_chunks
+
+    (p,) = parse_path(tiny_llama, "direct")
+    (t,) = parse_path(tiny_llama, "attn:0.1")
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+    for it in (iter_bigram_batches(tiny_llama, p, top_k=2, batch_size=8, global_top=5),
+               iter_bigram_batches(tiny_llama, p, top_k=2, batch_size=8, order=1),
+               iter_trigram_chunks(tiny_llama, t, top_k=3, chunk_size=16)):
+        next(it)
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+        next(it)
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()

@@ -308,30 +308,34 @@ def iter_bigram_batches(
                    dynamic_ncols=True, smoothing=0.1, leave=True)
     grad_ctx = torch.inference_mode if order == 0 else torch.no_grad
     try:
-        with compute_threads(), grad_ctx():
+        # the grad mode is entered per batch, never across a ``yield``: a consumer that stops early
+        # (an interrupted extraction) must not be left in inference mode until the generator is collected
+        with compute_threads():
             # half-precision models (bfloat16/float16) produce their logits in that precision, but the
             # softmax, top-K and statistics are taken in float32 (a 16-bit log-sum-exp is too coarse)
             half = model.dtype in (torch.float16, torch.bfloat16)
-            buf = torch.empty(min(B, N), V, dtype=torch.float32 if half else model.dtype, device=dev)
-            # scratch keeps z intact for the row moments, the deeper top-G and the column statistics
-            scratch = torch.empty_like(buf)
-            lq = None if logq is None else torch.as_tensor(logq).to(device=dev, dtype=buf.dtype)
+            with grad_ctx():
+                buf = torch.empty(min(B, N), V, dtype=torch.float32 if half else model.dtype, device=dev)
+                # scratch keeps z intact for the row moments, the deeper top-G and the column statistics
+                scratch = torch.empty_like(buf)
+                lq = None if logq is None else torch.as_tensor(logq).to(device=dev, dtype=buf.dtype)
             for bi in range(n_batches):
                 if bi in skip:
                     continue
-                ids = torch.arange(bi * B, min(N, (bi + 1) * B), device=dev)
-                b = len(ids)
-                e = path.decoded(model, ids, order)
-                out = buf[:b]
-                if half:
-                    out.copy_(torch.mm(e.to(U.dtype), U.T))
-                else:
-                    torch.mm(e.to(buf.dtype), U.T, out=out)
-                if bias is not None:
-                    out.add_(bias)
-                batch = _post(out, ids, bi, K, G, exclude_self, best.threshold(G) if G else float("inf"),
-                              None if scratch is None else scratch[:b], score=score, logq=lq,
-                              column_stats=column_stats, column_of=column_of)
+                with grad_ctx():
+                    ids = torch.arange(bi * B, min(N, (bi + 1) * B), device=dev)
+                    b = len(ids)
+                    e = path.decoded(model, ids, order)
+                    out = buf[:b]
+                    if half:
+                        out.copy_(torch.mm(e.to(U.dtype), U.T))
+                    else:
+                        torch.mm(e.to(buf.dtype), U.T, out=out)
+                    if bias is not None:
+                        out.add_(bias)
+                    batch = _post(out, ids, bi, K, G, exclude_self, best.threshold(G) if G else float("inf"),
+                                  None if scratch is None else scratch[:b], score=score, logq=lq,
+                                  column_stats=column_stats, column_of=column_of)
                 if G:
                     best = best.merged(batch.candidates, G)
                 yield batch

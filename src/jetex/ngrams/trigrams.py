@@ -277,14 +277,17 @@ def iter_trigram_chunks(
     cs = chunk_size or trigram_chunk_size(model)
     head = _Head(model, path)
     dev = model.device
+    # inference mode is entered per chunk, never across a ``yield`` (a consumer that stops early
+    # must not be left in inference mode until the generator is collected)
     with torch.inference_mode():
         all_ids = torch.arange(N, device=dev)
         qb, sbb = head.query_side(all_ids)  # [N, e], [N]
         kb = min(top_k, N)
         si, sj = _staircase(top_k, kb, kb, dev)
-        for bi, start in enumerate(range(0, N, cs)):
-            if bi in skip:
-                continue
+    for bi, start in enumerate(range(0, N, cs)):
+        if bi in skip:
+            continue
+        with torch.inference_mode():
             a_ids = all_ids[start : start + cs]
             ka = head.k(head.normed(a_ids, 0), 0)
             D = ka @ qb.T * head.scale - sbb[None, :]  # [Ca, N]: s(b,a) − s(b,b)
@@ -313,7 +316,8 @@ def iter_trigram_chunks(
                 ov_logprob=C[r, j].float().cpu().numpy(),
                 ov_logit=Zv[r, j].float().cpu().numpy(),
             )
-            yield TrigramChunk(bi, _select([t], top_k, path))
+            chunk = TrigramChunk(bi, _select([t], top_k, path))
+        yield chunk
 
 
 def n_trigram_chunks(model: ResidualModel, limit_vocab: int | None, chunk_size: int | None = None) -> int:
