@@ -326,7 +326,7 @@ def main() -> None:
                     call(url, ep, body, timeout=3600)
                     codes[label] = round(time.perf_counter() - t0, 3)
                 if mname in stores:
-                    for label, q in [("ngrams top (store default score)", ""), ("ngrams top rescored to logprob", "&score=logprob"),
+                    for label, q in [("ngrams top (store default score)", ""), ("ngrams top, score named (zpmi)", "&score=zpmi"),
                                      ("ngrams token as input", "&token=%20the"), ("ngrams token as output", "&token=%20the&side=output")]:
                         t0 = time.perf_counter()
                         out = call(url, f"/api/ngrams/top?store={store_name(mname)}&n=20&model={mname}" + q)
