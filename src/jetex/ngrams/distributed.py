@@ -62,7 +62,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 from jetex.errors import JetexError
 
@@ -548,23 +548,29 @@ class RayBackend:
             if bar is not None:
                 bar.close()
         if failure is not None:
-            (shard, _), e = failure
-            cause = _root_cause(e)
-            S = self.shard_batches
-            batches = f"batches {shard * S}..{min(nb, (shard + 1) * S) - 1}" if S > 1 else f"batch {shard}"
-            what = f"the first pass of --score {score} (its column distribution, nothing committed yet)"
-            if isinstance(cause, JetexError):
-                raise type(cause)(str(cause)) from None
-            if isinstance(e, self._ray.exceptions.RayActorError):
-                raise ClusterError(
-                    f"{path.name}: the Ray worker running shard {shard} ({batches}) of {what} died and was restarted "
-                    f"{self.retries} time(s) without finishing; rerun to resume") from None
-            raise ClusterError(f"{path.name}: shard {shard} ({batches}) of {what} failed on a Ray worker: "
-                               f"{_one_line(cause)}; rerun to resume") from None
+            self._raise_failure(path, failure, nb,
+                                what=f" of the first pass of --score {score} (its column distribution, nothing committed yet)")
         acc = ColumnLSE.empty(int(len(next(iter(parts.values())).col_lse)))
         for b in sorted(parts):
             acc.add_partial(parts[b].col_lse, parts[b].n_rows)
         return np.asarray(acc.logq())
+
+    def _raise_failure(self, path: Any, failure: tuple, nb: int, *, what: str = "", died: str = "", failed: str = "") -> NoReturn:
+        """Raise the one-line error of a shard that failed (``failure`` from :meth:`_drive`): the
+        worker's own :class:`JetexError` as it is, else a :class:`ClusterError` naming the shard's
+        batches, ``what`` it was computing, and what was kept (``died`` / ``failed``)."""
+        (shard, _), e = failure
+        cause = _root_cause(e)
+        S = self.shard_batches
+        batches = f"batches {shard * S}..{min(nb, (shard + 1) * S) - 1}" if S > 1 else f"batch {shard}"
+        if isinstance(cause, JetexError):
+            raise type(cause)(str(cause)) from None
+        if isinstance(e, self._ray.exceptions.RayActorError):
+            raise ClusterError(
+                f"{path.name}: the Ray worker running shard {shard} ({batches}){what} died and was restarted "
+                f"{self.retries} time(s) without finishing; {died}rerun to resume") from None
+        raise ClusterError(f"{path.name}: shard {shard} ({batches}){what} failed on a Ray worker: {_one_line(cause)}; "
+                           f"{failed}rerun to resume") from None
 
     def run_path(self, store: Any, run: dict, path: Any, *, kind: str, top_k: int, order: int, exclude_self: bool,
                  limit_vocab: int | None, global_top: int, done: set[int], score: str = "logprob",
@@ -575,7 +581,6 @@ class RayBackend:
         if not todo:
             return
         self.start()
-        ray = self._ray
         best = store.global_candidates(run["run_id"]) if (kind == "bigram" and global_top) else None
         B, nb = int(run["batch_size"]), int(run["n_batches"])
         bar = None
@@ -613,17 +618,6 @@ class RayBackend:
             if bar is not None:
                 bar.close()
         if failure is not None:
-            (shard, _), e = failure
-            cause = _root_cause(e)
-            S = self.shard_batches
-            batches = f"batches {shard * S}..{min(nb, (shard + 1) * S) - 1}" if S > 1 else f"batch {shard}"
-            left = nb - len(done)
-            if isinstance(cause, JetexError):
-                raise type(cause)(str(cause)) from None
-            if isinstance(e, ray.exceptions.RayActorError):
-                raise ClusterError(
-                    f"{path.name}: the Ray worker running shard {shard} ({batches}) died and was restarted "
-                    f"{self.retries} time(s) without finishing; stopped with {len(done)} of {nb} batches committed "
-                    f"({left} left); rerun to resume") from None
-            raise ClusterError(f"{path.name}: shard {shard} ({batches}) failed on a Ray worker: {_one_line(cause)}; "
-                               f"{len(done)} of {nb} batches committed; rerun to resume") from None
+            committed = f"{len(done)} of {nb} batches committed"
+            self._raise_failure(path, failure, nb, died=f"stopped with {committed} ({nb - len(done)} left); ",
+                                failed=f"{committed}; ")
