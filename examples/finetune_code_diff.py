@@ -23,8 +23,9 @@ The paper diffs the jet bigrams of Llama-2-7B and CodeLlama and finds coding big
    (not tested here: the machine that ran it has none).
 4. **Stores and diffs** (``--analyse``): ``jetex ngrams extract`` builds one store per model
    (base, code-tuned, prose-tuned) for ``--paths`` (default ``direct`` and ``mlp:0``) on input
-   tokens 0..``--rows``−1 (``--limit-vocab``), outputs over the whole vocabulary, default
-   score (``zlogit``); then ``jetex diff base.duckdb <run>.duckdb --top 1000 --changes 50 --json``.
+   tokens 0..``--rows``−1 (``--limit-vocab``), outputs over the whole vocabulary, score
+   ``zlogit`` (the pre-registered one, :data:`SCORE`, whatever the CLI's default); then
+   ``jetex diff base.duckdb <run>.duckdb --top 1000 --changes 50 --json --score zlogit``.
 5. **Pre-registered criterion** (docs/applications.md, committed before the diffs): a pair is
    code-related when both tokens are code tokens (:func:`make_code_token`). Primary: the
    number of code-related pairs among the top-50 rank gainers (``gained``) of the paths
