@@ -212,15 +212,12 @@ def register(group: click.Group) -> None:
                     rows = store.ngrams(run["run_id"], n=n)
                     section = "top trigrams (a … b → c)"
                 elif token_ids:
-                    store.check_readable(run, score)
-                    rows = []
-                    for tid, _ in token_ids:
-                        got = store.ngrams(run["run_id"], input_id=tid, n=n)
-                        vals = store.entry_scores(run, score, [r["input_id"] for r in got], [r["output_id"] for r in got],
-                                                  [r["logit"] for r in got])
-                        for r, v in zip(got, vals.tolist()):
-                            r["score"] = float(v)
-                        rows += got
+                    store.check_readable(run, score)  # refused before any row is read
+                    rows = [r for tid, _ in token_ids for r in store.ngrams(run["run_id"], input_id=tid, n=n)]
+                    vals = store.entry_scores(run, score, [r["input_id"] for r in rows], [r["output_id"] for r in rows],
+                                              [r["logit"] for r in rows])
+                    for r, v in zip(rows, vals.tolist()):
+                        r["score"] = float(v)
                     section = "next tokens of " + ", ".join(f"{_show(s)!r} (#{i})" for i, s in token_ids)
                 else:
                     rows = store.top_pairs(run["run_id"], n, score=score)

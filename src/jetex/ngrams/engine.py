@@ -373,7 +373,7 @@ def _post(
     an entry is then key − shift(a) (shift = lse, μ, lse_ζ; zlogit also divides by σ).
     ``column_of``: which column distribution ``column_stats`` accumulates (pmi: of P, zpmi:
     of softmax(ζ))."""
-    from jetex.ngrams.scores import FLAT, zero_finite, row_moments, zeta_lse, zeta_rows
+    from jetex.ngrams.scores import flat_rows, row_moments, zero_finite, zeta_lse, zeta_rows
 
     b = z.shape[0]
     rows = torch.arange(b, device=z.device)
@@ -423,7 +423,7 @@ def _post(
         if score == "logit":
             return c
         sd, mu = sel(std)[:, None], sel(mean)[:, None]
-        flat = sd <= FLAT * (1 + mu.abs())  # a constant row prefers nothing: zlogit 0
+        flat = flat_rows(mu, sd)  # a constant row prefers nothing: zlogit 0
         return torch.where(flat, zero_finite(c), c / torch.where(flat, torch.ones_like(sd), sd))
 
     top_scores = to_score(kvals)

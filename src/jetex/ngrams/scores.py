@@ -330,5 +330,5 @@ def score_rows(
     c = zc - mean[:, None]
     if s == "logit":
         return c, lp
-    flat = std <= FLAT * (1 + mean.abs())
+    flat = flat_rows(mean, std)
     return torch.where(flat[:, None], zero_finite(c), c / torch.where(flat, torch.ones_like(std), std)[:, None]), lp

@@ -138,6 +138,18 @@ def _reason(e: BaseException) -> str:
     return _one_line(e)
 
 
+def _score_entries(score: str, st: dict[str, np.ndarray], logq: np.ndarray | None, input_ids: Any, output_ids: Any,
+                   logits: Any) -> np.ndarray:
+    """Values under ``score`` of entries (input, output, logit), from a run's per-input
+    statistics ``st`` (:meth:`NgramStore.input_stats`) and column statistic ``logq``."""
+    from jetex.ngrams.scores import score_values
+
+    pos = np.searchsorted(st["input_id"], np.asarray(input_ids, dtype=np.int64))
+    return score_values(score, np.asarray(logits, dtype=np.float64), st["lse"][pos], st["mean_logit"][pos],
+                        st["std_logit"][pos], None if logq is None else logq[np.asarray(output_ids, dtype=np.int64)],
+                        st["lse_z"][pos])
+
+
 class NgramStore:
     """A jet n-gram database (DuckDB file, schema in the module docstring).
 
@@ -576,34 +588,30 @@ class NgramStore:
         """Refuse (one-line :class:`~jetex.errors.InputError`) to give the values of ``run``'s rows
         under ``score`` when the store lacks the statistics they need (a run or store made without
         them), after :meth:`check_rescorable`."""
+        self._readable_stats(run, score)
+
+    def _readable_stats(self, run: dict, score: str) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """(:meth:`input_stats`, :meth:`logq`) of ``run``, each read once, after the refusals of
+        :meth:`check_readable`."""
         from jetex.errors import InputError
         from jetex.ngrams.scores import COLUMN_SCORES, check_score
 
         score = check_score(score)
         self.check_rescorable(run, score)
-        if score not in COLUMN_SCORES:
-            return
-        where = f"run {run['run_id']} ({run['path']}) of {self.path}"
-        st = self.input_stats(run["run_id"])
-        if self.logq(run["run_id"]) is None or (score == "zpmi" and (len(st["lse_z"]) == 0 or np.isnan(st["lse_z"]).any())):
+        st, logq = self.input_stats(run["run_id"]), self.logq(run["run_id"])
+        if score in COLUMN_SCORES and (
+                logq is None or (score == "zpmi" and (len(st["lse_z"]) == 0 or np.isnan(st["lse_z"]).any()))):
+            where = f"run {run['run_id']} ({run['path']}) of {self.path}"
             what = ("the per-input z-scored log-sum-exp and mean z-scored output distribution" if score == "zpmi"
                     else "the mean output distribution")
             raise InputError(f"{where} was made without {what} that score {score!r} needs; "
                              f"re-extract it with `jetex ngrams extract --score {score} --redo`")
+        return st, logq
 
     def entry_scores(self, run: dict, score: str, input_ids: Any, output_ids: Any, logits: Any) -> np.ndarray:
         """The values under ``score`` of entries (input, output, logit) of a bigram run's rows,
         from the stored statistics (float64; refused as by :meth:`check_readable`)."""
-        from jetex.ngrams.scores import score_values
-
-        self.check_readable(run, score)
-        st = self.input_stats(run["run_id"])
-        inp = np.asarray(input_ids, dtype=np.int64)
-        pos = np.searchsorted(st["input_id"], inp)
-        logq = self.logq(run["run_id"])
-        return score_values(score, np.asarray(logits, dtype=np.float64), st["lse"][pos], st["mean_logit"][pos],
-                            st["std_logit"][pos], None if logq is None else logq[np.asarray(output_ids, dtype=np.int64)],
-                            st["lse_z"][pos])
+        return _score_entries(score, *self._readable_stats(run, score), input_ids, output_ids, logits)
 
     def rescored(self, run: dict, score: str, n: int) -> tuple[dict, np.ndarray, np.ndarray, bool]:
         """A bigram run's rows under another ``score`` (same row order), without writing:
@@ -613,12 +621,12 @@ class NgramStore:
         from jetex.ngrams.scores import check_score
 
         score = check_score(score)
-        self.check_rescorable(run, score)
+        stats = self._readable_stats(run, score)  # refused before the rows are read
         rid = run["run_id"]
         rows = self.con.execute("SELECT input_id, output_id, logit, logprob, rank FROM ngrams WHERE run_id = ? ORDER BY input_id, rank",
                                 [rid]).fetchnumpy()
         rows = {k: np.asarray(v) for k, v in rows.items()}
-        vals = self.entry_scores(run, score, rows["input_id"], rows["output_id"], rows["logit"])
+        vals = _score_entries(score, *stats, rows["input_id"], rows["output_id"], rows["logit"])
         K = int(run["top_k"])
         kth = vals.reshape(-1, K)[:, -1] if len(vals) else np.zeros(1)
         order = np.lexsort((rows["output_id"], rows["input_id"], -vals))[:n]
